@@ -1,0 +1,42 @@
+# tradeops.remediation: the two commands are `make drill` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export ANSIBLE_CONFIG := $(abspath ansible.cfg)
+ENGINES ?= 20
+PYTEST_ARGS ?=
+
+.PHONY: setup test unit integration sanity drill lint bench clean
+
+setup:
+	@scripts/setup.sh
+
+## Run every test: unit, module, integration (real ansible-playbook against the lab), lint and sanity.
+test: setup
+	@$(BIN)/pytest $(PYTEST_ARGS) tests; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
+
+unit: setup
+	$(BIN)/pytest $(PYTEST_ARGS) tests/unit
+
+integration: setup
+	$(BIN)/pytest $(PYTEST_ARGS) tests/integration
+
+sanity: setup
+	$(BIN)/pytest $(PYTEST_ARGS) tests/sanity
+
+## The main job: a P0 drill against a 20-engine lab, with its report.
+drill: setup
+	$(BIN)/tradeops drill p0 --engines $(ENGINES)
+
+lint: setup
+	$(BIN)/ruff check src tests bench plugins
+	$(BIN)/ansible-lint
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	-$(BIN)/tradeops lab down 2>/dev/null
+	rm -rf .lab reports runs tests/output .pytest_cache .ruff_cache

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Idempotent environment setup for tradeops.remediation (called by `make setup`).
+#  1. Debian packages the lab, the tests and the drills need. Installed when run as root on
+#     Debian; otherwise the exact command to run is printed and setup stops.
+#  2. A virtualenv (.venv) with the tradeops package and its dev extras (ansible-core, the
+#     `ansible` package with the community collections, ansible-runner, molecule, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+DEB_PACKAGES=(postgresql postgresql-contrib redis-server docker.io debootstrap iproute2)
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for p in "${DEB_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+      missing+=("$p")
+    fi
+  done
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q || echo "setup: apt-get update failed; trying the install with the current package lists"
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+  else
+    echo "setup: missing Debian packages: ${missing[*]}" >&2
+    echo "setup: run this as root, then re-run make:" >&2
+    echo "    sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+# Python >= 3.11 for the virtualenv.
+PYTHON=${PYTHON:-}
+if [ -z "$PYTHON" ]; then
+  for cand in python3.13 python3.12 python3.11 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      PYTHON=$(command -v "$cand"); break
+    fi
+  done
+fi
+if [ -z "$PYTHON" ]; then
+  echo "setup: Python >= 3.11 is required (apt-get install -y python3 python3-venv)" >&2
+  exit 1
+fi
+
+stamp="$VENV/.tradeops-setup"
+want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "setup: $VENV is up to date"
+else
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV with $PYTHON"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  echo "setup: installing tradeops[dev] into $VENV (a few minutes on a fresh machine)"
+  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+
+# The collection must resolve as tradeops.remediation from this checkout.
+if [ ! -L collections/ansible_collections/tradeops/remediation ]; then
+  mkdir -p collections/ansible_collections/tradeops
+  ln -sfn ../../.. collections/ansible_collections/tradeops/remediation
+fi
+echo "setup: ok"
