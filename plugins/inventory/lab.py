@@ -1,0 +1,158 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tradeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: lab
+short_description: The tradeops lab (a simulated trading stack) as an inventory
+version_added: 0.1.0
+description:
+  - Reads the state file that C(tradeops lab up) writes and puts each simulated engine in the
+    group C(trading_engines), with its kill-switch configuration in the host variable
+    C(halt_trading_target), in the shape the C(tradeops.remediation.halt_trading) module takes.
+  - Adds the lab's PostgreSQL and Redis addresses as group variables, so roles can prove from
+    the database that orders stopped.
+  - The configuration file must end in C(tradeops_lab.yml) or C(tradeops_lab.yaml).
+author:
+  - tradeops SRE team
+options:
+  plugin:
+    description: The name of this plugin; must be V(tradeops.remediation.lab).
+    type: str
+    required: true
+    choices: [tradeops.remediation.lab]
+  state_file:
+    description:
+      - Path of the lab state file.
+      - When not set, C($TRADEOPS_LAB_DIR/state.json) if that variable is set, else C(.lab/state.json)
+        two directories above the inventory file (the repository root for C(inventories/lab)).
+    type: path
+    env:
+      - name: TRADEOPS_LAB_STATE
+  missing_ok:
+    description:
+      - When the state file does not exist, return an empty C(trading_engines) group with a
+        warning instead of failing. Off by default, so a forgotten C(tradeops lab up) is loud.
+    type: bool
+    default: false
+"""
+
+EXAMPLES = r"""
+# inventories/lab/lab.tradeops_lab.yml
+plugin: tradeops.remediation.lab
+"""
+
+import json
+import os
+
+from ansible.errors import AnsibleParserError
+from ansible.plugins.inventory import BaseInventoryPlugin
+
+GROUP = "trading_engines"
+
+
+def _killswitch_target(engine, admin_token):
+    """The halt_trading target for one lab engine, from the methods it honours."""
+    base = "http://%s:%d" % (engine["host"], int(engine["port"]))
+    methods = []
+    for name in engine.get("methods", []):
+        if name == "killswitch_api":  # seed 001
+            methods.append({
+                "type": "http",
+                "url": base + "/api/v1/emergency/kill_switch",
+                "body": {"user_id": "tradeops"},
+                "resume_url": base + "/api/v1/emergency/resume",
+            })
+        elif name == "orchestrate_api":  # seed 004
+            methods.append({
+                "type": "http",
+                "url": base + "/admin/orchestrate/halt",
+                "token": admin_token,
+                "token_header": "X-Admin-Token",
+                "resume_url": base + "/admin/orchestrate/unhalt",
+            })
+        elif name == "redis":  # seed 003
+            methods.append({"type": "redis", "key": engine.get("redis_key") or "emergency_halt", "ttl": 3600})
+        elif name == "file":  # seed 002
+            methods.append({"type": "file", "path": os.path.join(engine["dir"], "EMERGENCY_STOP")})
+    primary = (engine.get("methods") or [None])[0]
+    if primary == "orchestrate_api":
+        verify = {"url": base + "/pnl/status", "field": "halted", "value": True, "resumed_value": False,
+                  "token": admin_token, "token_header": "X-Admin-Token"}
+    else:
+        verify = {"url": base + "/api/v1/trading/status", "field": "trading_active", "value": False,
+                  "resumed_value": True}
+    return {"name": engine["name"], "verify": verify, "methods": methods}
+
+
+class InventoryModule(BaseInventoryPlugin):
+    NAME = "tradeops.remediation.lab"
+
+    def verify_file(self, path):
+        return super(InventoryModule, self).verify_file(path) and path.endswith(
+            ("tradeops_lab.yml", "tradeops_lab.yaml"))
+
+    def _state_file(self, path):
+        configured = self.get_option("state_file")
+        if configured:
+            return configured
+        lab_dir = os.environ.get("TRADEOPS_LAB_DIR")
+        if lab_dir:
+            return os.path.join(lab_dir, "state.json")
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+        return os.path.join(root, ".lab", "state.json")
+
+    def parse(self, inventory, loader, path, cache=True):
+        super(InventoryModule, self).parse(inventory, loader, path, cache)
+        self._read_config_data(path)
+        state_file = self._state_file(path)
+        self.inventory.add_group(GROUP)
+        if not os.path.exists(state_file):
+            if self.get_option("missing_ok"):
+                self.display.warning("lab state file %s not found; start the lab with `tradeops lab up`" % state_file)
+                return
+            raise AnsibleParserError(
+                "lab state file %s not found: start the lab with `tradeops lab up` (or `make drill`), "
+                "or point TRADEOPS_LAB_DIR / TRADEOPS_LAB_STATE at a running lab" % state_file)
+        try:
+            with open(state_file) as fh:
+                state = json.load(fh)
+        except (OSError, ValueError) as err:
+            raise AnsibleParserError("cannot read lab state file %s: %s" % (state_file, err))
+
+        pg = state.get("postgres") or {}
+        rd = state.get("redis") or {}
+        self.inventory.set_variable(GROUP, "tradeops_lab", {
+            "state_file": state_file, "lab_dir": state.get("lab_dir"),
+        })
+        self.inventory.set_variable(GROUP, "tradeops_lab_postgres", {
+            "login_host": pg.get("host"), "port": pg.get("port"), "db": pg.get("dbname"),
+            "login_user": pg.get("user"), "login_password": pg.get("password"),
+        })
+        self.inventory.set_variable(GROUP, "tradeops_lab_redis", {
+            "host": rd.get("host"), "port": rd.get("port"), "db": rd.get("db", 0), "password": rd.get("password"),
+        })
+        for engine in state.get("engines", []):
+            name = engine["name"]
+            self.inventory.add_host(name, group=GROUP)
+            target = _killswitch_target(engine, state.get("admin_token"))
+            for method in target["methods"]:
+                if method["type"] == "redis":
+                    method.update(host=rd.get("host"), port=rd.get("port"), db=rd.get("db", 0),
+                                  password=rd.get("password"))
+            host_vars = {
+                "ansible_connection": "local",
+                "ansible_host": engine["host"],
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "tradeops_engine": {
+                    "name": name, "port": engine["port"], "dir": engine["dir"], "methods": engine.get("methods", []),
+                    "base_url": "http://%s:%d" % (engine["host"], int(engine["port"])),
+                },
+                "halt_trading_target": target,
+            }
+            for key, value in host_vars.items():
+                self.inventory.set_variable(name, key, value)

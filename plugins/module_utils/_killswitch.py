@@ -1,0 +1,772 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tradeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Kill-switch backends and the concurrent, verified halt/resume service.
+
+Plain Python with no Ansible globals: ``HaltService(targets, ...).run()`` returns a result dict;
+the ``halt_trading`` module is a thin adapter around it. Each target has an ordered chain of
+methods. For each method we act, then READ THE STATE BACK; only a read-back that shows trading
+stopped counts as verified. If a method does not verify, the next one in the chain is tried.
+
+Read-back comes in two strengths, reported as ``verified_by``:
+- ``status``: a verify request (an HTTP status endpoint of the engine, method- or target-level)
+  shows the halted value. This proves the engine itself reports trading stopped.
+- ``flag``: the method's own state reads back as set (redis key with TTL, flag file, container
+  flag or stopped container, deployment at zero ready replicas). Used only when no verify
+  request is configured for the method or the target.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import socket
+import tempfile
+import time
+
+from ansible_collections.tradeops.remediation.plugins.module_utils import _http
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import fan_out
+from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
+    BackendError,
+    MissingLibraryError,
+    TradeopsError,
+    ValidationError,
+)
+
+HALTED = "halted"
+RESUMED = "resumed"
+METHOD_TYPES = ("http", "redis", "file", "docker", "kubernetes")
+K8S_REPLICAS_ANNOTATION = "tradeops.io/halted-replicas"
+VERIFY_POLL_INTERVAL = 0.1
+
+
+def _now_ms(start):
+    return int((time.monotonic() - start) * 1000)
+
+
+# --------------------------------------------------------------------------------------------
+# Verify requests (the engine's own status endpoint)
+# --------------------------------------------------------------------------------------------
+class VerifyRequest:
+    """GET a status URL and compare one JSON field with the halted / resumed value."""
+
+    def __init__(self, spec, where):
+        self.where = where
+        self.url = spec.get("url")
+        if not self.url:
+            raise ValidationError("%s.url is required" % where)
+        self.method = spec.get("method") or "GET"
+        self.field = spec.get("field")
+        if not self.field:
+            raise ValidationError("%s.field is required (the JSON field that shows the halt)" % where)
+        if spec.get("value") is None:
+            raise ValidationError("%s.value is required (the value of %s that means trading is halted)"
+                                  % (where, self.field))
+        self.halted_value = spec.get("value")
+        self.resumed_value = spec.get("resumed_value")
+        self.headers = dict(spec.get("headers") or {})
+        if spec.get("token"):
+            self.headers[spec.get("token_header") or "X-Admin-Token"] = spec["token"]
+        self.wait = float(spec.get("wait") if spec.get("wait") is not None else 2.0)
+        if self.wait < 0:
+            raise ValidationError("%s.wait must be >= 0, got %s" % (where, self.wait))
+        self.validate_certs = spec.get("validate_certs", True) is not False
+        self.ca_path = spec.get("ca_path")
+
+    def read(self, deadline):
+        """Return (halted: bool|None, observed value) from one request. None = cannot tell."""
+        resp = _http.request(self.url, self.method, self.headers, None, deadline.call_timeout(),
+                             self.validate_certs, self.ca_path)
+        if resp.status >= 400:
+            raise BackendError("verify %s answered HTTP %d" % (self.url, resp.status))
+        try:
+            value = _http.json_field(resp.json(), self.field)
+        except KeyError:
+            raise BackendError("verify %s: field %r not in the response" % (self.url, self.field))
+        if _http.values_match(value, self.halted_value):
+            return True, value
+        if self.resumed_value is None or _http.values_match(value, self.resumed_value):
+            return False, value
+        return None, value
+
+    def wait_for(self, want_halted, deadline):
+        """Poll until the state matches, ``wait`` seconds pass, or the deadline ends."""
+        sub = deadline.sub(self.wait)
+        last = None
+        while True:
+            halted, value = self.read(deadline)
+            last = value
+            if halted is want_halted:
+                return True, value
+            if sub.remaining() <= VERIFY_POLL_INTERVAL:
+                return False, last
+            time.sleep(VERIFY_POLL_INTERVAL)
+
+
+# --------------------------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------------------------
+class Method:
+    """One kill-switch method. Subclasses implement act/undo/read_flag."""
+
+    type = None
+    required = ()
+
+    def __init__(self, spec, where):
+        self.spec = spec
+        self.where = where
+        for opt in self.required:
+            if spec.get(opt) in (None, ""):
+                raise ValidationError("%s.%s is required for a %s method" % (where, opt, self.type))
+        verify = spec.get("verify")
+        self.verify = VerifyRequest(verify, where + ".verify") if verify else None
+
+    def describe(self):
+        return self.type
+
+    def read_flag(self, deadline):
+        """Return True if this method's own halt flag is set, False if not, None if unknown."""
+        return None
+
+    def halt(self, reason, deadline):
+        raise NotImplementedError
+
+    def resume(self, deadline):
+        raise NotImplementedError
+
+
+class HttpMethod(Method):
+    type = "http"
+    required = ("url",)
+
+    def __init__(self, spec, where):
+        super(HttpMethod, self).__init__(spec, where)
+        self.url = spec["url"]
+        if not self.url.startswith(("http://", "https://")):
+            raise ValidationError("%s.url must start with http:// or https://, got %r" % (where, self.url))
+        self.http_method = (spec.get("method") or "POST").upper()
+        self.headers = dict(spec.get("headers") or {})
+        if spec.get("token"):
+            self.headers[spec.get("token_header") or "X-Admin-Token"] = spec["token"]
+        self.body = spec.get("body")
+        self.status_codes = list(spec.get("status_codes") or [200, 201, 202, 204])
+        self.resume_url = spec.get("resume_url")
+        self.resume_method = (spec.get("resume_method") or "POST").upper()
+        self.resume_body = spec.get("resume_body")
+        self.validate_certs = spec.get("validate_certs", True) is not False
+        self.ca_path = spec.get("ca_path")
+
+    def describe(self):
+        return "http %s %s" % (self.http_method, self.url)
+
+    def _send(self, url, method, body, deadline):
+        resp = _http.request(url, method, self.headers, body, deadline.call_timeout(),
+                             self.validate_certs, self.ca_path)
+        if resp.status not in self.status_codes:
+            raise BackendError("%s %s answered HTTP %d: %s" % (method, url, resp.status, resp.text(120)))
+        return "HTTP %d" % resp.status
+
+    def halt(self, reason, deadline):
+        body = self.body
+        if body is None:
+            body = {"reason": reason}
+        elif isinstance(body, dict) and "reason" not in body:
+            body = dict(body, reason=reason)
+        return self._send(self.url, self.http_method, body, deadline)
+
+    def resume(self, deadline):
+        if not self.resume_url:
+            raise BackendError("no resume_url is configured for %s; set methods[].resume_url" % self.url)
+        return self._send(self.resume_url, self.resume_method, self.resume_body, deadline)
+
+
+class FileMethod(Method):
+    """A flag file on the module's host (seed 002: touch /tmp/EMERGENCY_STOP)."""
+
+    type = "file"
+    required = ("path",)
+
+    def __init__(self, spec, where):
+        super(FileMethod, self).__init__(spec, where)
+        self.path = spec["path"]
+        if not os.path.isabs(self.path):
+            raise ValidationError("%s.path must be absolute, got %r" % (where, self.path))
+
+    def describe(self):
+        return "file %s" % self.path
+
+    def read_flag(self, deadline):
+        return os.path.exists(self.path)
+
+    def halt(self, reason, deadline):
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise BackendError("directory %s does not exist" % directory)
+        content = json.dumps({"reason": reason, "at": time.time(), "by": "tradeops.remediation.halt_trading"})
+        fd, tmp = tempfile.mkstemp(prefix=".tradeops-", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(content + "\n")
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, self.path)
+        except OSError as err:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise BackendError("cannot write %s: %s" % (self.path, err))
+        return "flag written"
+
+    def resume(self, deadline):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return "flag absent"
+        except OSError as err:
+            raise BackendError("cannot remove %s: %s" % (self.path, err))
+        return "flag removed"
+
+
+class RedisMethod(Method):
+    """A halt key with a TTL (seed 003: SET emergency_halt true EX 3600)."""
+
+    type = "redis"
+    required = ("key",)
+
+    def __init__(self, spec, where):
+        super(RedisMethod, self).__init__(spec, where)
+        self.key = spec["key"]
+        self.ttl = spec.get("ttl") if spec.get("ttl") is not None else 3600
+        try:
+            self.ttl = int(self.ttl)
+        except (TypeError, ValueError):
+            raise ValidationError("%s.ttl must be a whole number of seconds, got %r" % (where, self.ttl))
+        if self.ttl <= 0:
+            raise ValidationError("%s.ttl must be a positive number of seconds, got %d" % (where, self.ttl))
+        self.host = spec.get("host") or "127.0.0.1"
+        self.port = int(spec.get("port") or 6379)
+        self.db = int(spec.get("db") or 0)
+        self.username = spec.get("username")
+        self.password = spec.get("password")
+        self.tls = bool(spec.get("tls"))
+        self.value = spec.get("value")
+
+    def describe(self):
+        return "redis %s:%d/%d key %s" % (self.host, self.port, self.db, self.key)
+
+    def _client(self, deadline):
+        try:
+            import redis
+        except ImportError:
+            raise MissingLibraryError("redis", "the redis kill-switch method")
+        timeout = deadline.call_timeout()
+        return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
+                           password=self.password, ssl=self.tls, socket_timeout=timeout,
+                           socket_connect_timeout=timeout, retry_on_timeout=False)
+
+    def _call(self, deadline, fn):
+        import redis
+        client = self._client(deadline)
+        try:
+            return fn(client)
+        except redis.RedisError as err:
+            raise BackendError("redis %s:%d: %s" % (self.host, self.port, err))
+        finally:
+            client.close()
+
+    def read_flag(self, deadline):
+        return bool(self._call(deadline, lambda c: c.exists(self.key)))
+
+    def halt(self, reason, deadline):
+        value = self.value if self.value is not None else json.dumps({"reason": reason, "at": time.time()})
+        self._call(deadline, lambda c: c.set(self.key, value, ex=self.ttl))
+        return "SET %s EX %d" % (self.key, self.ttl)
+
+    def resume(self, deadline):
+        n = self._call(deadline, lambda c: c.delete(self.key))
+        return "DEL %s (%d)" % (self.key, n)
+
+
+class DockerMethod(Method):
+    """A flag file inside a container (docker exec touch), or stop the container."""
+
+    type = "docker"
+    required = ("container",)
+
+    def __init__(self, spec, where):
+        super(DockerMethod, self).__init__(spec, where)
+        self.container = spec["container"]
+        self.action = spec.get("action") or "flag"
+        if self.action not in ("flag", "stop"):
+            raise ValidationError("%s.action must be flag or stop, got %r" % (where, self.action))
+        self.flag_path = spec.get("flag_path") or "/tmp/EMERGENCY_STOP"
+        self.docker_host = spec.get("docker_host") or "unix:///var/run/docker.sock"
+        self.stop_timeout = int(spec.get("stop_timeout") or 10)
+
+    def describe(self):
+        if self.action == "stop":
+            return "docker stop %s" % self.container
+        return "docker flag %s:%s" % (self.container, self.flag_path)
+
+    def _call(self, deadline, fn):
+        try:
+            import docker
+            from docker.errors import DockerException
+        except ImportError:
+            raise MissingLibraryError("docker", "the docker kill-switch method")
+        try:
+            client = docker.DockerClient(base_url=self.docker_host, timeout=deadline.call_timeout())
+        except DockerException as err:
+            raise BackendError("docker at %s: %s" % (self.docker_host, err))
+        try:
+            return fn(client.containers.get(self.container))
+        except DockerException as err:
+            raise BackendError("docker container %s: %s" % (self.container, err))
+        except (socket.timeout, OSError) as err:
+            raise BackendError("docker at %s: %s" % (self.docker_host, err))
+        finally:
+            client.close()
+
+    def _exec(self, container, argv):
+        if container.status != "running":
+            raise BackendError("container %s is %s, cannot exec in it" % (self.container, container.status))
+        result = container.exec_run(argv)
+        return result.exit_code
+
+    def read_flag(self, deadline):
+        def read(container):
+            if self.action == "stop":
+                return container.status != "running"
+            if container.status != "running":
+                return None
+            return self._exec(container, ["test", "-e", self.flag_path]) == 0
+        return self._call(deadline, read)
+
+    def halt(self, reason, deadline):
+        def act(container):
+            if self.action == "stop":
+                container.stop(timeout=self.stop_timeout)
+                return "stopped"
+            code = self._exec(container, ["touch", self.flag_path])
+            if code != 0:
+                raise BackendError("touch %s in %s exited %d" % (self.flag_path, self.container, code))
+            return "flag written"
+        return self._call(deadline, act)
+
+    def resume(self, deadline):
+        def act(container):
+            if self.action == "stop":
+                container.start()
+                return "started"
+            code = self._exec(container, ["rm", "-f", self.flag_path])
+            if code != 0:
+                raise BackendError("rm %s in %s exited %d" % (self.flag_path, self.container, code))
+            return "flag removed"
+        return self._call(deadline, act)
+
+
+class KubernetesMethod(Method):
+    """Scale a deployment to zero, recording its replicas in an annotation for resume."""
+
+    type = "kubernetes"
+    required = ("deployment",)
+
+    def __init__(self, spec, where):
+        super(KubernetesMethod, self).__init__(spec, where)
+        self.deployment = spec["deployment"]
+        self.namespace = spec.get("namespace") or "default"
+        self.kubeconfig = spec.get("kubeconfig")
+        self.context = spec.get("context")
+        self.api_host = spec.get("host")
+        self.api_key = spec.get("api_key")
+        self.validate_certs = spec.get("validate_certs", True) is not False
+
+    def describe(self):
+        return "kubernetes scale %s/%s to 0" % (self.namespace, self.deployment)
+
+    def _api(self):
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            raise MissingLibraryError("kubernetes", "the kubernetes kill-switch method")
+        if self.api_host:
+            conf = client.Configuration()
+            conf.host = self.api_host
+            conf.verify_ssl = self.validate_certs
+            if self.api_key:
+                conf.api_key = {"authorization": "Bearer " + self.api_key}
+            api_client = client.ApiClient(conf)
+        else:
+            try:
+                api_client = config.new_client_from_config(config_file=self.kubeconfig, context=self.context)
+            except Exception as err:  # noqa: BLE001 - kubeconfig errors come in many types
+                raise BackendError("cannot load kubeconfig: %s" % err)
+        return client.AppsV1Api(api_client), api_client
+
+    def _call(self, deadline, fn):
+        api, api_client = self._api()
+        try:
+            return fn(api, deadline.call_timeout())
+        except TradeopsError:
+            raise
+        except Exception as err:  # noqa: BLE001 - ApiException, urllib3 errors
+            status = getattr(err, "status", None)
+            reason = getattr(err, "reason", None) or str(err).splitlines()[0]
+            raise BackendError("deployment %s/%s: %s%s" % (
+                self.namespace, self.deployment, ("HTTP %s " % status) if status else "", reason))
+        finally:
+            api_client.close()
+
+    def _read(self, api, timeout):
+        return api.read_namespaced_deployment(self.deployment, self.namespace, _request_timeout=timeout)
+
+    def read_flag(self, deadline):
+        def read(api, timeout):
+            dep = self._read(api, timeout)
+            return (dep.spec.replicas or 0) == 0 and not (dep.status.ready_replicas or 0)
+        return self._call(deadline, read)
+
+    def halt(self, reason, deadline):
+        def act(api, timeout):
+            dep = self._read(api, timeout)
+            replicas = dep.spec.replicas or 0
+            if replicas == 0:
+                return "already at 0 replicas"
+            body = {"metadata": {"annotations": {K8S_REPLICAS_ANNOTATION: str(replicas)}},
+                    "spec": {"replicas": 0}}
+            api.patch_namespaced_deployment(self.deployment, self.namespace, body, _request_timeout=timeout)
+            return "scaled %d -> 0" % replicas
+        return self._call(deadline, act)
+
+    def resume(self, deadline):
+        def act(api, timeout):
+            dep = self._read(api, timeout)
+            annotations = dep.metadata.annotations or {}
+            recorded = annotations.get(K8S_REPLICAS_ANNOTATION)
+            if recorded is None:
+                if (dep.spec.replicas or 0) > 0:
+                    return "not halted by tradeops (%d replicas)" % dep.spec.replicas
+                raise BackendError("deployment %s/%s is at 0 replicas with no %s annotation; scale it by hand"
+                                   % (self.namespace, self.deployment, K8S_REPLICAS_ANNOTATION))
+            replicas = int(recorded)
+            body = {"metadata": {"annotations": {K8S_REPLICAS_ANNOTATION: None}}, "spec": {"replicas": replicas}}
+            api.patch_namespaced_deployment(self.deployment, self.namespace, body, _request_timeout=timeout)
+            return "scaled 0 -> %d" % replicas
+        return self._call(deadline, act)
+
+
+BACKENDS = {
+    "http": HttpMethod,
+    "file": FileMethod,
+    "redis": RedisMethod,
+    "docker": DockerMethod,
+    "kubernetes": KubernetesMethod,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------------
+class Target:
+    def __init__(self, index, spec):
+        if not isinstance(spec, dict):
+            raise ValidationError("targets[%d] must be a dict with name and methods" % index)
+        self.name = spec.get("name")
+        if not self.name:
+            raise ValidationError("targets[%d].name is required" % index)
+        where = "targets[%d] (%s)" % (index, self.name)
+        methods = spec.get("methods")
+        if not methods:
+            raise ValidationError("%s: methods is empty; give at least one kill-switch method" % where)
+        verify = spec.get("verify")
+        self.verify = VerifyRequest(verify, where + ": verify") if verify else None
+        self.methods = []
+        for m_index, mspec in enumerate(methods):
+            m_where = "%s: methods[%d]" % (where, m_index)
+            if not isinstance(mspec, dict):
+                raise ValidationError("%s must be a dict with a type" % m_where)
+            mtype = mspec.get("type")
+            if mtype not in BACKENDS:
+                raise ValidationError("%s.type: unknown method %r; expected one of %s"
+                                      % (m_where, mtype, ", ".join(METHOD_TYPES)))
+            self.methods.append(BACKENDS[mtype](mspec, m_where))
+
+    def verify_for(self, method):
+        return method.verify or self.verify
+
+
+class InvalidTarget:
+    """A target whose options are wrong. It is reported as failed; the others still run."""
+
+    def __init__(self, index, spec, error):
+        self.index = index
+        self.name = (spec.get("name") if isinstance(spec, dict) else None) or "targets[%d]" % index
+        self.error = error
+
+
+def build_targets(specs):
+    """Validate every target. Returns (valid targets, invalid targets).
+
+    In an emergency one mistyped host must not stop the other 199 from being halted, so a
+    target with bad options is set aside (and makes the module fail afterwards), while the
+    well-formed ones still run. Errors that concern the whole call raise at once.
+    """
+    if not specs:
+        raise ValidationError("targets is empty; give at least one target")
+    targets, invalid, seen = [], [], set()
+    for i, spec in enumerate(specs):
+        try:
+            target = Target(i, spec)
+        except ValidationError as err:
+            invalid.append(InvalidTarget(i, spec, str(err)))
+            continue
+        if target.name in seen:
+            raise ValidationError("targets[%d]: duplicate target name %r" % (i, target.name))
+        seen.add(target.name)
+        targets.append(target)
+    return targets, invalid
+
+
+# --------------------------------------------------------------------------------------------
+# The service
+# --------------------------------------------------------------------------------------------
+class HaltService:
+    """Halt or resume many targets concurrently, each verified, each within its deadline."""
+
+    def __init__(self, targets, state=HALTED, reason="tradeops emergency halt", timeout=10.0,
+                 concurrency=64, verify=True, check_mode=False):
+        if state not in (HALTED, RESUMED):
+            raise ValidationError("state must be halted or resumed, got %r" % state)
+        if timeout is None or float(timeout) <= 0:
+            raise ValidationError("timeout must be a positive number of seconds, got %r" % timeout)
+        if concurrency is None or int(concurrency) < 1:
+            raise ValidationError("concurrency must be at least 1, got %r" % concurrency)
+        self.targets, self.invalid = build_targets(targets)
+        self.state = state
+        self.reason = reason
+        self.timeout = float(timeout)
+        self.concurrency = int(concurrency)
+        self.verify = verify
+        self.check_mode = check_mode
+
+    # -- reading state -------------------------------------------------------------------
+    def _current(self, target, deadline):
+        """Best-effort current state of a target: (halted True/False/None, how, detail).
+
+        A status request settles it at once. Otherwise the target is halted if any flag is
+        set, trading if every flag reads back unset, and unknown if any cannot be read.
+        """
+        errors = []
+        all_clear = True
+        for method in target.methods:
+            verify = target.verify_for(method)
+            try:
+                if verify is not None:
+                    halted, value = verify.read(deadline.sub(min(2.0, deadline.remaining() / 3)))
+                    if halted is not None:
+                        return halted, "status", "%s=%r" % (verify.field, value)
+                flag = method.read_flag(deadline.sub(min(2.0, deadline.remaining() / 3)))
+                if flag is True:
+                    return True, "flag", method.describe()
+                if flag is None:
+                    all_clear = False
+            except TradeopsError as err:
+                errors.append(str(err))
+                all_clear = False
+        if all_clear:
+            return False, "flag", "no halt flag set"
+        return None, None, "; ".join(errors)
+
+    def _verify(self, target, method, want_halted, deadline):
+        """Read back after acting. Returns (verified, verified_by, detail)."""
+        verify = target.verify_for(method)
+        if verify is not None:
+            ok, value = verify.wait_for(want_halted, deadline)
+            return ok, "status", "%s=%r" % (verify.field, value)
+        sub = deadline.sub(2.0)
+        while True:
+            flag = method.read_flag(deadline)
+            if flag is None:
+                return False, None, "%s has no way to read its state back; configure verify" % method.type
+            if flag is want_halted:
+                return True, "flag", method.describe()
+            if sub.remaining() <= VERIFY_POLL_INTERVAL:
+                return False, "flag", "%s still reads %s" % (method.describe(), "unset" if want_halted else "set")
+            time.sleep(VERIFY_POLL_INTERVAL)
+
+    # -- one target ------------------------------------------------------------------------
+    def _halt_one(self, target, deadline):
+        start = time.monotonic()
+        result = {"name": target.name, "changed": False, "verified": False, "method": None,
+                  "verified_by": None, "methods_tried": [], "error": None, "halted_at": None}
+        before, how, detail = self._current(target, deadline)
+        result["before"] = {True: "halted", False: "trading"}.get(before, "unknown")
+        if before is True:
+            result.update(status="already_halted", verified=True, verified_by=how, detail=detail)
+            result["latency_ms"] = _now_ms(start)
+            return result
+        if self.check_mode:
+            result.update(status="would_halt", changed=True)
+            result["latency_ms"] = _now_ms(start)
+            return result
+        acted = False
+        remaining_methods = len(target.methods)
+        for index, method in enumerate(target.methods):
+            # Each method gets a fair share of what is left, so a hung first method
+            # still leaves time for the fallback.
+            share = deadline.sub(deadline.remaining() / remaining_methods)
+            remaining_methods -= 1
+            m_start = time.monotonic()
+            attempt = {"index": index, "type": method.type, "action": None, "verified": False,
+                       "verified_by": None, "error": None}
+            try:
+                attempt["action"] = method.halt(self.reason, share)
+                acted = True
+                result["changed"] = True
+                if self.verify:
+                    ok, by, detail = self._verify(target, method, True, share)
+                    attempt.update(verified=ok, verified_by=by, detail=detail)
+                    if not ok:
+                        attempt["error"] = "not verified: %s" % detail
+            except TradeopsError as err:
+                attempt["error"] = str(err)
+            attempt["latency_ms"] = _now_ms(m_start)
+            result["methods_tried"].append(attempt)
+            if attempt["verified"] or (not self.verify and attempt["action"] and not attempt["error"]):
+                result["method"] = method.type
+                result["verified"] = attempt["verified"]
+                result["verified_by"] = attempt["verified_by"]
+                result["halted_at"] = time.time()
+                result["status"] = "halted" if attempt["verified"] else "unverified"
+                break
+            if deadline.expired():
+                break
+        else:
+            result["status"] = "unverified" if acted else "failed"
+        if result.get("status") is None:
+            result["status"] = "unverified" if acted else "failed"
+        if result["status"] in ("failed", "unverified"):
+            result["error"] = "; ".join("%s: %s" % (a["type"], a["error"]) for a in result["methods_tried"]
+                                        if a["error"]) or "deadline exceeded before any method ran"
+        result["latency_ms"] = _now_ms(start)
+        return result
+
+    def _resume_one(self, target, deadline):
+        start = time.monotonic()
+        result = {"name": target.name, "changed": False, "verified": False, "method": None,
+                  "verified_by": None, "methods_tried": [], "error": None, "resumed_at": None}
+        before, how, detail = self._current(target, deadline)
+        result["before"] = {True: "halted", False: "trading"}.get(before, "unknown")
+        if before is False:
+            result.update(status="already_resumed", verified=True, verified_by=how, detail=detail)
+            result["latency_ms"] = _now_ms(start)
+            return result
+        if self.check_mode:
+            result.update(status="would_resume", changed=True)
+            result["latency_ms"] = _now_ms(start)
+            return result
+        # Undo every method in the chain: fallbacks may have set more than one.
+        acted = False
+        for index, method in enumerate(target.methods):
+            m_start = time.monotonic()
+            attempt = {"index": index, "type": method.type, "action": None, "error": None}
+            try:
+                flag = method.read_flag(deadline)
+                if flag is False:
+                    attempt["action"] = "not set"
+                else:
+                    attempt["action"] = method.resume(deadline)
+                    acted = True
+            except TradeopsError as err:
+                attempt["error"] = str(err)
+            attempt["latency_ms"] = _now_ms(m_start)
+            result["methods_tried"].append(attempt)
+        result["changed"] = acted
+        errors = [a for a in result["methods_tried"] if a["error"]]
+        if self.verify:
+            verifiers = [target.verify_for(m) for m in target.methods if target.verify_for(m) is not None]
+            try:
+                if verifiers:
+                    ok, value = verifiers[0].wait_for(False, deadline)
+                    result.update(verified=ok, verified_by="status", detail="%s=%r" % (verifiers[0].field, value))
+                else:
+                    ok = not errors and all(m.read_flag(deadline) is False for m in target.methods)
+                    result.update(verified=ok, verified_by="flag")
+            except TradeopsError as err:
+                errors.append({"type": "verify", "error": str(err)})
+        if result["verified"] or (not self.verify and not errors):
+            result["status"] = "resumed"
+            result["resumed_at"] = time.time()
+        else:
+            result["status"] = "unverified" if acted else "failed"
+            result["error"] = "; ".join("%s: %s" % (a["type"], a["error"]) for a in errors) or \
+                "trading did not come back (%s)" % result.get("detail")
+        result["latency_ms"] = _now_ms(start)
+        return result
+
+    def _on_error(self, target, elapsed, exc):
+        if exc is not None:
+            error = "internal error: %s: %s" % (type(exc).__name__, exc)
+        else:
+            error = "no answer within the %.1fs deadline (abandoned after %.1fs)" % (self.timeout, elapsed)
+        return {"name": target.name, "status": "failed", "changed": False, "verified": False, "method": None,
+                "verified_by": None, "methods_tried": [], "error": error, "before": "unknown",
+                "latency_ms": int((elapsed or 0) * 1000)}
+
+    # -- all targets ------------------------------------------------------------------------
+    def run(self):
+        started = time.monotonic()
+        work = self._halt_one if self.state == HALTED else self._resume_one
+        results = fan_out(self.targets, work, self.concurrency, self.timeout, self._on_error) if self.targets else []
+        for bad in self.invalid:
+            results.insert(min(bad.index, len(results)), {
+                "name": bad.name, "status": "failed", "changed": False, "verified": False, "method": None,
+                "verified_by": None, "methods_tried": [], "before": "unknown", "latency_ms": 0,
+                "error": "invalid input: %s" % bad.error})
+        by_status = {}
+        for r in results:
+            by_status.setdefault(r["status"], []).append(r["name"])
+        if self.state == HALTED:
+            done_key, already_key, would_key = "halted", "already_halted", "would_halt"
+        else:
+            done_key, already_key, would_key = "resumed", "already_resumed", "would_resume"
+        out = {
+            "changed": any(r["changed"] for r in results),
+            "state": self.state,
+            "targets": results,
+            done_key: by_status.get(done_key, []),
+            already_key: by_status.get(already_key, []),
+            # `failed` is reserved by Ansible for the task status, hence `failed_targets`.
+            "failed_targets": by_status.get("failed", []),
+            "unverified": by_status.get("unverified", []),
+            "elapsed_ms": _now_ms(started),
+        }
+        if self.check_mode:
+            out[would_key] = by_status.get(would_key, [])
+        after = HALTED if self.state == HALTED else "trading"
+        out["diff"] = {
+            "before": dict((r["name"], r.get("before", "unknown")) for r in results),
+            "after": dict((r["name"], after if r["status"] in (done_key, already_key, would_key)
+                           else r.get("before", "unknown")) for r in results),
+        }
+        return out
+
+    @staticmethod
+    def failure_message(out, verify=True):
+        """A message naming every target that is not verified, and what each method returned.
+
+        With ``verify`` off, an unverified target is what the caller asked for, not a failure.
+        """
+        bad_statuses = ("failed", "unverified") if verify else ("failed",)
+        bad = [r for r in out["targets"] if r["status"] in bad_statuses]
+        if not bad:
+            return None
+        verb = "halt" if out["state"] == HALTED else "resume"
+        parts = []
+        for r in bad:
+            parts.append("%s [%s]: %s" % (r["name"], r["status"], r.get("error") or "unknown error"))
+        hint = ("Trading may still be running on them: halt them by another path (the runbook's "
+                "manual steps) and re-run." if verb == "halt" else
+                "They are still halted or in an unknown state: check them and re-run.")
+        return "could not verify the %s of %d of %d targets: %s. %s" % (
+            verb, len(bad), len(out["targets"]), "; ".join(parts), hint)

@@ -1,0 +1,529 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) tradeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: halt_trading
+short_description: Halt (or resume) trading on many engines at once, verified
+version_added: 0.1.0
+description:
+  - The kill switch. Halts trading on every target concurrently, inside B(one) module call, so
+    halting 200 engines costs one round trip instead of 200 Ansible tasks. Run it once, on the
+    controller (C(run_once: true), C(delegate_to: localhost)).
+  - Each target has an ordered chain of O(targets[].methods). After each method the state is read back;
+    if it does not show trading stopped, the next method in the chain is tried.
+  - A halt is verified, never assumed. A kill switch that answers 200 but does not stop
+    trading comes out as unverified, and the module fails naming it.
+  - Every target has its own deadline (O(timeout)); a dead or hung target never delays the
+    others. Each method in a chain gets a fair share of the time left, so a hung API still
+    leaves time for the fallback.
+  - O(state=resumed) reverses every method of the chain and verifies that trading is back.
+    Gate it; see the C(tradeops.remediation.halt_trading) role.
+author:
+  - tradeops SRE team
+extends_documentation_fragment:
+  - tradeops.remediation.attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reads each target's current state (read-only requests) and reports what would change.
+        Nothing is written.
+  diff_mode:
+    support: full
+    details:
+      - The diff maps each target name to V(trading), V(halted) or V(unknown) before and after.
+  idempotent:
+    support: full
+    details:
+      - Targets already halted (or, with O(state=resumed), already trading) report C(changed=false).
+options:
+  targets:
+    description:
+      - The engines to halt. Each has a O(targets[].name) and an ordered chain of O(targets[].methods).
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: A unique name for the target, used in results and messages.
+        type: str
+      verify:
+        description:
+          - A status request that proves the engine stopped trading, used for every method of the
+            target that has no O(targets[].methods[].verify) of its own.
+          - Without one, flag-style methods (redis, file, docker, kubernetes) are verified by
+            reading their own flag back, and an C(http) method cannot be verified.
+        type: dict
+        suboptions:
+          url:
+            description: The status URL, for example C(http://engine:8001/api/v1/trading/status).
+            type: str
+          method:
+            description: HTTP method of the status request. Default V(GET).
+            type: str
+          field:
+            description: Dotted path of the JSON field that shows the state, for example V(trading_active).
+            type: str
+          value:
+            description: The value of O(targets[].verify.field) that means trading is halted.
+            type: raw
+          resumed_value:
+            description: The value of O(targets[].verify.field) that means trading is active. Needed for O(state=resumed).
+            type: raw
+          headers:
+            description: Extra request headers. Put secrets in O(targets[].verify.token), not here.
+            type: dict
+          token:
+            description: A token sent in the O(targets[].verify.token_header) header.
+            type: str
+          token_header:
+            description: Header that carries O(targets[].verify.token). Default V(X-Admin-Token).
+            type: str
+          wait:
+            description: Seconds to keep polling for the expected state after acting. Default V(2.0).
+            type: float
+          validate_certs:
+            description: Validate TLS certificates. Default V(true).
+            type: bool
+          ca_path:
+            description: A CA bundle to validate TLS certificates with.
+            type: path
+      methods:
+        description:
+          - The ordered chain of kill-switch methods. The first one that verifies wins.
+          - O(targets[].methods[].type) selects the backend; the other options apply to the backend named
+            in their description.
+        type: list
+        elements: dict
+        suboptions:
+          type:
+            description:
+              - The backend, one of V(http), V(redis), V(file), V(docker) or V(kubernetes).
+            type: str
+          url:
+            description: (http) The kill-switch URL, for example C(http://engine:8001/api/v1/emergency/kill_switch).
+            type: str
+          method:
+            description: (http) HTTP method of the halt request. Default V(POST).
+            type: str
+          headers:
+            description: (http) Extra request headers. Put secrets in O(targets[].methods[].token), not here.
+            type: dict
+          token:
+            description: (http) A token sent in the O(targets[].methods[].token_header) header, for example an admin token.
+            type: str
+          token_header:
+            description: (http) Header that carries O(targets[].methods[].token). Default V(X-Admin-Token).
+            type: str
+          body:
+            description:
+              - (http) JSON body of the halt request. When it is a dict without a C(reason) key,
+                O(reason) is added. Default V({"reason": <reason>}).
+            type: raw
+          status_codes:
+            description: (http) Status codes that mean the request was accepted. Default V([200, 201, 202, 204]).
+            type: list
+            elements: int
+          resume_url:
+            description: (http) URL that reverses the halt, used with O(state=resumed).
+            type: str
+          resume_method:
+            description: (http) HTTP method of the resume request. Default V(POST).
+            type: str
+          resume_body:
+            description: (http) JSON body of the resume request.
+            type: raw
+          validate_certs:
+            description: (http) Validate TLS certificates. Default V(true).
+            type: bool
+          ca_path:
+            description: (http) A CA bundle to validate TLS certificates with.
+            type: path
+          host:
+            description: (redis) Redis host. Default V(127.0.0.1).
+            type: str
+          port:
+            description: (redis) Redis port. Default V(6379).
+            type: int
+          db:
+            description: (redis) Redis database number. Default V(0).
+            type: int
+          username:
+            description: (redis) Redis ACL user name.
+            type: str
+          password:
+            description: (redis) Redis password.
+            type: str
+          tls:
+            description: (redis) Connect with TLS. Default V(false).
+            type: bool
+          key:
+            description: (redis) The halt key, for example V(emergency_halt).
+            type: str
+          ttl:
+            description: (redis) Expiry of the halt key in seconds; must be positive. Default V(3600), as in the runbooks.
+            type: int
+          value:
+            description: (redis) Value stored in the key. Default a JSON document with the reason and time.
+            type: str
+          path:
+            description: (file) Absolute path of the flag file on the module's host, for example C(/tmp/EMERGENCY_STOP).
+            type: path
+          container:
+            description: (docker) Name or id of the container.
+            type: str
+          action:
+            description:
+              - (docker) V(flag) touches O(targets[].methods[].flag_path) inside the container; V(stop) stops it.
+                Default V(flag).
+            type: str
+          flag_path:
+            description: (docker) Flag file inside the container. Default V(/tmp/EMERGENCY_STOP).
+            type: str
+          docker_host:
+            description: (docker) Docker API URL. Default V(unix:///var/run/docker.sock).
+            type: str
+          stop_timeout:
+            description: (docker) Seconds to wait for the container to stop before it is killed. Default V(10).
+            type: int
+          deployment:
+            description: (kubernetes) The deployment to scale to zero. Its replica count is kept in an annotation for resume.
+            type: str
+          namespace:
+            description: (kubernetes) Namespace of the deployment. Default V(default).
+            type: str
+          kubeconfig:
+            description: (kubernetes) Path of a kubeconfig file. Default the usual kubeconfig lookup.
+            type: path
+          context:
+            description: (kubernetes) The kubeconfig context to use.
+            type: str
+          api_url:
+            description: (kubernetes) The API server URL, instead of a kubeconfig.
+            type: str
+          api_key:
+            description: (kubernetes) A bearer token for O(targets[].methods[].api_url).
+            type: str
+          verify:
+            description: A status request for this method only; same options as O(targets[].verify).
+            type: dict
+            suboptions:
+              url:
+                description: The status URL.
+                type: str
+              method:
+                description: HTTP method of the status request. Default V(GET).
+                type: str
+              field:
+                description: Dotted path of the JSON field that shows the state.
+                type: str
+              value:
+                description: The value of the field that means trading is halted.
+                type: raw
+              resumed_value:
+                description: The value of the field that means trading is active.
+                type: raw
+              headers:
+                description: Extra request headers.
+                type: dict
+              token:
+                description: A token sent in the O(targets[].methods[].verify.token_header) header.
+                type: str
+              token_header:
+                description: Header that carries the token. Default V(X-Admin-Token).
+                type: str
+              wait:
+                description: Seconds to keep polling for the expected state after acting. Default V(2.0).
+                type: float
+              validate_certs:
+                description: Validate TLS certificates. Default V(true).
+                type: bool
+              ca_path:
+                description: A CA bundle to validate TLS certificates with.
+                type: path
+  state:
+    description:
+      - V(halted) stops trading on every target; V(resumed) reverses every method of each chain.
+    type: str
+    choices: [halted, resumed]
+    default: halted
+  reason:
+    description: Why trading is halted; sent to HTTP kill switches and written into flags.
+    type: str
+    default: tradeops emergency halt
+  timeout:
+    description: Deadline in seconds for each target, covering every method of its chain and the verification.
+    type: float
+    default: 10.0
+  concurrency:
+    description: How many targets are worked on at the same time.
+    type: int
+    default: 64
+  verify:
+    description:
+      - Read the state back after each method. With V(false) a method that answers is trusted,
+        its target is reported as unverified, and the module does not fail for it. Leave it on.
+    type: bool
+    default: true
+notes:
+  - Runs on the host it is delegated to (normally the controller). The C(redis), C(docker) and
+    C(kubernetes) methods need the Python libraries C(redis), C(docker) and C(kubernetes) there.
+seealso:
+  - module: tradeops.remediation.health_check
+"""
+
+EXAMPLES = r"""
+- name: Halt trading on every engine in one concurrent, verified call
+  tradeops.remediation.halt_trading:
+    reason: "P0: order router down"
+    timeout: 10
+    targets:
+      - name: engine-001
+        verify:
+          url: http://10.0.0.11:8001/api/v1/trading/status
+          field: trading_active
+          value: false
+          resumed_value: true
+        methods:
+          - type: http
+            url: http://10.0.0.11:8001/api/v1/emergency/kill_switch
+            body: {user_id: tradeops}
+            resume_url: http://10.0.0.11:8001/api/v1/emergency/resume
+          - type: file
+            path: /srv/engine-001/EMERGENCY_STOP
+      - name: engine-002
+        methods:
+          - type: redis
+            host: 10.0.0.20
+            password: "{{ vault_redis_password }}"
+            key: emergency_halt
+            ttl: 3600
+  run_once: true
+  delegate_to: localhost
+  register: halt
+
+- name: Resume trading (only behind an approval gate)
+  tradeops.remediation.halt_trading:
+    state: resumed
+    targets: "{{ engine_targets }}"
+  run_once: true
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+state:
+  description: The requested state.
+  returned: always
+  type: str
+  sample: halted
+targets:
+  description: One result per target, in the order given.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The target name.
+      type: str
+      sample: engine-001
+    status:
+      description:
+        - V(halted), V(already_halted), V(would_halt) (check mode), V(resumed), V(already_resumed),
+          V(would_resume), V(unverified) or V(failed).
+      type: str
+      sample: halted
+    before:
+      description: State read before acting, V(trading), V(halted) or V(unknown).
+      type: str
+    changed:
+      description: Whether a method was applied to this target.
+      type: bool
+    verified:
+      description: Whether the read-back confirmed the requested state.
+      type: bool
+    method:
+      description: The type of the method that verified.
+      type: str
+      sample: http
+    verified_by:
+      description: V(status) (the engine's status request) or V(flag) (the method's own flag read back).
+      type: str
+    methods_tried:
+      description: Each method tried, with its action, verification, latency in ms and error text.
+      type: list
+      elements: dict
+    latency_ms:
+      description: Time spent on this target, in milliseconds.
+      type: int
+    halted_at:
+      description: Epoch time at which the halt was verified.
+      type: float
+    error:
+      description: What went wrong, for failed and unverified targets.
+      type: str
+halted:
+  description: Targets halted and verified by this call.
+  returned: state=halted
+  type: list
+  elements: str
+already_halted:
+  description: Targets that were already halted (no change).
+  returned: state=halted
+  type: list
+  elements: str
+would_halt:
+  description: Targets that would be halted (check mode).
+  returned: check_mode and state=halted
+  type: list
+  elements: str
+resumed:
+  description: Targets resumed and verified by this call.
+  returned: state=resumed
+  type: list
+  elements: str
+already_resumed:
+  description: Targets that were already trading (no change).
+  returned: state=resumed
+  type: list
+  elements: str
+would_resume:
+  description: Targets that would be resumed (check mode).
+  returned: check_mode and state=resumed
+  type: list
+  elements: str
+failed_targets:
+  description:
+    - Targets on which no method could be applied (unreachable, errors, deadline, invalid options).
+    - Named C(failed_targets) because C(failed) is reserved by Ansible for the task status.
+  returned: always
+  type: list
+  elements: str
+unverified:
+  description: Targets on which a method was applied but the state never read back as requested.
+  returned: always
+  type: list
+  elements: str
+elapsed_ms:
+  description: Wall time of the whole fan-out, in milliseconds.
+  returned: always
+  type: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError
+from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import HaltService
+
+VERIFY_SPEC = dict(
+    url=dict(type="str"),
+    method=dict(type="str"),
+    field=dict(type="str"),
+    value=dict(type="raw"),
+    resumed_value=dict(type="raw"),
+    headers=dict(type="dict"),
+    token=dict(type="str", no_log=True),
+    token_header=dict(type="str", no_log=False),
+    wait=dict(type="float"),
+    validate_certs=dict(type="bool"),
+    ca_path=dict(type="path"),
+)
+
+METHOD_SPEC = dict(
+    type=dict(type="str"),
+    # http
+    url=dict(type="str"),
+    method=dict(type="str"),
+    headers=dict(type="dict"),
+    token=dict(type="str", no_log=True),
+    token_header=dict(type="str", no_log=False),
+    body=dict(type="raw"),
+    status_codes=dict(type="list", elements="int"),
+    resume_url=dict(type="str"),
+    resume_method=dict(type="str"),
+    resume_body=dict(type="raw"),
+    validate_certs=dict(type="bool"),
+    ca_path=dict(type="path"),
+    # redis
+    host=dict(type="str"),
+    port=dict(type="int"),
+    db=dict(type="int"),
+    username=dict(type="str"),
+    password=dict(type="str", no_log=True),
+    tls=dict(type="bool"),
+    key=dict(type="str", no_log=False),
+    ttl=dict(type="int"),
+    value=dict(type="str"),
+    # file
+    path=dict(type="path"),
+    # docker
+    container=dict(type="str"),
+    action=dict(type="str"),
+    flag_path=dict(type="str"),
+    docker_host=dict(type="str"),
+    stop_timeout=dict(type="int"),
+    # kubernetes
+    deployment=dict(type="str"),
+    namespace=dict(type="str"),
+    kubeconfig=dict(type="path"),
+    context=dict(type="str"),
+    api_url=dict(type="str"),
+    api_key=dict(type="str", no_log=True),
+    verify=dict(type="dict", options=VERIFY_SPEC),
+)
+
+ARGUMENT_SPEC = dict(
+    targets=dict(
+        type="list",
+        elements="dict",
+        required=True,
+        options=dict(
+            name=dict(type="str"),
+            verify=dict(type="dict", options=VERIFY_SPEC),
+            methods=dict(type="list", elements="dict", options=METHOD_SPEC),
+        ),
+    ),
+    state=dict(type="str", choices=["halted", "resumed"], default="halted"),
+    reason=dict(type="str", default="tradeops emergency halt"),
+    timeout=dict(type="float", default=10.0),
+    concurrency=dict(type="int", default=64),
+    verify=dict(type="bool", default=True),
+)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    p = module.params
+    try:
+        service = HaltService(
+            p["targets"],
+            state=p["state"],
+            reason=p["reason"],
+            timeout=p["timeout"],
+            concurrency=p["concurrency"],
+            verify=p["verify"],
+            check_mode=module.check_mode,
+        )
+        result = service.run()
+    except TradeopsError as err:
+        module.fail_json(msg="halt_trading: %s" % err)
+
+    diff = result.pop("diff")
+    if module._diff:
+        result["diff"] = diff
+    if not p["verify"] and result["unverified"]:
+        module.warn("verify=false: %d targets were not read back: %s"
+                    % (len(result["unverified"]), ", ".join(result["unverified"])))
+    message = HaltService.failure_message(result, verify=p["verify"])
+    if message:
+        module.fail_json(msg=message, **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Names, defaults and the state-file contract of the lab.
+
+The state file ``<lab_dir>/state.json`` is a contract other code (the drill, the Ansible inventory
+of the lab) depends on. Its shape::
+
+    {
+      "version": 1,
+      "lab_dir": "/abs/path",
+      "started_at": 1763900000.123,
+      "admin_token": "<random>",
+      "control": {"host": "127.0.0.1", "port": 40123},
+      "engines_pid": 1234,
+      "postgres": {"host", "port", "dbname", "user", "password", "datadir", "pid"},
+      "redis": {"host", "port", "db", "password", "pid"},
+      "engines": [{"name", "host", "port", "dir", "methods", "redis_key", "faults"}]
+    }
+
+It is written atomically (temporary file + rename) with mode 0600 because it holds secrets, and only
+once the lab is fully up: its presence means "a lab was brought up here and not yet taken down".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import LabError, LabInputError
+
+STATE_VERSION = 1
+LOOPBACK = "127.0.0.1"
+
+ENV_LAB_DIR = "TRADEOPS_LAB_DIR"
+DEFAULT_LAB_DIRNAME = ".lab"
+
+# Files inside the lab dir.
+STATE_FILE = "state.json"
+STARTING_FILE = ".starting.json"  # partial state while `up` runs, so `down` can clean up after a crash
+MARKER_FILE = ".tradeops-lab"  # marks a directory as a lab dir: `down` only ever deletes marked dirs
+LOCK_FILE = ".lock"
+ENGINES_CONFIG_FILE = "engines-config.json"  # written by the manager, read by the engines process (0600)
+ENGINES_RUNTIME_FILE = "engines-runtime.json"  # written by the engines process once every socket is bound
+ENGINES_LOG = "engines.log"
+POSTGRES_LOG = "postgres.log"
+
+# Halt mechanisms an engine can honour, in the default primary cycle order.
+KILLSWITCH_API = "killswitch_api"
+ORCHESTRATE_API = "orchestrate_api"
+REDIS = "redis"
+FILE = "file"
+HALT_METHODS: tuple[str, ...] = (KILLSWITCH_API, ORCHESTRATE_API, REDIS, FILE)
+DEFAULT_MIX: tuple[str, ...] = HALT_METHODS
+
+GLOBAL_HALT_KEY = "emergency_halt"  # seed 003's global halt key
+EMERGENCY_STOP_FILE = "EMERGENCY_STOP"  # seed 002's flag file, inside each engine's dir
+
+FAULT_CRASH = "crash"
+FAULT_HANG = "hang"
+FAULT_KILLSWITCH_BROKEN = "killswitch-broken"
+FAULT_KILLSWITCH_LIES = "killswitch-lies"
+FAULT_ERROR_RATE = "error-rate"
+FAULT_LATENCY = "latency"
+FAULTS: tuple[str, ...] = (
+    FAULT_CRASH,
+    FAULT_HANG,
+    FAULT_KILLSWITCH_BROKEN,
+    FAULT_KILLSWITCH_LIES,
+    FAULT_ERROR_RATE,
+    FAULT_LATENCY,
+)
+ALL = "*"
+
+MAX_ENGINES = 999  # keeps engine names at three digits
+
+
+def default_lab_dir() -> Path:
+    """The lab dir when none is given: ``$TRADEOPS_LAB_DIR``, else ``./.lab`` (relative to the cwd)."""
+    env = os.environ.get(ENV_LAB_DIR)
+    return Path(os.path.abspath(env if env else DEFAULT_LAB_DIRNAME))
+
+
+def engine_name(index: int) -> str:
+    """Name of the engine at 0-based ``index``: ``engine-001`` ..."""
+    return f"engine-{index + 1:03d}"
+
+
+def engine_redis_key(name: str) -> str:
+    return f"{GLOBAL_HALT_KEY}:{name}"
+
+
+def engine_methods(primary: str) -> list[str]:
+    """Ordered halt methods for an engine: its primary, then the fallback (file, or redis for file engines)."""
+    return [primary, REDIS if primary == FILE else FILE]
+
+
+def parse_mix(mix: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Validate a primary-method cycle (``"redis,file"`` or a sequence); ``None`` gives the default."""
+    if mix is None:
+        return DEFAULT_MIX
+    items = [m.strip() for m in mix.split(",")] if isinstance(mix, str) else [str(m).strip() for m in mix]
+    items = [m for m in items if m]
+    if not items:
+        raise LabInputError("the method mix is empty")
+    unknown = [m for m in items if m not in HALT_METHODS]
+    if unknown:
+        raise LabInputError(f"unknown halt method(s) in mix: {', '.join(unknown)} (known: {', '.join(HALT_METHODS)})")
+    return tuple(items)
+
+
+def parse_fault_specs(specs: Iterable[str]) -> dict[str, list[str]]:
+    """Parse CLI fault specs ``engine-003=hang`` (``*=latency`` for every engine) into ``{engine: [faults]}``."""
+    result: dict[str, list[str]] = {}
+    for spec in specs:
+        engine, sep, fault = spec.partition("=")
+        engine, fault = engine.strip(), fault.strip()
+        if not sep or not engine or not fault:
+            raise LabInputError(f"bad fault spec {spec!r}: expected ENGINE=FAULT, e.g. engine-003=hang")
+        result.setdefault(engine, [])
+        if fault not in result[engine]:
+            result[engine].append(fault)
+    return result
+
+
+def validate_fault(fault: str, *, allow_all: bool = False) -> str:
+    if fault in FAULTS or (allow_all and fault == ALL):
+        return fault
+    raise LabInputError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+
+
+def normalize_faults(faults: Mapping[str, str | Iterable[str]] | None, names: Sequence[str]) -> dict[str, list[str]]:
+    """Validate ``{engine or "*": fault(s)}`` against the engine names; returns ``{engine: [faults]}``."""
+    result: dict[str, list[str]] = {name: [] for name in names}
+    for engine, value in (faults or {}).items():
+        items = [value] if isinstance(value, str) else list(value)
+        targets = list(names) if engine == ALL else [engine]
+        if engine != ALL and engine not in result:
+            raise LabInputError(f"fault for unknown engine {engine!r} (engines are {names[0]}..{names[-1]})")
+        for fault in items:
+            validate_fault(fault)
+            for target in targets:
+                if fault not in result[target]:
+                    result[target].append(fault)
+    return result
+
+
+def build_engine_specs(
+    lab_dir: Path,
+    count: int,
+    mix: str | Sequence[str] | None = None,
+    faults: Mapping[str, str | Iterable[str]] | None = None,
+    host: str = LOOPBACK,
+) -> list[dict[str, Any]]:
+    """The ``engines`` entries of the state file, without ports (the OS picks those)."""
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_ENGINES:
+        raise LabInputError(f"the number of engines must be between 1 and {MAX_ENGINES}, got {count!r}")
+    cycle = parse_mix(mix)
+    names = [engine_name(i) for i in range(count)]
+    per_engine = normalize_faults(faults, names)
+    return [
+        {
+            "name": name,
+            "host": host,
+            "port": 0,
+            "dir": str(lab_dir / "engines" / name),
+            "methods": engine_methods(cycle[i % len(cycle)]),
+            "redis_key": engine_redis_key(name),
+            "faults": per_engine[name],
+        }
+        for i, name in enumerate(names)
+    ]
+
+
+def new_secret() -> str:
+    """A random url-safe token (32 bytes of entropy)."""
+    return secrets.token_urlsafe(32)
+
+
+def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
+    """Write JSON to ``path`` atomically (temp file in the same dir + rename), created with ``mode``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """Load a JSON object from ``path``; ``None`` if the file does not exist."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise LabError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise LabError(f"{path} does not hold a JSON object")
+    return data
