@@ -119,7 +119,7 @@ class Method:
         self.where = where
         for opt in self.required:
             if spec.get(opt) in (None, ""):
-                raise ValidationError("%s.%s is required for a %s method" % (where, opt, self.type))
+                raise ValidationError("%s.%s is required for the %s method" % (where, opt, self.type))
         verify = spec.get("verify")
         self.verify = VerifyRequest(verify, where + ".verify") if verify else None
 
@@ -558,10 +558,12 @@ class HaltService:
         """
         errors = []
         all_clear = True
+        unreachable = set()  # a status endpoint that failed once is not asked again
         for method in target.methods:
             verify = target.verify_for(method)
             try:
-                if verify is not None:
+                if verify is not None and id(verify) not in unreachable:
+                    unreachable.add(id(verify))
                     halted, value = verify.read(deadline.sub(min(2.0, deadline.remaining() / 3)))
                     if halted is not None:
                         return halted, "status", "%s=%r" % (verify.field, value)

@@ -1,0 +1,149 @@
+"""Real `ansible-playbook playbooks/p0_outage.yml` runs against a real lab.
+
+Every assertion is about what a user would see: orders in PostgreSQL stop after each verified
+halt (and come back after a resume), engines report trading again, hung or dead engines are
+bounded and named. Nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.conftest import read_json
+
+pytestmark = pytest.mark.integration
+
+
+def recap(stdout: str) -> dict[str, dict[str, int]]:
+    out = {}
+    for line in stdout.splitlines():
+        m = re.match(r"^(\S+)\s+:\s+(ok=.*)$", line.strip())
+        if m:
+            out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return out
+
+
+def run_p0(lab, tmp_path, *extra, name="report.json"):
+    report = tmp_path / name
+    proc = lab.run_playbook("p0_outage.yml", "-e", f"halt_trading_report_path={report}",
+                            "-e", "halt_trading_quiesce_seconds=1", *extra)
+    data = read_json(report) if report.exists() else None
+    return proc, data
+
+
+def by_name(report):
+    return {t["name"]: t for t in report["result"]["targets"]}
+
+
+def assert_no_orders_after_halt(lab, targets, names):
+    for name in names:
+        t = targets[name]
+        assert t["halted_at"], f"{name} has no halted_at: {t}"
+        assert lab.orders_after(name, t["halted_at"]) == 0, f"{name} wrote orders after its verified halt"
+        # and it was trading before: the proof is not vacuous
+        assert lab.orders_between(name, t["halted_at"] - 30, t["halted_at"]) > 0, f"{name} never traded"
+
+
+def test_p0_halts_every_engine_verified_and_orders_stop(lab_factory, tmp_path):
+    lab = lab_factory(engines=8)
+    proc, report = run_p0(lab, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    targets = by_name(report)
+    assert sorted(report["result"]["halted"]) == sorted(lab.engines())
+    assert all(t["verified"] for t in targets.values())
+    # every kill-switch family of the seeds was exercised
+    assert {t["method"] for t in targets.values()} == {"http", "redis", "file"}
+    time.sleep(1.0)  # orders still in flight would show up now
+    assert_no_orders_after_halt(lab, targets, lab.engines())
+    # the role's own orders check and report reached the user
+    assert "orders after halt" in proc.stdout
+    assert "8/8 engines halted and verified" in proc.stdout
+    assert all(row["orders_after"] == 0 for row in report["orders"])
+
+
+def test_second_run_changes_nothing(lab_factory, tmp_path):
+    lab = lab_factory(engines=4)
+    first, _ = run_p0(lab, tmp_path, name="first.json")
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert sum(h["changed"] for h in recap(first.stdout).values()) >= 1
+    second, report = run_p0(lab, tmp_path, name="second.json")
+    assert second.returncode == 0, second.stdout[-4000:]
+    counts = recap(second.stdout)
+    assert counts and all(c["changed"] == 0 for c in counts.values()), second.stdout[-3000:]
+    assert sorted(report["result"]["already_halted"]) == sorted(lab.engines())
+    assert report["result"]["halted"] == []
+
+
+def test_check_mode_leaves_every_engine_trading(lab_factory, tmp_path):
+    lab = lab_factory(engines=4)
+    proc = lab.run_playbook("p0_outage.yml", "--check", "--diff")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "would_halt" in proc.stdout or "changed" in proc.stdout
+    after = time.time()
+    counts = lab.wait_for_orders(lab.engines(), since=after, timeout=10)
+    assert all(counts.values()), f"an engine stopped trading in check mode: {counts}"
+    for engine in lab.state["engines"]:
+        assert not (lab.dir / "engines" / engine["name"] / "EMERGENCY_STOP").exists()
+    assert lab.lab.redis_client().keys("emergency_halt*") == []
+
+
+def test_crashed_engine_is_reported_failed_while_the_others_halt(lab_factory, tmp_path):
+    lab = lab_factory(engines=5, faults={"engine-002": "crash"})
+    proc, report = run_p0(lab, tmp_path)
+    assert proc.returncode != 0
+    targets = by_name(report)
+    assert targets["engine-002"]["status"] in ("failed", "unverified")
+    assert "engine-002" in proc.stdout
+    others = [e for e in lab.engines() if e != "engine-002"]
+    assert sorted(report["result"]["halted"]) == sorted(others)
+    time.sleep(0.5)
+    assert_no_orders_after_halt(lab, targets, others)
+
+
+def test_hung_engine_is_bounded_by_the_timeout(lab_factory, tmp_path):
+    lab = lab_factory(engines=5, faults={"engine-001": "hang"})
+    proc, report = run_p0(lab, tmp_path, "-e", "halt_trading_timeout=3")
+    assert proc.returncode != 0, "a hung engine cannot be verified halted (its status API hangs too)"
+    result = report["result"]
+    targets = by_name(report)
+    hung = targets["engine-001"]
+    assert hung["status"] in ("failed", "unverified")
+    assert "no answer" in (hung["error"] or "")
+    # bounded: the whole fan-out ends within the deadline plus the abandon grace
+    assert result["elapsed_ms"] < 3000 + 800, result["elapsed_ms"]
+    assert hung["latency_ms"] <= 3000 + 800
+    # and the hung engine delayed no one
+    for name in lab.engines()[1:]:
+        assert targets[name]["status"] == "halted"
+        assert targets[name]["latency_ms"] < 2000, (name, targets[name]["latency_ms"])
+    assert_no_orders_after_halt(lab, targets, lab.engines()[1:])
+
+
+@pytest.mark.parametrize("fault", ["killswitch-broken", "killswitch-lies"])
+def test_broken_or_lying_api_falls_back_to_the_next_method(lab_factory, tmp_path, fault):
+    lab = lab_factory(engines=2, faults={"engine-001": fault})
+    proc, report = run_p0(lab, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    target = by_name(report)["engine-001"]
+    assert target["status"] == "halted"
+    assert target["method"] == "file", target
+    first = target["methods_tried"][0]
+    assert first["type"] == "http" and not first["verified"]
+    assert ("500" in first["error"]) if fault == "killswitch-broken" else ("not verified" in first["error"])
+    assert_no_orders_after_halt(lab, by_name(report), ["engine-001"])
+
+
+def test_resume_brings_order_flow_back(lab_factory, tmp_path):
+    lab = lab_factory(engines=4)
+    halt, _ = run_p0(lab, tmp_path, name="halt.json")
+    assert halt.returncode == 0, halt.stdout[-4000:]
+    proc, report = run_p0(lab, tmp_path, "-e", "halt_trading_state=resumed", name="resume.json")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert sorted(report["result"]["resumed"]) == sorted(lab.engines())
+    for t in report["result"]["targets"]:
+        assert lab.orders_after(t["name"], t["resumed_at"]) > 0, f"{t['name']} did not trade after resume"
+    assert all(row["orders_after"] > 0 for row in report["orders"])
+    assert lab.lab.redis_client().keys("emergency_halt*") == []

@@ -1,0 +1,171 @@
+"""Drive halt_trading's main() with patched module args (as community.hashi_vault does).
+
+The HTTP peer is a real local server that records every request, so "check mode makes no
+calls" is asserted on what actually reached the wire, not on a mock.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.tradeops.remediation.plugins.modules import halt_trading
+
+
+class RecordingEngine:
+    """A minimal engine: POST /halt halts it, GET /status tells the truth. Records requests."""
+
+    def __init__(self):
+        self.halted = False
+        self.requests = []
+        engine = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                engine.requests.append(("GET", self.path))
+                self._reply(200, {"trading_active": not engine.halted})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                engine.requests.append(("POST", self.path, body))
+                if self.path == "/halt":
+                    engine.halted = True
+                elif self.path == "/resume":
+                    engine.halted = False
+                self._reply(200, {"ok": True})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def target(self, name="engine-a"):
+        return {
+            "name": name,
+            "verify": {"url": self.url + "/status", "field": "trading_active", "value": False,
+                       "resumed_value": True},
+            "methods": [{"type": "http", "url": self.url + "/halt", "resume_url": self.url + "/resume"}],
+        }
+
+    def posts(self):
+        return [r for r in self.requests if r[0] == "POST"]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def engine():
+    e = RecordingEngine()
+    yield e
+    e.close()
+
+
+def run_module(capsys, args):
+    with patch_module_args(args):
+        with pytest.raises(SystemExit) as exc:
+            halt_trading.main()
+    out = json.loads(capsys.readouterr().out)
+    out["_rc"] = exc.value.code
+    return out
+
+
+def test_halts_and_reports_lists(capsys, engine, tmp_path):
+    flag = tmp_path / "EMERGENCY_STOP"
+    out = run_module(capsys, {"targets": [engine.target(), {"name": "engine-b", "methods": [
+        {"type": "file", "path": str(flag)}]}], "reason": "unit test"})
+    assert out["_rc"] == 0, out
+    assert out["changed"] is True
+    assert sorted(out["halted"]) == ["engine-a", "engine-b"]
+    assert out["failed_targets"] == [] and out["unverified"] == []
+    assert engine.halted and flag.exists()
+    # the reason reached the kill switch
+    assert json.loads(engine.posts()[0][2]) == {"reason": "unit test"}
+
+
+def test_second_call_is_idempotent(capsys, engine):
+    run_module(capsys, {"targets": [engine.target()]})
+    posts_before = len(engine.posts())
+    out = run_module(capsys, {"targets": [engine.target()]})
+    assert out["changed"] is False
+    assert out["already_halted"] == ["engine-a"]
+    assert len(engine.posts()) == posts_before, "an already halted engine was sent another halt"
+
+
+def test_check_mode_sends_no_halt_and_writes_nothing(capsys, engine, tmp_path):
+    flag = tmp_path / "EMERGENCY_STOP"
+    out = run_module(capsys, {"targets": [engine.target(), {"name": "engine-b", "methods": [
+        {"type": "file", "path": str(flag)}]}], "_ansible_check_mode": True, "_ansible_diff": True})
+    assert out["_rc"] == 0, out
+    assert out["changed"] is True
+    assert sorted(out["would_halt"]) == ["engine-a", "engine-b"]
+    # only read-only status requests reached the engine; nothing was halted or written
+    assert engine.posts() == []
+    assert all(r[0] == "GET" for r in engine.requests)
+    assert engine.halted is False
+    assert not flag.exists()
+    assert out["diff"]["before"] == {"engine-a": "trading", "engine-b": "trading"}
+    assert out["diff"]["after"] == {"engine-a": "halted", "engine-b": "halted"}
+
+
+def test_resume_reverses_the_halt(capsys, engine):
+    run_module(capsys, {"targets": [engine.target()]})
+    out = run_module(capsys, {"targets": [engine.target()], "state": "resumed"})
+    assert out["_rc"] == 0, out
+    assert out["resumed"] == ["engine-a"] and engine.halted is False
+    again = run_module(capsys, {"targets": [engine.target()], "state": "resumed"})
+    assert again["changed"] is False and again["already_resumed"] == ["engine-a"]
+
+
+def test_token_is_never_in_the_output(capsys, engine):
+    target = engine.target()
+    target["methods"][0]["token"] = "s3cr3t-admin-token-canary"
+    target["verify"]["token"] = "s3cr3t-admin-token-canary"
+    with patch_module_args({"targets": [target]}):
+        with pytest.raises(SystemExit):
+            halt_trading.main()
+    captured = capsys.readouterr()
+    assert "s3cr3t-admin-token-canary" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    "methods, needle",
+    [
+        ([{"type": "carrier-pigeon"}], "engine-x): methods[0].type: unknown method 'carrier-pigeon'"),
+        ([{"type": "http"}], "engine-x): methods[0].url is required for the http method"),
+        ([{"type": "redis", "key": "emergency_halt", "ttl": -5}], "engine-x): methods[0].ttl must be a positive"),
+        ([], "engine-x): methods is empty"),
+        ([{"type": "file", "path": "relative/STOP"}], "engine-x): methods[0].path must be absolute"),
+    ],
+)
+def test_bad_input_names_the_target_and_the_option(capsys, engine, methods, needle):
+    out = run_module(capsys, {"targets": [engine.target("engine-ok"), {"name": "engine-x", "methods": methods}]})
+    assert out["_rc"] == 1
+    assert out["failed"] is True
+    assert needle in out["msg"], out["msg"]
+    # a mistyped target never stops the others from being halted
+    assert out["halted"] == ["engine-ok"] and engine.halted
+    assert out["failed_targets"] == ["engine-x"]
+
+
+def test_bad_global_options_fail_before_any_call(capsys, engine):
+    out = run_module(capsys, {"targets": [engine.target()], "timeout": 0})
+    assert out["_rc"] == 1 and "timeout must be a positive" in out["msg"]
+    assert engine.requests == []
