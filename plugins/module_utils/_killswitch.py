@@ -377,7 +377,7 @@ class KubernetesMethod(Method):
         self.namespace = spec.get("namespace") or "default"
         self.kubeconfig = spec.get("kubeconfig")
         self.context = spec.get("context")
-        self.api_host = spec.get("host")
+        self.api_host = spec.get("api_url")
         self.api_key = spec.get("api_key")
         self.validate_certs = spec.get("validate_certs", True) is not False
 

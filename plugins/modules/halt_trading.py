@@ -12,9 +12,9 @@ module: halt_trading
 short_description: Halt (or resume) trading on many engines at once, verified
 version_added: 0.1.0
 description:
-  - The kill switch. Halts trading on every target concurrently, inside B(one) module call, so
+  - "The kill switch. Halts trading on every target concurrently, inside B(one) module call, so
     halting 200 engines costs one round trip instead of 200 Ansible tasks. Run it once, on the
-    controller (C(run_once: true), C(delegate_to: localhost)).
+    controller (C(run_once: true), C(delegate_to: localhost))."
   - Each target has an ordered chain of O(targets[].methods). After each method the state is read back;
     if it does not show trading stopped, the next method in the chain is tried.
   - A halt is verified, never assumed. A kill switch that answers 200 but does not stop
@@ -124,7 +124,8 @@ options:
           body:
             description:
               - (http) JSON body of the halt request. When it is a dict without a C(reason) key,
-                O(reason) is added. Default V({"reason": <reason>}).
+                O(reason) is added.
+              - "Default: a body holding only the reason."
             type: raw
           status_codes:
             description: (http) Status codes that mean the request was accepted. Default V([200, 201, 202, 204]).

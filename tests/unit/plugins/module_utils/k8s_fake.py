@@ -1,0 +1,91 @@
+"""A FAKE of the Kubernetes API: just enough of apps/v1 Deployments for the kill switch.
+
+No real Kubernetes API server can run on this machine, so the kubernetes method is tested
+against this fake, which speaks the real wire format the official `kubernetes` client uses
+(GET and strategic-merge PATCH of /apis/apps/v1/namespaces/{ns}/deployments/{name}). Ready
+replicas follow spec.replicas at once, as if the controller were instant.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PATH = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments/([^/?]+)")
+
+
+def _merge(into: dict, patch: dict) -> None:
+    for key, value in patch.items():
+        if value is None:
+            into.pop(key, None)
+        elif isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+class FakeKubernetes:
+    def __init__(self):
+        self.deployments: dict[tuple[str, str], dict] = {}
+        self.requests: list[tuple[str, str]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _find(self):
+                m = PATH.match(self.path)
+                key = (m.group(1), m.group(2)) if m else None
+                return key, fake.deployments.get(key) if key else None
+
+            def do_GET(self):
+                fake.requests.append(("GET", self.path))
+                key, dep = self._find()
+                if dep is None:
+                    return self._reply(404, {"kind": "Status", "status": "Failure", "reason": "NotFound",
+                                             "message": "deployments.apps not found", "code": 404})
+                self._reply(200, dep)
+
+            def do_PATCH(self):
+                fake.requests.append(("PATCH", self.path))
+                key, dep = self._find()
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                if dep is None:
+                    return self._reply(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                _merge(dep, body)
+                replicas = dep["spec"].get("replicas", 0)
+                dep["status"] = {"replicas": replicas, "readyReplicas": replicas or None,
+                                 "availableReplicas": replicas or None}
+                self._reply(200, dep)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, name: str, namespace: str = "trading", replicas: int = 3) -> None:
+        self.deployments[(namespace, name)] = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace, "annotations": {}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": name, "image": "engine:1"}]}}},
+            "status": {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas},
+        }
+
+    def get(self, name: str, namespace: str = "trading") -> dict:
+        return self.deployments[(namespace, name)]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,195 @@
+"""HaltService and its backends against the lab's real engines, PostgreSQL and Redis.
+
+A halt counts only if the orders table proves it: no order created after the verified halt.
+The kubernetes backend is the one exception: it runs against a FAKE of the Kubernetes API
+(tests/unit/plugins/module_utils/k8s_fake.py), because no real API server can run here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import HaltService
+from ansible_collections.tradeops.remediation.plugins.inventory.lab import _killswitch_target
+from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    from tests.conftest import start_lab
+
+    handle = start_lab(tmp_path_factory.mktemp("ks-lab"), engines=8, order_interval=0.1)
+    yield handle
+    handle.lab.down()
+
+
+def engine(lab, name):
+    return next(e for e in lab.state["engines"] if e["name"] == name)
+
+
+def target_for(lab, name, only=None):
+    """The inventory plugin's target for an engine, optionally keeping only some method types."""
+    e = engine(lab, name)
+    target = _killswitch_target(e, lab.state["admin_token"])
+    rd = lab.state["redis"]
+    for m in target["methods"]:
+        if m["type"] == "redis":
+            m.update(host=rd["host"], port=rd["port"], password=rd["password"])
+    if only is not None:
+        target["methods"] = [m for m in target["methods"] if m["type"] in only]
+    return target
+
+
+def halt(targets, **kw):
+    kw.setdefault("timeout", 5)
+    return HaltService(targets, reason="unit test", **kw).run()
+
+
+def resume(targets, **kw):
+    kw.setdefault("timeout", 5)
+    return HaltService(targets, state="resumed", **kw).run()
+
+
+def proven_halted(lab, result, name):
+    t = next(t for t in result["targets"] if t["name"] == name)
+    assert t["status"] == "halted", t
+    time.sleep(0.5)
+    assert lab.orders_after(name, t["halted_at"]) == 0, "%s traded after its verified halt" % name
+    assert lab.orders_between(name, t["halted_at"] - 30, t["halted_at"]) > 0
+    return t
+
+
+def proven_resumed(lab, result, name):
+    t = next(t for t in result["targets"] if t["name"] == name)
+    assert t["status"] == "resumed", t
+    counts = lab.wait_for_orders([name], since=t["resumed_at"], timeout=5)
+    assert counts[name] > 0, "%s did not trade after resume" % name
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("engine-001", "killswitch_api"),   # seed 001: POST /api/v1/emergency/kill_switch
+    ("engine-002", "orchestrate_api"),  # seed 004: POST /admin/orchestrate/halt with X-Admin-Token
+    ("engine-003", "redis"),            # seed 003: emergency_halt key with a TTL
+    ("engine-004", "file"),             # seed 002: EMERGENCY_STOP flag file
+])
+def test_each_backend_halts_and_resumes_a_real_engine(lab, name, kind):
+    assert engine(lab, name)["methods"][0] == kind
+    target = target_for(lab, name)
+    target["methods"] = target["methods"][:1]  # the backend under test, no fallback
+    result = halt([target])
+    t = proven_halted(lab, result, name)
+    assert t["method"] == ("http" if kind.endswith("_api") else kind)
+    assert t["verified_by"] == "status"
+    if kind == "redis":
+        ttl = lab.lab.redis_client().ttl(engine(lab, name)["redis_key"])
+        assert 3500 < ttl <= 3600
+    proven_resumed(lab, resume([target]), name)
+
+
+def test_orchestrate_api_without_the_token_is_refused_and_reported(lab):
+    target = target_for(lab, "engine-006", only=["http"])
+    target["methods"][0].pop("token")
+    result = halt([target], timeout=2)
+    t = result["targets"][0]
+    assert t["status"] == "failed"
+    assert "401" in t["error"]
+    assert lab.wait_for_orders(["engine-006"], since=time.time(), timeout=5)["engine-006"] > 0
+
+
+def test_lying_kill_switch_is_not_verified(lab):
+    lab.lab.inject("killswitch-lies", engines=["engine-005"])
+    try:
+        target = target_for(lab, "engine-005", only=["http"])
+        result = halt([target], timeout=3)
+        t = result["targets"][0]
+        assert t["status"] == "unverified"
+        assert t["methods_tried"][0]["action"] == "HTTP 200"
+        assert "not verified" in t["error"]
+        assert result["unverified"] == ["engine-005"]
+        assert HaltService.failure_message(result) and "engine-005" in HaltService.failure_message(result)
+        # it really is still trading
+        assert lab.wait_for_orders(["engine-005"], since=time.time(), timeout=5)["engine-005"] > 0
+    finally:
+        lab.lab.inject("killswitch-lies", engines=["engine-005"], clear=True)
+
+
+def test_fallback_follows_the_chain_order_and_stops_at_the_first_verified(lab):
+    lab.lab.inject("killswitch-broken", engines=["engine-005"])
+    flag = os.path.join(engine(lab, "engine-005")["dir"], "EMERGENCY_STOP")
+    try:
+        target = target_for(lab, "engine-005")
+        never = {"type": "file", "path": os.path.join(engine(lab, "engine-005")["dir"], "NEVER_TRIED")}
+        target["methods"].append(never)
+        result = halt([target])
+        t = proven_halted(lab, result, "engine-005")
+        assert [a["type"] for a in t["methods_tried"]] == ["http", "file"]
+        assert "HTTP 500" in t["methods_tried"][0]["error"]
+        assert t["method"] == "file" and os.path.exists(flag)
+        assert not os.path.exists(never["path"]), "a method after the verified one was applied"
+        proven_resumed(lab, resume([target]), "engine-005")
+        assert not os.path.exists(flag), "resume must undo every method of the chain"
+    finally:
+        lab.lab.inject("killswitch-broken", engines=["engine-005"], clear=True)
+
+
+def test_hung_engine_is_bounded_and_delays_no_one(lab):
+    lab.lab.inject("hang", engines=["engine-007"])
+    try:
+        targets = [target_for(lab, "engine-007"), target_for(lab, "engine-008")]
+        started = time.monotonic()
+        result = halt(targets, timeout=2)
+        elapsed = time.monotonic() - started
+        hung, other = result["targets"]
+        assert hung["status"] in ("failed", "unverified") and "no answer" in hung["error"]
+        assert other["status"] == "halted" and other["latency_ms"] < 1500
+        assert elapsed < 2 + 0.8, elapsed
+    finally:
+        lab.lab.inject("hang", engines=["engine-007"], clear=True)
+        resume([target_for(lab, "engine-007"), target_for(lab, "engine-008")])
+
+
+def test_crashed_engine_fails_fast_with_the_connection_error(lab):
+    lab.lab.inject("crash", engines=["engine-006"])
+    try:
+        started = time.monotonic()
+        result = halt([target_for(lab, "engine-006", only=["http"])], timeout=5)
+        t = result["targets"][0]
+        assert t["status"] == "failed" and "refused" in t["error"].lower()
+        assert time.monotonic() - started < 1.0
+    finally:
+        lab.lab.inject("crash", engines=["engine-006"], clear=True)
+
+
+def test_check_mode_changes_nothing_on_real_engines(lab):
+    targets = [target_for(lab, n) for n in ("engine-001", "engine-003", "engine-004")]
+    result = halt(targets, check_mode=True)
+    assert sorted(result["would_halt"]) == ["engine-001", "engine-003", "engine-004"]
+    since = time.time()
+    assert all(lab.wait_for_orders(["engine-001", "engine-003", "engine-004"], since=since).values())
+    assert lab.lab.redis_client().exists(engine(lab, "engine-003")["redis_key"]) == 0
+
+
+def test_kubernetes_scale_to_zero_and_restore_against_a_fake_api():
+    """FAKE Kubernetes API (no real API server can run here): see k8s_fake.py."""
+    fake = FakeKubernetes()
+    fake.add("engine-k8s", replicas=3)
+    try:
+        method = {"type": "kubernetes", "deployment": "engine-k8s", "namespace": "trading", "api_url": fake.url}
+        target = {"name": "k8s", "methods": [method]}
+        result = halt([target])
+        t = result["targets"][0]
+        assert t["status"] == "halted" and t["verified_by"] == "flag"
+        dep = fake.get("engine-k8s")
+        assert dep["spec"]["replicas"] == 0
+        assert dep["metadata"]["annotations"]["tradeops.io/halted-replicas"] == "3"
+        assert halt([target])["already_halted"] == ["k8s"]
+        result = resume([target])
+        assert result["resumed"] == ["k8s"], result
+        dep = fake.get("engine-k8s")
+        assert dep["spec"]["replicas"] == 3
+        assert "tradeops.io/halted-replicas" not in dep["metadata"]["annotations"]
+    finally:
+        fake.close()
