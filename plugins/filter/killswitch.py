@@ -44,10 +44,8 @@ def halt_report_lines(result, orders=None):
         row = orders_by_name.get(t["name"])
         after = "-" if row is None else str(row.get("orders_after"))
         method = t.get("method") or "-"
-        if t.get("verified_by") and t.get("method"):
-            method = "%s" % t["method"]
-        lines.append("%-*s  %-15s  %-10s  %-9s  %s" % (width, t["name"], t["status"], method,
-                                                        _fmt_ms(t.get("latency_ms")), after))
+        cells = (width, t["name"], t["status"], method, _fmt_ms(t.get("latency_ms")), after)
+        lines.append("%-*s  %-15s  %-10s  %-9s  %s" % cells)
         if t.get("error") and t["status"] in ("failed", "unverified"):
             lines.append("%-*s    error: %s" % (width, "", t["error"]))
         for attempt in t.get("methods_tried", []):

@@ -18,7 +18,7 @@ description:
     the database that orders stopped.
   - The configuration file must end in C(tradeops_lab.yml) or C(tradeops_lab.yaml).
 author:
-  - tradeops SRE team
+  - tradeops SRE team (@tradeops)
 options:
   plugin:
     description: The name of this plugin; must be V(tradeops.remediation.lab).

@@ -94,7 +94,7 @@ def fan_out(items, work, concurrency, timeout, on_error, grace=0.5):
         t.daemon = True
         t.start()
 
-    for _ in range(max(1, min(int(concurrency), n))):
+    for dummy in range(max(1, min(int(concurrency), n))):
         spawn()
 
     with cond:

@@ -25,7 +25,7 @@ description:
   - O(state=resumed) reverses every method of the chain and verifies that trading is back.
     Gate it; see the C(tradeops.remediation.halt_trading) role.
 author:
-  - tradeops SRE team
+  - tradeops SRE team (@tradeops)
 extends_documentation_fragment:
   - tradeops.remediation.attributes
 attributes:

@@ -564,7 +564,8 @@ class Engine:
             "# TYPE http_requests_total counter",
         ]
         lines += [
-            f"http_requests_total{metrics.labels(**eng, code=str(code))} {n}" for code, n in sorted(self.requests.items())
+            f"http_requests_total{metrics.labels(**eng, code=str(code))} {n}"
+            for code, n in sorted(self.requests.items())
         ]
         lines += [
             "# HELP request_latency_seconds HTTP request latency.",
@@ -783,9 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tradeops.lab.engines", description=__doc__.splitlines()[0])
     parser.add_argument("--lab-dir", required=True, help="the lab dir holding engines-config.json")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     lab_dir = Path(args.lab_dir).resolve()
     try:
         config = read_json(lab_dir / ENGINES_CONFIG_FILE)

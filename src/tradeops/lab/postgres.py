@@ -138,7 +138,9 @@ def _run_as_for_cluster() -> _RunAs:
     try:
         pw = pwd.getpwnam("postgres")
     except KeyError as exc:
-        raise LabError("running as root: PostgreSQL must run as the 'postgres' system user, which does not exist") from exc
+        raise LabError(
+            "running as root: PostgreSQL must run as the 'postgres' system user, which does not exist"
+        ) from exc
     return _RunAs(pw.pw_uid, pw.pw_gid)
 
 
@@ -278,7 +280,9 @@ class PostgresServer:
             out = (res.stdout + res.stderr).decode("utf-8", "replace")
             raise LabError(f"initdb failed (exit {res.returncode}):\n{out[-2000:]}")
         with open(datadir / "postgresql.conf", "a", encoding="utf-8") as fh:
-            fh.write("\n# tradeops lab settings (port, sockets, durability off)\ninclude_if_exists = 'tradeops-lab.conf'\n")
+            fh.write(
+                "\n# tradeops lab settings (port, sockets, durability off)\ninclude_if_exists = 'tradeops-lab.conf'\n"
+            )
 
     def _write_conf(self, datadir: Path, port: int, socket_dir: str) -> None:
         conf = datadir / "tradeops-lab.conf"
@@ -373,7 +377,9 @@ class PostgresServer:
             self._proc = None
 
 
-def stop_cluster(info: dict[str, Any], bindir: Path | None = None, remove_tmp: bool = True, timeout: float = 30.0) -> None:
+def stop_cluster(
+    info: dict[str, Any], bindir: Path | None = None, remove_tmp: bool = True, timeout: float = 30.0
+) -> None:
     """Stop a lab cluster from its state entry; idempotent, tolerant of stale pids and missing dirs."""
     datadir = Path(info["datadir"]) if info.get("datadir") else None
     pid = info.get("pid")
@@ -427,7 +433,17 @@ def seed(cur: psycopg2.extensions.cursor) -> None:
             for i, (q, p) in enumerate(closed_buys):
                 trades.append((account_id, symbol, "buy", q, p, "closed", t0 + i * 3600))
             if sold:
-                trades.append((account_id, symbol, "sell", sold, round(base * rng.uniform(0.95, 1.05), 4), "closed", t0 + 4 * 3600))
+                trades.append(
+                    (
+                        account_id,
+                        symbol,
+                        "sell",
+                        sold,
+                        round(base * rng.uniform(0.95, 1.05), 4),
+                        "closed",
+                        t0 + 4 * 3600,
+                    )
+                )
             # Open and cancelled trades do not count towards the position.
             trades.append((account_id, symbol, "buy", qty_unit, round(base * 0.98, 4), "open", now - 600))
             if rng.random() < 0.5:
@@ -435,7 +451,9 @@ def seed(cur: psycopg2.extensions.cursor) -> None:
             quantity = bought - sold
             entry = round(sum(q * p for q, p in closed_buys) / bought, 4)
             current = round(base * rng.uniform(0.97, 1.03), 4)
-            positions.append((account_id, symbol, quantity, entry, current, "open" if quantity > 0 else "closed", now - 60))
+            positions.append(
+                (account_id, symbol, quantity, entry, current, "open" if quantity > 0 else "closed", now - 60)
+            )
     psycopg2.extras.execute_values(
         cur,
         "INSERT INTO trades (account_id, symbol, side, quantity, price, status, created_at) VALUES %s",
@@ -444,7 +462,8 @@ def seed(cur: psycopg2.extensions.cursor) -> None:
     )
     psycopg2.extras.execute_values(
         cur,
-        "INSERT INTO positions (account_id, symbol, quantity, entry_price, current_price, status, updated_at) VALUES %s",
+        "INSERT INTO positions (account_id, symbol, quantity, entry_price, current_price, status, updated_at)"
+        " VALUES %s",
         positions,
         template="(%s, %s, %s, %s, %s, %s, to_timestamp(%s))",
     )

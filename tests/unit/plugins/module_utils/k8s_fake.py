@@ -70,7 +70,7 @@ class FakeKubernetes:
                 self._reply(200, dep)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def add(self, name: str, namespace: str = "trading", replicas: int = 3) -> None:

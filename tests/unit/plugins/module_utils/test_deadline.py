@@ -27,9 +27,9 @@ def test_hung_peers_do_not_hold_the_fan_out_past_their_deadline():
         if kind == "fast":
             return "ok"
         try:
-            _http.request("http://127.0.0.1:%d/" % port, timeout=deadline.call_timeout())
+            _http.request(f"http://127.0.0.1:{port}/", timeout=deadline.call_timeout())
         except BackendError as err:
-            return "error: %s" % err
+            return f"error: {err}"
         return "answered?"
 
     def on_error(item, elapsed, exc):
@@ -63,7 +63,7 @@ def test_worker_that_ignores_its_deadline_is_abandoned_not_awaited():
 
 def test_an_exception_in_a_worker_becomes_that_item_result():
     def work(item, deadline):
-        raise RuntimeError("boom %s" % item)
+        raise RuntimeError(f"boom {item}")
 
     results = fan_out([1, 2], work, concurrency=2, timeout=1, on_error=lambda i, e, exc: str(exc))
     assert results == ["boom 1", "boom 2"]

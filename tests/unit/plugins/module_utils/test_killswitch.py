@@ -11,9 +11,9 @@ import os
 import time
 
 import pytest
-
-from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import HaltService
 from ansible_collections.tradeops.remediation.plugins.inventory.lab import _killswitch_target
+from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import HaltService
+
 from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
 
 
@@ -57,7 +57,7 @@ def proven_halted(lab, result, name):
     t = next(t for t in result["targets"] if t["name"] == name)
     assert t["status"] == "halted", t
     time.sleep(0.5)
-    assert lab.orders_after(name, t["halted_at"]) == 0, "%s traded after its verified halt" % name
+    assert lab.orders_after(name, t["halted_at"]) == 0, f"{name} traded after its verified halt"
     assert lab.orders_between(name, t["halted_at"] - 30, t["halted_at"]) > 0
     return t
 
@@ -66,7 +66,7 @@ def proven_resumed(lab, result, name):
     t = next(t for t in result["targets"] if t["name"] == name)
     assert t["status"] == "resumed", t
     counts = lab.wait_for_orders([name], since=t["resumed_at"], timeout=5)
-    assert counts[name] > 0, "%s did not trade after resume" % name
+    assert counts[name] > 0, f"{name} did not trade after resume"
 
 
 @pytest.mark.parametrize("name, kind", [

@@ -1,0 +1,253 @@
+"""The ``tradeops`` command line.
+
+Each top-level command group registers itself into the shared ``subparsers`` through one
+``_add_<group>_commands(subparsers)`` function listed in ``COMMAND_GROUPS``; every leaf subcommand sets
+``func`` (called with the parsed args, returning an exit code). Exit codes: 0 ok, 1 failure, 3 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .lab import Lab, LabError, LabInputError
+from .lab.state import ALL, ENV_LAB_DIR, FAULTS, HALT_METHODS, parse_fault_specs
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors exit with EXIT_BAD_INPUT instead of 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+# -- lab ---------------------------------------------------------------------------------------------------
+
+
+def _lab_common() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--dir",
+        metavar="DIR",
+        default=None,
+        help=f"lab directory (default: ${ENV_LAB_DIR}, else ./.lab)",
+    )
+    return common
+
+
+def _add_lab_commands(subparsers: Any) -> None:
+    lab = subparsers.add_parser("lab", help="the simulated trading stack (postgres, redis, engines)")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
+    common = _lab_common()
+
+    up = lab_sub.add_parser("up", parents=[common], help="start a lab")
+    up.add_argument("--engines", type=int, default=5, metavar="N", help="number of engines (default 5)")
+    up.add_argument(
+        "--mix",
+        default=None,
+        metavar="M1,M2,...",
+        help=f"cycle of primary halt methods (default {','.join(HALT_METHODS)})",
+    )
+    up.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="ENGINE=FAULT",
+        help=f"fault active from the start, repeatable; ENGINE may be '*'. Faults: {', '.join(FAULTS)}",
+    )
+    up.add_argument("--order-interval", type=float, default=0.2, metavar="SECONDS", help="seconds between orders")
+    up.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="give up after this long")
+    up.add_argument("--no-wait", dest="wait", action="store_false", help="do not wait for the first orders")
+    up.set_defaults(func=_cmd_lab_up)
+
+    status = lab_sub.add_parser("status", parents=[common], help="show the lab (exit 1 if it is unhealthy)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_cmd_lab_status)
+
+    inject = lab_sub.add_parser("inject", parents=[common], help="inject or clear a fault on engines")
+    inject.add_argument("fault", metavar="FAULT", help=f"one of {', '.join(FAULTS)} ('*' with --clear: all)")
+    inject.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
+    inject.add_argument("--all", action="store_true", help="every engine")
+    inject.add_argument("--clear", action="store_true", help="clear the fault instead of injecting it")
+    inject.add_argument("--json", action="store_true", help="machine-readable output")
+    inject.set_defaults(func=_cmd_lab_inject)
+
+    down = lab_sub.add_parser("down", parents=[common], help="stop the lab and delete its directory")
+    down.add_argument("--keep", action="store_true", help="keep the lab directory (logs)")
+    down.set_defaults(func=_cmd_lab_down)
+
+
+def _cmd_lab_up(args: argparse.Namespace) -> int:
+    lab = Lab(args.dir)
+    started = time.monotonic()
+    st = lab.up(
+        engines=args.engines,
+        mix=args.mix,
+        faults=parse_fault_specs(args.fault),
+        order_interval=args.order_interval,
+        wait=args.wait,
+        timeout=args.timeout,
+    )
+    pg, rd, ctl = st["postgres"], st["redis"], st["control"]
+    faulty = [f"{e['name']}={','.join(e['faults'])}" for e in st["engines"] if e["faults"]]
+    print(f"lab up in {time.monotonic() - started:.1f}s: {len(st['engines'])} engines in {lab.lab_dir}")
+    print(f"  postgres  {pg['host']}:{pg['port']}  db {pg['dbname']}, user {pg['user']}")
+    print(f"  redis     {rd['host']}:{rd['port']}")
+    print(f"  control   {ctl['host']}:{ctl['port']}  (engines pid {st['engines_pid']})")
+    if faulty:
+        print(f"  faults    {' '.join(faulty)}")
+    print(f"  state     {lab.state_path} (holds the secrets; mode 0600)")
+    return EXIT_OK
+
+
+def _fmt_time(ts: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _status_rows(status: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for e in status["engines"]:
+        trading = {True: "yes", False: "NO", None: "?"}[e.get("trading_active")]
+        if "crash" in (e.get("faults") or []):
+            trading = "down"
+        rows.append(
+            [
+                e["name"],
+                str(e["port"]),
+                ",".join(e["methods"]),
+                ",".join(e.get("faults") or []) or "-",
+                trading,
+                e.get("halt_source") or "-",
+                _fmt_time(e.get("halted_at")),
+                str(e.get("orders_in_db", 0)),
+                _fmt_time(e.get("last_order_at")),
+            ]
+        )
+    return rows
+
+
+_STATUS_HEADERS = ["ENGINE", "PORT", "METHODS", "FAULTS", "TRADING", "HALT SOURCE", "HALTED AT", "ORDERS", "LAST ORDER"]
+
+
+def _status_summary(status: dict[str, Any]) -> list[str]:
+    def comp(name: str, c: dict[str, Any]) -> str:
+        state = "up" if c.get("alive") and c.get("reachable", True) else "DOWN"
+        return f"{name} {c['host']}:{c['port']} (pid {c['pid']}) {state}"
+
+    ep = status["engines_process"]
+    lines = [
+        f"lab {status['lab_dir']}: {'healthy' if status['healthy'] else 'UNHEALTHY'}, up {status['uptime_s']:.0f}s",
+        "  " + comp("postgres", status["postgres"]),
+        "  " + comp("redis", status["redis"]),
+        f"  engines pid {ep['pid']} {'up' if ep['alive'] else 'DOWN'}, control "
+        f"{status['control']['host']}:{status['control']['port']}",
+    ]
+    lines += [f"  error: {err}" for err in status["errors"]]
+    return lines
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    rows = _status_rows(status)
+    if sys.stdout.isatty():
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:  # pragma: no cover - rich is a dependency
+            pass
+        else:
+            console = Console()
+            for line in _status_summary(status):
+                console.print(line, highlight=False)
+            table = Table(*_STATUS_HEADERS, box=None, pad_edge=False)
+            for row in rows:
+                style = "red" if row[4] in ("NO", "down") else None
+                table.add_row(*row, style=style)
+            console.print(table)
+            return
+    print("\n".join(_status_summary(status)))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_STATUS_HEADERS)]
+    for row in [_STATUS_HEADERS, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cmd_lab_status(args: argparse.Namespace) -> int:
+    status = Lab(args.dir).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        _print_status(status)
+    return EXIT_OK if status["healthy"] else EXIT_FAILURE
+
+
+def _cmd_lab_inject(args: argparse.Namespace) -> int:
+    engines = list(args.engines)
+    if args.all:
+        engines.append(ALL)
+    if not engines:
+        raise LabInputError("name at least one engine (or use --all)")
+    result = Lab(args.dir).inject(args.fault, engines, clear=args.clear)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        verb = "cleared" if args.clear else "injected"
+        print(f"{args.fault} {verb} on {len(result)} engine(s)")
+        for e in result:
+            print(f"  {e['name']}: faults {','.join(e['faults']) or '-'}")
+    return EXIT_OK
+
+
+def _cmd_lab_down(args: argparse.Namespace) -> int:
+    lab = Lab(args.dir)
+    lab.down(keep=args.keep)
+    print(f"lab in {lab.lab_dir} is down" + (" (directory kept)" if args.keep else ""))
+    return EXIT_OK
+
+
+# -- entry point -------------------------------------------------------------------------------------------
+
+# One registration function per top-level command group; add new groups (drill, run) here.
+COMMAND_GROUPS: list[Callable[[Any], None]] = [_add_lab_commands]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tradeops`` parser with every command group registered into its ``subparsers``."""
+    parser = _Parser(prog="tradeops", description="Incident remediation for trading systems.")
+    parser.add_argument("--version", action="version", version=f"tradeops {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMAND_GROUPS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``tradeops``; returns the exit code (0 ok, 1 failure, 3 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version / usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    try:
+        return int(args.func(args))
+    except LabInputError as exc:
+        print(f"tradeops: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except LabError as exc:
+        print(f"tradeops: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("tradeops: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

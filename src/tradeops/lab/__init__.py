@@ -1,0 +1,17 @@
+"""The tradeops lab: a simulated trading stack on one machine.
+
+Real PostgreSQL, real Redis and N simulated trading engines served by one asyncio process, all on
+127.0.0.1 and described by ``<lab_dir>/state.json``. The lab knows nothing of Ansible.
+
+    from tradeops.lab import Lab
+    lab = Lab("/tmp/mylab")
+    lab.up(engines=20)
+    lab.inject("hang", ["engine-003"])
+    lab.down()
+"""
+
+from .errors import LabError, LabInputError
+from .manager import Lab
+from .state import FAULTS, HALT_METHODS, default_lab_dir
+
+__all__ = ["FAULTS", "HALT_METHODS", "Lab", "LabError", "LabInputError", "default_lab_dir"]

@@ -1,0 +1,61 @@
+"""Helpers for the lab tests: HTTP calls to engines and the halt proof from PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from tradeops.lab import Lab
+from tradeops.lab.procs import HttpResult, http_request
+
+ORDER_INTERVAL = 0.05  # 20 orders/s per engine: a halt that does not hold shows up fast
+# Longer than the writer's flush interval (0.1 s) plus several order intervals: an engine still
+# trading would have committed ~10 orders by then.
+SETTLE = 0.6
+ENGINES = 8  # two full cycles of the default mix
+
+T = TypeVar("T")
+
+
+def call(
+    lab: Lab,
+    engine: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = None,
+    timeout: float = 5.0,
+) -> HttpResult:
+    """One HTTP request to an engine; ``token`` goes into X-Admin-Token."""
+    spec = lab.engine(engine)
+    headers = {"X-Admin-Token": token} if token is not None else {}
+    return http_request(spec["host"], spec["port"], method, path, body=body, headers=headers, timeout=timeout)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def assert_trading(lab: Lab, engine: str, since: float, timeout: float = 3.0) -> None:
+    """The engine commits orders created after ``since``."""
+    wait_until(lambda: lab.orders_after(since, [engine])[engine] > 0, timeout, f"{engine} to write orders")
+
+
+def assert_halted_since(lab: Lab, engine: str, verified_at: float) -> None:
+    """The halt proof: no order of ``engine`` carries a created_at later than ``verified_at``."""
+    time.sleep(SETTLE)
+    after = lab.orders_after(verified_at, [engine])[engine]
+    assert after == 0, f"{engine} wrote {after} order(s) created after its halt was verified"
+
+
+def engine_view(lab: Lab, engine: str) -> dict[str, Any]:
+    """The control API's view of one engine."""
+    return next(e for e in lab.engines() if e["name"] == engine)
