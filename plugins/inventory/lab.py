@@ -130,7 +130,7 @@ class InventoryModule(BaseInventoryPlugin):
             "state_file": state_file, "lab_dir": state.get("lab_dir"),
         })
         self.inventory.set_variable(GROUP, "tradeops_lab_postgres", {
-            "login_host": pg.get("host"), "port": pg.get("port"), "db": pg.get("dbname"),
+            "login_host": pg.get("host"), "login_port": pg.get("port"), "login_db": pg.get("dbname"),
             "login_user": pg.get("user"), "login_password": pg.get("password"),
         })
         self.inventory.set_variable(GROUP, "tradeops_lab_redis", {

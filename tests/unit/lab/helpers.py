@@ -44,14 +44,22 @@ def wait_until(predicate: Callable[[], T], timeout: float = 5.0, what: str = "co
         time.sleep(0.05)
 
 
-def assert_trading(lab: Lab, engine: str, since: float, timeout: float = 3.0) -> None:
-    """The engine commits orders created after ``since``."""
-    wait_until(lambda: lab.orders_after(since, [engine])[engine] > 0, timeout, f"{engine} to write orders")
+def assert_trading(lab: Lab, engine: str, since: float, timeout: float = 10.0, orders: int = 1) -> None:
+    """The engine commits (at least ``orders``) orders created after ``since``."""
+    wait_until(
+        lambda: lab.orders_after(since, [engine])[engine] >= orders, timeout, f"{engine} to write orders after {since}"
+    )
 
 
-def assert_halted_since(lab: Lab, engine: str, verified_at: float) -> None:
-    """The halt proof: no order of ``engine`` carries a created_at later than ``verified_at``."""
+def assert_halted_since(lab: Lab, engine: str, verified_at: float, witness: str) -> None:
+    """The halt proof: no order of ``engine`` carries a created_at later than ``verified_at``.
+
+    ``witness`` is an engine known to be trading: once several of its orders created after
+    ``verified_at`` are committed, the shared writer has demonstrably flushed past that moment, so any
+    order the halted engine had created after it would be visible too.
+    """
     time.sleep(SETTLE)
+    assert_trading(lab, witness, verified_at, orders=5)
     after = lab.orders_after(verified_at, [engine])[engine]
     assert after == 0, f"{engine} wrote {after} order(s) created after its halt was verified"
 
