@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import random
+import resource
 import signal
 import socket
 import sys
@@ -780,12 +781,24 @@ class EngineHost:
         }
 
 
+def _raise_fd_limit() -> None:
+    """One socket per engine plus connections: lift the soft open-files limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tradeops.lab.engines", description=__doc__.splitlines()[0])
     parser.add_argument("--lab-dir", required=True, help="the lab dir holding engines-config.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     lab_dir = Path(args.lab_dir).resolve()
+    _raise_fd_limit()
     try:
         config = read_json(lab_dir / ENGINES_CONFIG_FILE)
         if config is None:
