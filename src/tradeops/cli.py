@@ -216,7 +216,31 @@ def _cmd_lab_down(args: argparse.Namespace) -> int:
 # -- entry point -------------------------------------------------------------------------------------------
 
 # One registration function per top-level command group; add new groups (drill, run) here.
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_add_lab_commands]
+def _cmd_drill_p0(args: argparse.Namespace) -> int:
+    from .drill import run_p0_drill
+
+    faults = parse_fault_specs(args.fault) if args.fault else None
+    outcome = run_p0_drill(engines=args.engines, faults=faults, keep=args.keep)
+    return EXIT_OK if outcome.ok else EXIT_FAILURE
+
+
+def _add_drill_commands(subparsers: Any) -> None:
+    drill = subparsers.add_parser("drill", help="run an incident drill against a fresh lab, with its report")
+    kinds = drill.add_subparsers(dest="drill", metavar="DRILL", required=True)
+    p0 = kinds.add_parser(
+        "p0",
+        help="P0 outage: halt every engine with playbooks/p0_outage.yml and prove it from PostgreSQL",
+        description="Start a lab, run playbooks/p0_outage.yml, check in PostgreSQL that no engine wrote an "
+        "order after its verified halt, print the report, tear the lab down. Exit 0 only if all of it holds.",
+    )
+    p0.add_argument("--engines", type=int, default=20, help="number of lab engines (default 20)")
+    p0.add_argument("--fault", action="append", metavar="ENGINE=FAULT",
+                    help="faults to inject (default: engine-002=killswitch-broken); repeatable")
+    p0.add_argument("--keep", action="store_true", help="leave the drill lab running afterwards")
+    p0.set_defaults(func=_cmd_drill_p0)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [_add_lab_commands, _add_drill_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:
