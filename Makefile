@@ -6,6 +6,9 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 ENGINES ?= 20
 PYTEST_ARGS ?=
+# A per-checkout pytest temp dir: pytest prunes old dirs under the shared default
+# (/tmp/pytest-of-$USER), which would delete the lab (and its halt flags) of another run.
+PYTEST_BASE := --basetemp=$(abspath tests/output/tmp)
 
 .PHONY: setup test unit integration sanity drill lint bench clean
 
@@ -14,17 +17,17 @@ setup:
 
 ## Run every test: unit, module, integration (real ansible-playbook against the lab), lint and sanity.
 test: setup
-	@$(BIN)/pytest $(PYTEST_ARGS) tests; rc=$$?; \
+	@$(BIN)/pytest $(PYTEST_BASE) $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
 
 unit: setup
-	$(BIN)/pytest $(PYTEST_ARGS) tests/unit
+	$(BIN)/pytest $(PYTEST_BASE) $(PYTEST_ARGS) tests/unit
 
 integration: setup
-	$(BIN)/pytest $(PYTEST_ARGS) tests/integration
+	$(BIN)/pytest $(PYTEST_BASE) $(PYTEST_ARGS) tests/integration
 
 sanity: setup
-	$(BIN)/pytest $(PYTEST_ARGS) tests/sanity
+	$(BIN)/pytest $(PYTEST_BASE) $(PYTEST_ARGS) tests/sanity
 
 ## The main job: a P0 drill against a 20-engine lab, with its report.
 drill: setup

@@ -262,7 +262,7 @@ class RedisMethod(Method):
         timeout = deadline.call_timeout()
         return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
                            password=self.password, ssl=self.tls, socket_timeout=timeout,
-                           socket_connect_timeout=timeout, retry_on_timeout=False)
+                           socket_connect_timeout=timeout)
 
     def _call(self, deadline, fn):
         import redis

@@ -64,7 +64,7 @@ def _copy_as_collection(dest: Path) -> Path:
 def test_ansible_test_sanity_on_modules_and_plugins(tmp_path):
     coll = _copy_as_collection(tmp_path)
     cmd = [str(VENV_BIN / "ansible-test"), "sanity", "--python", f"{sys.version_info[0]}.{sys.version_info[1]}",
-           "--color", "no", "plugins", "meta"]
+           "--color", "no", "plugins/", "meta/"]
     proc = run(cmd, cwd=coll, timeout=1500)
     missing = re.search(r"can be manually downloaded and saved to: (\S+)", proc.stdout + proc.stderr)
     if missing:
@@ -94,8 +94,12 @@ def test_collection_builds_installs_cleanly_and_its_module_runs(tmp_path):
         assert not any(n == dev_only or n.startswith(dev_only + "/") for n in names), dev_only
 
     colls = tmp_path / "colls"
+    empty_cfg = tmp_path / "empty.cfg"
+    empty_cfg.write_text("[defaults]\n")
+    # A clean Ansible: no project ansible.cfg, so the checkout's symlinked collection is invisible.
+    clean = {"ANSIBLE_CONFIG": str(empty_cfg), "ANSIBLE_COLLECTIONS_PATH": str(colls)}
     inst = run([str(VENV_BIN / "ansible-galaxy"), "collection", "install", "--no-deps", "-p", str(colls),
-                str(tarball)])
+                str(tarball)], env=clean)
     assert inst.returncode == 0, inst.stdout + inst.stderr
     assert (colls / "ansible_collections/tradeops/remediation/plugins/modules/halt_trading.py").exists()
 
@@ -103,7 +107,7 @@ def test_collection_builds_installs_cleanly_and_its_module_runs(tmp_path):
     args = f'{{"targets": [{{"name": "e1", "methods": [{{"type": "file", "path": "{flag}"}}]}}]}}'
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {"ANSIBLE_COLLECTIONS_PATH": str(colls), "ANSIBLE_CONFIG": "", "ANSIBLE_INVENTORY": "localhost,"}
+    env = dict(clean, ANSIBLE_INVENTORY="localhost,")
     adhoc = run([str(VENV_BIN / "ansible"), "localhost", "-c", "local", "-m", "tradeops.remediation.halt_trading",
                  "-a", args, "-e", f"ansible_python_interpreter={sys.executable}"], cwd=work, env=env)
     assert adhoc.returncode == 0, adhoc.stdout + adhoc.stderr
