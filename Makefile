@@ -17,16 +17,19 @@ setup:
 
 ## Run every test: unit, module, integration (real ansible-playbook against the lab), lint and sanity.
 test: setup
-	@$(BIN)/pytest $(PYTEST_BASE) $(PYTEST_ARGS) tests; rc=$$?; \
+	@mkdir -p tests/output; $(BIN)/pytest $(PYTEST_BASE) $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
 
 unit: setup
+	@mkdir -p tests/output
 	$(BIN)/pytest $(PYTEST_BASE) $(PYTEST_ARGS) tests/unit
 
 integration: setup
+	@mkdir -p tests/output
 	$(BIN)/pytest $(PYTEST_BASE) $(PYTEST_ARGS) tests/integration
 
 sanity: setup
+	@mkdir -p tests/output
 	$(BIN)/pytest $(PYTEST_BASE) $(PYTEST_ARGS) tests/sanity
 
 ## The main job: a P0 drill against a 20-engine lab, with its report.
