@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,8 +62,16 @@ def _copy_as_collection(dest: Path) -> Path:
     return coll
 
 
-def test_ansible_test_sanity_on_modules_and_plugins(tmp_path):
-    coll = _copy_as_collection(tmp_path)
+@pytest.fixture
+def outside_checkout():
+    """A temp dir outside this git checkout: inside it, ansible-test would list files with git."""
+    path = Path(tempfile.mkdtemp(prefix="tradeops-sanity-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_ansible_test_sanity_on_modules_and_plugins(outside_checkout):
+    coll = _copy_as_collection(outside_checkout)
     cmd = [str(VENV_BIN / "ansible-test"), "sanity", "--python", f"{sys.version_info[0]}.{sys.version_info[1]}",
            "--color", "no", "plugins/", "meta/"]
     proc = run(cmd, cwd=coll, timeout=1500)
