@@ -53,6 +53,20 @@ from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
 
 GROUP = "trading_engines"
+EVIDENCE_GROUP = "evidence_targets"
+CONTROLLER = "lab-controller"
+
+
+def _health_probes(engine):
+    """The probes that tell whether one lab engine is healthy (seed 000: error rate above 5% is NO-GO)."""
+    name = engine["name"]
+    base = "http://%s:%d" % (engine["host"], int(engine["port"]))
+    return [
+        {"name": name + "-health", "type": "http", "url": base + "/health/detailed", "field": "trading_status",
+         "value": "GO", "timeout": 2, "component": name},
+        {"name": name + "-error-rate", "type": "metric", "url": base + "/metrics", "metric": "error_rate_ratio",
+         "labels": {"engine": name}, "max": 0.05, "timeout": 2, "component": name},
+    ]
 
 
 def _killswitch_target(engine, admin_token):
@@ -136,6 +150,28 @@ class InventoryModule(BaseInventoryPlugin):
         self.inventory.set_variable(GROUP, "tradeops_lab_redis", {
             "host": rd.get("host"), "port": rd.get("port"), "db": rd.get("db", 0), "password": rd.get("password"),
         })
+        self.inventory.set_variable(GROUP, "tradeops_lab_stack_probes", [
+            {"name": "postgres", "type": "postgres", "login_host": pg.get("host"), "login_port": pg.get("port"),
+             "login_db": pg.get("dbname"), "login_user": pg.get("user"), "login_password": pg.get("password"),
+             "connect_timeout": 3, "timeout": 5, "component": "postgres"},
+            {"name": "redis", "type": "redis", "host": rd.get("host"), "port": rd.get("port"),
+             "password": rd.get("password"), "timeout": 3, "component": "redis"},
+        ])
+        lab_dir = state.get("lab_dir") or os.path.dirname(state_file)
+        restart_argv = state.get("restart_argv") or ["tradeops", "lab", "restart", "--dir", lab_dir]
+
+        # Evidence is captured once, on the machine that runs the lab, not 200 times over.
+        self.inventory.add_group(EVIDENCE_GROUP)
+        self.inventory.add_host(CONTROLLER, group=EVIDENCE_GROUP)
+        for key, value in {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+            "evidence_log_paths": [os.path.join(lab_dir, "engines.log"), os.path.join(lab_dir, "postgres.log"),
+                                   os.path.join(lab_dir, "redis", "*.log"),
+                                   os.path.join(lab_dir, "engines", "*", "engine.log")],
+        }.items():
+            self.inventory.set_variable(CONTROLLER, key, value)
+
         for engine in state.get("engines", []):
             name = engine["name"]
             self.inventory.add_host(name, group=GROUP)
@@ -153,6 +189,9 @@ class InventoryModule(BaseInventoryPlugin):
                     "base_url": "http://%s:%d" % (engine["host"], int(engine["port"])),
                 },
                 "halt_trading_target": target,
+                "tradeops_health_probes": _health_probes(engine),
+                "service_recovery_runtime": "process",
+                "service_recovery_restart_command": list(restart_argv) + [name],
             }
             for key, value in host_vars.items():
                 self.inventory.set_variable(name, key, value)
