@@ -82,6 +82,20 @@ def _add_lab_commands(subparsers: Any) -> None:
     inject.add_argument("--json", action="store_true", help="machine-readable output")
     inject.set_defaults(func=_cmd_lab_inject)
 
+    restart = lab_sub.add_parser(
+        "restart",
+        parents=[common],
+        help="restart engines like a process restart (fixes crash and hang; halt flags and other faults stay)",
+        description="Restart engines: each stops trading, drops its connections and in-memory state (API "
+        "halts), clears the crash and hang faults, and listens again on the same port. Halts held in the "
+        "EMERGENCY_STOP file or in redis still apply, so a flagged engine comes back halted; disk-pressure "
+        "and unrecoverable survive a restart.",
+    )
+    restart.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
+    restart.add_argument("--all", action="store_true", help="every engine")
+    restart.add_argument("--json", action="store_true", help="machine-readable output")
+    restart.set_defaults(func=_cmd_lab_restart)
+
     down = lab_sub.add_parser("down", parents=[common], help="stop the lab and delete its directory")
     down.add_argument("--keep", action="store_true", help="keep the lab directory (logs)")
     down.set_defaults(func=_cmd_lab_down)
@@ -131,12 +145,26 @@ def _status_rows(status: dict[str, Any]) -> list[list[str]]:
                 _fmt_time(e.get("halted_at")),
                 str(e.get("orders_in_db", 0)),
                 _fmt_time(e.get("last_order_at")),
+                "?" if e.get("restarts") is None else str(e["restarts"]),
+                _fmt_time(e.get("started_at")),
             ]
         )
     return rows
 
 
-_STATUS_HEADERS = ["ENGINE", "PORT", "METHODS", "FAULTS", "TRADING", "HALT SOURCE", "HALTED AT", "ORDERS", "LAST ORDER"]
+_STATUS_HEADERS = [
+    "ENGINE",
+    "PORT",
+    "METHODS",
+    "FAULTS",
+    "TRADING",
+    "HALT SOURCE",
+    "HALTED AT",
+    "ORDERS",
+    "LAST ORDER",
+    "RESTARTS",
+    "STARTED",
+]
 
 
 def _status_summary(status: dict[str, Any]) -> list[str]:
@@ -203,6 +231,28 @@ def _cmd_lab_inject(args: argparse.Namespace) -> int:
         print(f"{args.fault} {verb} on {len(result)} engine(s)")
         for e in result:
             print(f"  {e['name']}: faults {','.join(e['faults']) or '-'}")
+    return EXIT_OK
+
+
+def _cmd_lab_restart(args: argparse.Namespace) -> int:
+    engines = list(args.engines)
+    if args.all:
+        engines.append(ALL)
+    if not engines:
+        raise LabInputError("name at least one engine (or use --all)")
+    result = Lab(args.dir).restart(engines)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"restarted {len(result)} engine(s)")
+        for e in result:
+            state = "trading" if e["trading_active"] else "NOT trading"
+            if e["halted"]:
+                state = f"HALTED ({e['halt_source']})"
+            print(
+                f"  {e['name']}: port {e['port']}, restart #{e['restarts']}, {state}, "
+                f"faults {','.join(e['faults']) or '-'}"
+            )
     return EXIT_OK
 
 

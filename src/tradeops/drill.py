@@ -1,11 +1,14 @@
 """`tradeops drill p0`: the P0 drill that `make drill` runs.
 
-1. Start a lab (20 engines by default, a mix of every kill-switch family, one engine whose
-   kill-switch API is broken so the fallback is exercised).
-2. Run the real `ansible-playbook playbooks/p0_outage.yml` against it, output streamed.
-3. Check in PostgreSQL, independently of the playbook, that every engine is halted and verified
-   and that no engine wrote an order after its halt (and that each traded before it).
-4. Print the report, write it to reports/, and tear the lab down.
+1. Start a 20-engine lab with faults: three engines crashed, one hung, and one whose kill-switch
+   API is broken (so the fallback is exercised).
+2. Run the real `ansible-playbook playbooks/p0_outage.yml`. It must halt every engine, verified
+   (the crashed and hung ones after their restart), restart exactly the broken engines, reach a
+   GO health gate, and skip the resume for lack of approval, saying so.
+3. Check in PostgreSQL, independently of the playbook, that no engine traded between the end
+   of the contain phase and the resume, and that every engine traded before it.
+4. Run `playbooks/resume_trading.yml` with approval and show that orders flow again.
+5. Print the report (with MTTR: fault to all GO), write it to reports/, tear the lab down.
 
 Exits non-zero if any step fails. The drill runs in its own lab directory (.lab-drill), so it
 never disturbs a lab you started yourself with `tradeops lab up`.
@@ -20,12 +23,20 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .lab import Lab, LabError
 
-DEFAULT_FAULTS = {"engine-002": ["killswitch-broken"]}
+DEFAULT_FAULTS: dict[str, list[str]] = {
+    "engine-002": ["killswitch-broken"],
+    "engine-005": ["crash"],
+    "engine-010": ["crash"],
+    "engine-015": ["crash"],
+    "engine-007": ["hang"],
+}
+REPAIRABLE = {"crash", "hang"}
 SETTLE_SECONDS = 1.0
 
 
@@ -54,30 +65,22 @@ def _playbook_env(root: Path, lab_dir: Path) -> dict[str, str]:
     env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
     env["TRADEOPS_LAB_DIR"] = str(lab_dir)
     env.pop("TRADEOPS_LAB_STATE", None)
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 
 
-def _per_engine_orders(lab: Lab, marks: dict[str, float]) -> dict[str, tuple[int, int]]:
-    """For each engine: (orders in the 30 s before its halt, orders after its halt)."""
+def _orders(lab: Lab, sql: str, args: tuple) -> dict[str, int]:
     conn = lab.pg_connect()
     try:
         with conn.cursor() as cur:
-            out = {}
-            for name, at in marks.items():
-                cur.execute(
-                    "SELECT count(*) FILTER (WHERE created_at > to_timestamp(%s) - interval '30 seconds'"
-                    "                          AND created_at <= to_timestamp(%s)),"
-                    "       count(*) FILTER (WHERE created_at > to_timestamp(%s))"
-                    "  FROM orders WHERE engine = %s",
-                    (at, at, at, name),
-                )
-                before, after = cur.fetchone()
-                out[name] = (int(before), int(after))
-            return out
+            cur.execute(sql, args)
+            return {name: int(n) for name, n in cur.fetchall()}
     finally:
         conn.close()
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: bool = False,
@@ -88,94 +91,143 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
               for name, f in (DEFAULT_FAULTS if faults is None else faults).items()}
     reports = root / "reports"
     reports.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    halt_json = reports / f"p0-drill-{stamp}-halt.json"
+    incident = "p0-drill-" + time.strftime("%Y%m%dT%H%M%S")
     lab = Lab(lab_dir)
     problems: list[str] = []
+    playbook = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or "ansible-playbook"
+    env = _playbook_env(root, lab_dir)
 
     def say(msg: str = "") -> None:
         print(msg, file=out, flush=True)
 
+    def ansible(name: str, *extra: str) -> subprocess.CompletedProcess:
+        """Run a playbook with its output streamed to the user and kept for the checks."""
+        cmd = [playbook, f"playbooks/{name}", "-e", f"p0_outage_incident_id={incident}",
+               "-e", f"incident_report_dir={reports}", "-e", f"evidence_dest={reports / 'evidence'}", *extra]
+        lines: list[str] = []
+        with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                out.write("  | " + line)
+            rc = proc.wait(timeout=900)
+        out.flush()
+        return subprocess.CompletedProcess(cmd, rc, "".join(lines), "")
+
     if lab.is_up():
         say(f"drill: a previous drill lab is still up in {lab_dir}; tearing it down")
         lab.down()
-    say(f"drill: 1/4 starting the lab: {engines} engines, faults {faults or 'none'}")
+    say(f"drill: 1/5 starting the lab: {engines} engines; faults: "
+        + (", ".join(f"{n}={'+'.join(f)}" for n, f in sorted(faults.items())) or "none"))
     lab.up(engines=engines, faults=faults, order_interval=0.1)
+    fault_at = time.time()
     try:
-        time.sleep(SETTLE_SECONDS)  # let every engine build up some order history
-        state = lab.state
-        say(f"drill: 2/4 ansible-playbook playbooks/p0_outage.yml ({len(state['engines'])} engines)")
-        playbook = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or "ansible-playbook"
+        time.sleep(SETTLE_SECONDS)
+        names = [e["name"] for e in lab.state["engines"]]
+        to_repair = sorted(n for n, f in faults.items() if REPAIRABLE & set(f))
+
+        say("drill: 2/5 ansible-playbook playbooks/p0_outage.yml (no approval: it must stop before the resume)")
         started = time.time()
-        proc = subprocess.run(
-            [playbook, "playbooks/p0_outage.yml", "-e", f"halt_trading_report_path={halt_json}"],
-            cwd=root, env=_playbook_env(root, lab_dir), check=False, timeout=600,
-        )
-        finished = time.time()
-        if proc.returncode != 0:
-            problems.append(f"ansible-playbook exited {proc.returncode}")
-        if not halt_json.exists():
-            problems.append("the playbook wrote no halt report")
+        p0 = ansible("p0_outage.yml")
+        p0_seconds = time.time() - started
+        (reports / f"{incident}-p0_outage.log").write_text(p0.stdout + p0.stderr)
+        if p0.returncode != 0:
+            problems.append(f"p0_outage.yml exited {p0.returncode} (log: reports/{incident}-p0_outage.log)")
+        if "Resume SKIPPED: no approval" not in p0.stdout:
+            problems.append("p0_outage did not say that the resume was skipped for lack of approval")
+        report_files = sorted(reports.glob(f"{incident}-*.json"))
+        if not report_files:
+            problems.append("p0_outage wrote no incident report")
+            return DrillOutcome(False, problems)
+        incident_report = json.loads(report_files[-1].read_text())
+        halts = {h["phase"]: h for h in incident_report["halts"]}
+        contain, reverify = halts.get("contain"), halts.get("re-verify")
+        if not contain or not reverify:
+            problems.append("the report lacks the contain or re-verify halt")
             return DrillOutcome(False, problems)
 
-        say("drill: 3/4 checking PostgreSQL: no engine may have written an order after its halt")
-        time.sleep(SETTLE_SECONDS)
-        halt = json.loads(halt_json.read_text())["result"]
-        targets = {t["name"]: t for t in halt["targets"]}
-        missing = sorted(set(e["name"] for e in state["engines"]) - set(targets))
-        if missing:
-            problems.append("engines missing from the halt result: " + ", ".join(missing))
-        marks = {name: t["halted_at"] for name, t in targets.items() if t.get("halted_at")}
-        for name, t in sorted(targets.items()):
-            if t["status"] not in ("halted", "already_halted") or not t.get("verified"):
-                problems.append(f"{name} is {t['status']}, not verified halted: {t.get('error')}")
-        orders = _per_engine_orders(lab, marks)
-        for name, (before, after) in sorted(orders.items()):
-            if after:
-                problems.append(f"{name} wrote {after} orders after its verified halt")
-            if not before:
-                problems.append(f"{name} wrote no order before its halt: the proof would be vacuous")
-        fell_back = sorted(n for n, t in targets.items()
-                           if t.get("methods_tried") and t["methods_tried"][0].get("error") and t.get("verified"))
-        for name, active in faults.items():
-            broken = [f for f in active if f.startswith("killswitch")]
-            if broken and name not in fell_back:
-                problems.append(f"{name} has a {broken[0]} kill switch but no fallback was recorded")
+        say("drill: 3/5 checking the engines and PostgreSQL")
+        view = {e["name"]: e for e in lab.engines()}
+        restarted = sorted(n for n, e in view.items() if e.get("restarts"))
+        if restarted != to_repair:
+            problems.append(f"restarted {restarted}, expected exactly {to_repair}")
+        verified = sorted(reverify["done"] + reverify["already"])
+        if verified != sorted(names):
+            problems.append(f"not every engine verified halted: missing {sorted(set(names) - set(verified))}")
+        still = sorted(n for n, e in view.items() if e.get("trading_active"))
+        if still:
+            problems.append(f"engines trading before any approval: {still}")
+        gate = incident_report["health_gate"]["status"]
+        if gate != "GO":
+            problems.append(f"health gate {gate}: {incident_report['health_gate']['nogo_probes']}")
+        contained_at = _epoch(contain["at"])
+        now = time.time()
+        after = _orders(lab, "SELECT engine, count(*) FROM orders WHERE created_at > to_timestamp(%s) "
+                             "AND created_at <= to_timestamp(%s) GROUP BY engine", (contained_at, now))
+        before = _orders(lab, "SELECT engine, count(*) FROM orders WHERE created_at <= to_timestamp(%s) "
+                              "GROUP BY engine", (contained_at,))
+        for name in names:
+            if after.get(name):
+                problems.append(f"{name} wrote {after[name]} orders after the contain phase")
+            if not before.get(name) and name not in faults:
+                problems.append(f"{name} never traded before the halt: the proof would be vacuous")
+        gate_at = next((_epoch(e["at"]) for e in incident_report["timeline"] if e["phase"] == "verify"), None)
+        mttr = round(gate_at - fault_at, 1) if gate_at else None
 
-        last = max(marks.values()) if marks else None
+        say("drill: 4/5 ansible-playbook playbooks/resume_trading.yml -e resume_trading_approved=true")
+        resume_started = time.time()
+        resume = ansible("resume_trading.yml", "-e", "resume_trading_approved=true")
+        (reports / f"{incident}-resume_trading.log").write_text(resume.stdout + resume.stderr)
+        if resume.returncode != 0:
+            problems.append(f"resume_trading.yml exited {resume.returncode} "
+                            f"(log: reports/{incident}-resume_trading.log)")
+        time.sleep(SETTLE_SECONDS)
+        flowing = _orders(lab, "SELECT engine, count(*) FROM orders WHERE created_at > to_timestamp(%s) "
+                               "GROUP BY engine", (resume_started,))
+        silent = sorted(n for n in names if not flowing.get(n))
+        if silent:
+            problems.append(f"no new orders after the approved resume from: {silent}")
+
+        first = {t["name"]: t for t in contain.get("targets", [])}
         report = {
             "drill": "p0_outage",
-            "engines": len(state["engines"]),
+            "incident": incident,
+            "engines": len(names),
             "faults": faults,
-            "playbook_rc": proc.returncode,
-            "playbook_seconds": round(finished - started, 2),
-            "start_to_last_verified_halt_seconds": round(last - started, 3) if last else None,
-            "fan_out_ms": halt.get("elapsed_ms"),
-            "fell_back": fell_back,
-            "engines_detail": [
-                {"name": n, "status": t["status"], "method": t.get("method"),
-                 "methods_tried": [a["type"] for a in t.get("methods_tried", [])],
-                 "time_to_halt_ms": t.get("latency_ms"),
-                 "orders_before": orders.get(n, (None, None))[0], "orders_after": orders.get(n, (None, None))[1]}
-                for n, t in sorted(targets.items())
-            ],
+            "p0_outage_rc": p0.returncode,
+            "p0_outage_seconds": round(p0_seconds, 1),
+            "contain_ms": contain.get("elapsed_ms"),
+            "halted_in_contain": len(contain["done"]) + len(contain["already"]),
+            "left_to_repair_by_contain": sorted(contain["failed"] + contain["unverified"]),
+            "restarted": restarted,
+            "verified_halted_after_repair": len(verified),
+            "health_gate": gate,
+            "mttr_fault_to_all_go_seconds": mttr,
+            "resume_rc": resume.returncode,
+            "engines_trading_after_resume": len(names) - len(silent),
+            "incident_report": str(report_files[-1]),
             "problems": problems,
             "verdict": "PASS" if not problems else "FAIL",
         }
-        report_path = reports / f"p0-drill-{stamp}.json"
+        report_path = reports / f"{incident}-drill.json"
         report_path.write_text(json.dumps(report, indent=2) + "\n")
         os.chmod(report_path, 0o600)
 
-        say("drill: 4/4 report")
-        say(f"  {'engine':<11} {'status':<15} {'method':<7} {'tried':<12} {'time':>8} {'before':>7} {'after':>6}")
-        for row in report["engines_detail"]:
-            say(f"  {row['name']:<11} {row['status']:<15} {row['method'] or '-':<7} "
-                f"{'>'.join(row['methods_tried']) or '-':<12} {str(row['time_to_halt_ms']) + ' ms':>8} "
-                f"{row['orders_before']!s:>7} {row['orders_after']!s:>6}")
-        say(f"  engines halted and verified: {len(marks)}/{len(state['engines'])}; "
-            f"fell back: {', '.join(fell_back) or 'none'}")
-        say(f"  playbook start -> last verified halt: {report['start_to_last_verified_halt_seconds']} s "
-            f"(fan-out {report['fan_out_ms']} ms); playbook total {report['playbook_seconds']} s")
+        say("drill: 5/5 report")
+        say(f"  {'engine':<11} {'contain':<13} {'method':<7} {'time':>8}  {'restarted':<9} "
+            f"{'traded after contain':>20}")
+        for name in names:
+            t = first.get(name, {})
+            say(f"  {name:<11} {t.get('status', '-'):<13} {t.get('method') or '-':<7} "
+                f"{str(t.get('latency_ms', '-')) + ' ms':>8}  {'yes' if name in restarted else '-':<9} "
+                f"{after.get(name, 0):>20}")
+        say(f"  contain: {report['halted_in_contain']}/{len(names)} verified in {contain.get('elapsed_ms')} ms; "
+            f"left to repair: {', '.join(report['left_to_repair_by_contain']) or 'none'}")
+        say(f"  repair: restarted {', '.join(restarted) or 'none'}; after repair "
+            f"{len(verified)}/{len(names)} verified halted; health gate {gate}")
+        say(f"  MTTR (fault to all GO): {mttr} s; p0_outage.yml took {report['p0_outage_seconds']} s")
+        say(f"  resume (approved): {report['engines_trading_after_resume']}/{len(names)} engines trading again")
         for p in problems:
             say(f"  PROBLEM: {p}")
         say(f"  verdict: {report['verdict']}   report: {report_path}")

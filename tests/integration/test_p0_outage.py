@@ -1,4 +1,7 @@
-"""Real `ansible-playbook playbooks/p0_outage.yml` runs against a real lab.
+"""Real `ansible-playbook playbooks/p0_outage.yml --tags contain` runs against a real lab.
+
+The contain phase alone: the kill switch, the orders proof and the report. (The full flow,
+with repair, the health gate and the gated resume, is tested in test_p0_full.py.)
 
 Every assertion is about what a user would see: orders in PostgreSQL stop after each verified
 halt (and come back after a resume), engines report trading again, hung or dead engines are
@@ -28,7 +31,7 @@ def recap(stdout: str) -> dict[str, dict[str, int]]:
 
 def run_p0(lab, tmp_path, *extra, name="report.json"):
     report = tmp_path / name
-    proc = lab.run_playbook("p0_outage.yml", "-e", f"halt_trading_report_path={report}",
+    proc = lab.run_playbook("p0_outage.yml", "--tags", "contain", "-e", f"halt_trading_report_path={report}",
                             "-e", "halt_trading_quiesce_seconds=1", *extra)
     data = read_json(report) if report.exists() else None
     return proc, data
@@ -79,7 +82,7 @@ def test_second_run_changes_nothing(lab_factory, tmp_path):
 
 def test_check_mode_leaves_every_engine_trading(lab_factory, tmp_path):
     lab = lab_factory(engines=4)
-    proc = lab.run_playbook("p0_outage.yml", "--check", "--diff")
+    proc = lab.run_playbook("p0_outage.yml", "--tags", "contain", "--check", "--diff")
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "would_halt" in proc.stdout or "changed" in proc.stdout
     after = time.time()
@@ -93,10 +96,12 @@ def test_check_mode_leaves_every_engine_trading(lab_factory, tmp_path):
 def test_crashed_engine_is_reported_failed_while_the_others_halt(lab_factory, tmp_path):
     lab = lab_factory(engines=5, faults={"engine-002": "crash"})
     proc, report = run_p0(lab, tmp_path)
-    assert proc.returncode != 0
+    # contain is not strict in p0_outage: what it cannot verify is left to the repair phase
+    assert proc.returncode == 0, proc.stdout[-3000:]
     targets = by_name(report)
     assert targets["engine-002"]["status"] in ("failed", "unverified")
-    assert "engine-002" in proc.stdout
+    assert "refused" in targets["engine-002"]["error"].lower()
+    assert "left to repair): engine-002" in proc.stdout
     others = [e for e in lab.engines() if e != "engine-002"]
     assert sorted(report["result"]["halted"]) == sorted(others)
     time.sleep(0.5)
@@ -106,7 +111,8 @@ def test_crashed_engine_is_reported_failed_while_the_others_halt(lab_factory, tm
 def test_hung_engine_is_bounded_by_the_timeout(lab_factory, tmp_path):
     lab = lab_factory(engines=5, faults={"engine-001": "hang"})
     proc, report = run_p0(lab, tmp_path, "-e", "halt_trading_timeout=3")
-    assert proc.returncode != 0, "a hung engine cannot be verified halted (its status API hangs too)"
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "left to repair): engine-001" in proc.stdout, "a hung engine cannot be verified (its status API hangs)"
     result = report["result"]
     targets = by_name(report)
     hung = targets["engine-001"]

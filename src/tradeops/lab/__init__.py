@@ -7,6 +7,7 @@ Real PostgreSQL, real Redis and N simulated trading engines served by one asynci
     lab = Lab("/tmp/mylab")
     lab.up(engines=20)
     lab.inject("hang", ["engine-003"])
+    lab.restart(["engine-003"])   # like a process restart: fixes crash and hang, halt flags stay
     lab.down()
 """
 

@@ -8,6 +8,17 @@ The halt proof: on every tick an engine takes ``t = time.time()`` *first*, then 
 source it honours (internal API flag, flag file, one redis MGET), and only if none is active writes an
 order with ``created_at = t``. Hence no order ever carries a timestamp later than the moment a halt
 source became visible, and "no order with created_at > T" in PostgreSQL proves the engine was halted at T.
+
+Restart (``POST /lab/engines/restart``, ``Engine.restart``) behaves like a process restart of one engine:
+its trading loop, listening socket and open connections go away, the faults a restart fixes (crash, hang)
+are cleared, in-memory state is dropped (API halts, ``halted_at``/``halt_source``, the error-rate window),
+then it listens again on the same port with a new trading loop. Halt sources held outside the process
+(the EMERGENCY_STOP file, the redis keys) are read again on the first tick, so an engine whose flag is
+set comes back halted. Counters (orders, errors, requests, latency) and the P&L persist across restarts;
+``restarts`` and ``started_at`` tell restarts apart.
+
+Each engine appends its own events (start, restart, halts, faults, errors; never secrets) to
+``<engine dir>/engine.log``, besides the shared ``engines.log``.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import errno
 import hmac
 import logging
 import os
@@ -42,16 +54,22 @@ from .errors import LabError
 from .postgres import dsn as pg_dsn
 from .state import (
     ALL,
+    BALLAST_DIR,
+    BALLAST_FILE,
     EMERGENCY_STOP_FILE,
+    ENGINE_LOG,
     ENGINES_CONFIG_FILE,
     ENGINES_RUNTIME_FILE,
     FAULT_CRASH,
+    FAULT_DISK_PRESSURE,
     FAULT_ERROR_RATE,
     FAULT_HANG,
     FAULT_KILLSWITCH_BROKEN,
     FAULT_KILLSWITCH_LIES,
     FAULT_LATENCY,
+    FAULT_UNRECOVERABLE,
     FAULTS,
+    FAULTS_FIXED_BY_RESTART,
     FILE,
     GLOBAL_HALT_KEY,
     KILLSWITCH_API,
@@ -65,10 +83,16 @@ from .web import HttpError, Request, Response, serve_connection
 
 log = logging.getLogger("tradeops.lab.engines")
 
-ERROR_RATE = 0.20  # share of order attempts failing under the error-rate fault
-NO_GO_ERROR_RATE = 0.05  # /health/detailed says NO-GO above this error rate (last 60 s)
+ERROR_EVERY = 5  # under the error-rate fault every 5th order attempt fails ...
+ERROR_RATE = 1 / ERROR_EVERY  # ... i.e. 20%, evenly spread, so the measured rate does not flap
+NO_GO_ERROR_RATE = 0.05  # /health/detailed says NO-GO above this error rate ...
+ERROR_WINDOW = 5.0  # ... measured over the order attempts of the last 5 s (NO-GO ~1.3 s after the fault
+ERROR_WINDOW_RESOLUTION = 0.25  # starts at 20% failures, GO again ~4 s after it is cleared)
 LATENCY_DELAY = 1.5  # seconds added to every response under the latency fault
 REDIS_TIMEOUT = 2.0
+RESTART_DRAIN_TIMEOUT = 2.0  # how long a restart waits for the old loop and connections to finish cancelling
+BALLAST_BYTES = 64 * 1024 * 1024  # the disk-pressure fault's ballast file ...
+BALLAST_CHUNK = 1024 * 1024  # ... written in chunks of this size
 SYMBOLS: dict[str, float] = {
     "BTC-USD": 65000.0,
     "ETH-USD": 3400.0,
@@ -214,6 +238,81 @@ class OrderWriter:
             self._conn = None
 
 
+def ballast_path(lab_dir: Path) -> Path:
+    return Path(lab_dir) / BALLAST_DIR / BALLAST_FILE
+
+
+def write_ballast(lab_dir: Path, size: int = BALLAST_BYTES, chunk: int = BALLAST_CHUNK) -> Path:
+    """Fill ``<lab_dir>/ballast/disk-pressure.bin`` with ``size`` bytes, ``chunk`` at a time.
+
+    Never writes outside the lab dir: a symlinked ballast dir or file is refused. If the disk fills up
+    first (ENOSPC) the partial file stays: the pressure is real then.
+    """
+    lab_dir = Path(lab_dir)
+    directory = lab_dir / BALLAST_DIR
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise LabError(f"{directory} is not a plain directory; refusing to write the disk-pressure ballast there")
+    directory.mkdir(mode=0o700, exist_ok=True)
+    path = directory / BALLAST_FILE
+    if directory.resolve().parent != lab_dir.resolve():
+        raise LabError(f"{directory} is not inside the lab dir {lab_dir}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise LabError(f"cannot create the disk-pressure ballast {path}: {exc}") from exc
+    block = memoryview(bytes(chunk))
+    try:
+        left = size
+        while left > 0:
+            left -= os.write(fd, block[: min(chunk, left)])
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise LabError(f"cannot write the disk-pressure ballast {path}: {exc}") from exc
+        log.warning("disk-pressure ballast %s: the disk is full after %d bytes", path, size - left)
+    finally:
+        os.close(fd)
+    return path
+
+
+def remove_ballast(lab_dir: Path) -> None:
+    """Remove the disk-pressure ballast (and its dir, if empty); fine if it is not there."""
+    path = ballast_path(lab_dir)
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass
+
+
+class EngineLog:
+    """An engine's own log file, ``<engine dir>/engine.log``: opened, appended to and closed per line.
+
+    Lines are rare (start, restart, halts, faults, errors), so this stays cheap and survives the file
+    being moved or deleted. A write error is reported once to the shared log and otherwise ignored.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._broken = False
+
+    def write(self, level: int, message: str) -> None:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        line = f"{stamp} {logging.getLevelName(level)} {message}\n".encode("utf-8", "replace")
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if not self._broken:
+                log.error("cannot write %s: %s", self.path, exc)
+            self._broken = True
+        else:
+            self._broken = False
+
+
 @dataclass(frozen=True)
 class HaltState:
     """The effective halt state of an engine at one instant."""
@@ -235,7 +334,10 @@ class Engine:
         self.redis_key: str = spec["redis_key"]
         self.faults: set[str] = set(spec.get("faults") or [])
         self.flag_path = self.dir / EMERGENCY_STOP_FILE
+        self.elog = EngineLog(self.dir / ENGINE_LOG)
         self.port = 0
+        self.restarts = 0
+        self.started_at: float | None = None  # when it last started serving (None: crashed since launch)
         self.internal_halts: dict[str, str] = {}  # method -> reason, set by the halt APIs
         self.halted_at: float | None = None  # first tick that saw the engine halted
         self.halt_source: str | None = None
@@ -243,7 +345,9 @@ class Engine:
         self.errors_total = 0
         self.requests: collections.Counter[int] = collections.Counter()
         self.latency = metrics.Histogram()
-        self.window = metrics.RateWindow(60)
+        self.window = metrics.RateWindow(ERROR_WINDOW, ERROR_WINDOW_RESOLUTION)
+        self._fault_attempts = 0  # order attempts under the error-rate fault
+        self._blind = False  # the last tick could not read redis
         self.pnl = 0.0
         self.prices = dict(SYMBOLS)
         self._rng = random.Random()
@@ -251,6 +355,7 @@ class Engine:
         self._reserve: socket.socket | None = None  # bound, not listening: the port stays ours while crashed
         self._task: asyncio.Task[None] | None = None
         self._conn_tasks: set[asyncio.Task[Any]] = set()
+        self._lifecycle = asyncio.Lock()  # one restart / fault change of this engine at a time
         self._unhung = asyncio.Event()
         if FAULT_HANG not in self.faults:
             self._unhung.set()
@@ -268,6 +373,12 @@ class Engine:
             routes["/admin/orchestrate/halt"] = {"POST": self._orchestrate_halt}
             routes["/admin/orchestrate/unhalt"] = {"POST": self._orchestrate_unhalt}
         self._routes = routes
+
+    def event(self, level: int, msg: str, *args: Any) -> None:
+        """Log an engine event to the shared log and to the engine's own ``engine.log``."""
+        message = msg % args if args else msg
+        log.log(level, "%s: %s", self.name, message)
+        self.elog.write(level, message)
 
     # -- halt state ----------------------------------------------------------------------------------------
 
@@ -326,8 +437,9 @@ class Engine:
                 await self._tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug in one tick must not kill the engine
+            except Exception as exc:  # a bug in one tick must not kill the engine
                 log.exception("%s: tick failed", self.name)
+                self.elog.write(logging.ERROR, f"tick failed: {exc!r}")
                 self.errors_total += 1
             next_tick += interval
             delay = next_tick - loop.time()
@@ -341,23 +453,31 @@ class Engine:
         state = await self.effective_state()
         if state.redis_ok is False:
             # The halt state cannot be known: fail closed, count an error.
+            if not self._blind:
+                self._blind = True
+                self.event(logging.ERROR, "halt state unknown (redis unreachable): not trading")
             self.errors_total += 1
             self.window.record(t, True)
             return
+        if self._blind:
+            self._blind = False
+            self.event(logging.INFO, "redis readable again")
         if state.halted:
             if self.halted_at is None:
                 self.halted_at = t
-                log.warning("%s: halted (%s: %s)", self.name, state.source, state.reason)
+                self.event(logging.WARNING, "halted (%s: %s)", state.source, state.reason)
             self.halt_source = state.source
             return
         if self.halted_at is not None:
-            log.warning("%s: trading again after %.1fs halted", self.name, t - self.halted_at)
+            self.event(logging.WARNING, "trading again after %.1fs halted", t - self.halted_at)
             self.halted_at = None
             self.halt_source = None
-        if FAULT_ERROR_RATE in self.faults and self._rng.random() < ERROR_RATE:
-            self.errors_total += 1
-            self.window.record(t, True)
-            return
+        if FAULT_ERROR_RATE in self.faults:
+            self._fault_attempts += 1
+            if self._fault_attempts % ERROR_EVERY == 0:
+                self.errors_total += 1
+                self.window.record(t, True)
+                return
         self.host.writer.submit(self._make_order(t))
         self.orders_total += 1
         self.window.record(t, False)
@@ -392,68 +512,113 @@ class Engine:
         self.dir.mkdir(parents=True, exist_ok=True)
         sock = self._new_socket(0)
         self.port = int(sock.getsockname()[1])
+        faults = ",".join(f for f in FAULTS if f in self.faults) or "none"
         if self.crashed:
             self._reserve = sock
+            self.event(logging.WARNING, "starting crashed: port %d refuses connections (faults %s)", self.port, faults)
         else:
             await self._listen(sock)
+            self.started_at = time.time()
+            # Only in the engine's own log: 200 of these would drown the shared one.
+            self.elog.write(
+                logging.INFO,
+                f"started on {LOOPBACK}:{self.port} (halt methods {','.join(self.methods)}; faults {faults})",
+            )
 
-    def _crash(self) -> None:
+    def _stop(self) -> list[asyncio.Task[Any]]:
+        """Stop like a dying process: trading loop, listening socket, open connections.
+
+        Returns the tasks being cancelled (the caller may wait for them)."""
+        tasks: list[asyncio.Task[Any]] = []
         if self._task is not None:
             self._task.cancel()
+            tasks.append(self._task)
             self._task = None
         if self._server is not None:
             self._server.close()
             self._server = None
         for task in list(self._conn_tasks):
             task.cancel()
-        self._reserve = self._new_socket(self.port)
-        log.warning("%s: crashed (port %d refuses connections)", self.name, self.port)
-
-    async def _restart(self) -> None:
+            tasks.append(task)
         if self._reserve is not None:
             self._reserve.close()
             self._reserve = None
-        # A restart loses in-memory state, like a real process: an API halt does not survive it.
+        return tasks
+
+    def _crash(self) -> None:
+        self._stop()
+        self._reserve = self._new_socket(self.port)
+        self.event(logging.WARNING, "crashed (port %d refuses connections)", self.port)
+
+    async def restart(self, why: str = "restart requested") -> None:
+        """Restart the engine like a process restart (see the module docstring); raises LabError if it
+        cannot listen on its port again (it is then left crashed)."""
+        async with self._lifecycle:
+            await self._restart(why)
+
+    async def _restart(self, why: str) -> None:
+        tasks = self._stop()
+        fixed = [f for f in FAULTS_FIXED_BY_RESTART if f in self.faults]
+        self.faults.difference_update(FAULTS_FIXED_BY_RESTART)
+        self._unhung.set()
+        # In-memory state dies with the process: an API halt does not survive a restart.
         self.internal_halts.clear()
         self.halted_at = None
         self.halt_source = None
-        await self._listen(self._new_socket(self.port))
+        self.window.clear()
+        self._blind = False
+        try:
+            try:
+                sock = self._new_socket(self.port)  # at once: nobody else gets the port meanwhile
+            except OSError:
+                sock = None
+            if tasks:
+                await asyncio.wait(tasks, timeout=RESTART_DRAIN_TIMEOUT)
+            if sock is None:  # an old connection still held the port: try again now that they are gone
+                sock = self._new_socket(self.port)
+            try:
+                await self._listen(sock)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            self.faults.add(FAULT_CRASH)
+            self.event(logging.ERROR, "restart failed: cannot listen on port %d: %s", self.port, exc)
+            raise LabError(f"{self.name}: cannot restart on port {self.port}: {exc}") from exc
+        self.restarts += 1
+        self.started_at = time.time()
         self.start_trading()
-        log.warning("%s: restarted on port %d", self.name, self.port)
+        remaining = ",".join(f for f in FAULTS if f in self.faults) or "none"
+        self.event(
+            logging.WARNING,
+            "restarted on port %d (%s; restart #%d; fixed faults: %s; faults still active: %s)",
+            self.port,
+            why,
+            self.restarts,
+            ",".join(fixed) or "none",
+            remaining,
+        )
 
     async def set_fault(self, fault: str, active: bool) -> None:
-        if active == (fault in self.faults):
-            return
-        if active:
-            self.faults.add(fault)
-            if fault == FAULT_CRASH:
-                self._crash()
-            elif fault == FAULT_HANG:
-                self._unhung.clear()
-        else:
-            self.faults.discard(fault)
-            if fault == FAULT_CRASH:
-                try:
-                    await self._restart()
-                except OSError as exc:
-                    self.faults.add(FAULT_CRASH)
-                    raise LabError(f"{self.name}: cannot restart on port {self.port}: {exc}") from exc
-            elif fault == FAULT_HANG:
-                self._unhung.set()
-        log.warning("%s: fault %s %s", self.name, fault, "injected" if active else "cleared")
+        async with self._lifecycle:
+            if active == (fault in self.faults):
+                return
+            if active:
+                self.faults.add(fault)
+                if fault == FAULT_CRASH:
+                    self._crash()
+                elif fault == FAULT_HANG:
+                    self._unhung.clear()
+            elif fault == FAULT_CRASH:
+                await self._restart("crash fault cleared")  # clearing a crash restarts the engine
+            else:
+                self.faults.discard(fault)
+                if fault == FAULT_HANG:
+                    self._unhung.set()
+            self.event(logging.WARNING, "fault %s %s", fault, "injected" if active else "cleared")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for task in list(self._conn_tasks):
-            task.cancel()
-        if self._reserve is not None:
-            self._reserve.close()
-            self._reserve = None
+        self._stop()
 
     def snapshot(self, redis_values: Mapping[str, Any] | None) -> dict[str, Any]:
         state = self.evaluate(redis_values)
@@ -471,6 +636,8 @@ class Engine:
             "orders_total": self.orders_total,
             "orders_written": self.host.writer.written(self.name),
             "errors_total": self.errors_total,
+            "restarts": self.restarts,
+            "started_at": self.started_at,
         }
 
     # -- HTTP ----------------------------------------------------------------------------------------------
@@ -499,8 +666,9 @@ class Engine:
             response = await handler(request)
         except HttpError as exc:
             response = Response.error(exc.status, exc.message, exc.headers)
-        except Exception:
+        except Exception as exc:
             log.exception("%s: error serving %s %s", self.name, request.method, request.path)
+            self.elog.write(logging.ERROR, f"error serving {request.method} {request.path}: {exc!r}")
             response = Response.error(500, "internal error")
         if FAULT_LATENCY in self.faults:
             await asyncio.sleep(LATENCY_DELAY)
@@ -515,13 +683,13 @@ class Engine:
 
     def _halt_via_api(self, method: str, reason: str) -> None:
         if FAULT_KILLSWITCH_BROKEN in self.faults:
-            log.warning("%s: %s halt failed (fault killswitch-broken)", self.name, method)
+            self.event(logging.WARNING, "%s halt failed (fault killswitch-broken)", method)
             raise HttpError(500, "internal error: halt failed")
         if FAULT_KILLSWITCH_LIES in self.faults:
-            log.warning("%s: %s halt acknowledged but ignored (fault killswitch-lies)", self.name, method)
+            self.event(logging.WARNING, "%s halt acknowledged but ignored (fault killswitch-lies)", method)
             return
         self.internal_halts[method] = reason
-        log.warning("%s: halt requested via %s: %s", self.name, method, reason)
+        self.event(logging.WARNING, "halt requested via %s: %s", method, reason)
 
     async def _known_state(self) -> HaltState:
         state = await self.effective_state()
@@ -532,11 +700,22 @@ class Engine:
     async def _health(self, request: Request) -> Response:
         return Response.json({"status": "ok", "engine": self.name})
 
+    @property
+    def disk_pressure(self) -> bool:
+        return FAULT_DISK_PRESSURE in self.faults
+
     async def _health_detailed(self, request: Request) -> Response:
         state = await self.effective_state()
         error_rate = self.window.rate(time.time())
         db_ok = self.host.writer.healthy
-        go = db_ok and state.redis_ok is not False and error_rate <= NO_GO_ERROR_RATE
+        engine_ok = FAULT_UNRECOVERABLE not in self.faults
+        go = (
+            db_ok
+            and state.redis_ok is not False
+            and error_rate <= NO_GO_ERROR_RATE
+            and not self.disk_pressure
+            and engine_ok
+        )
         redis_component = "n/a" if state.redis_ok is None else ("ok" if state.redis_ok else "error")
         return Response.json(
             {
@@ -545,9 +724,16 @@ class Engine:
                 "trading_active": not state.halted and state.redis_ok is not False,
                 "halted": state.halted,
                 "halt_source": state.source,
-                "components": {"database": "ok" if db_ok else "error", "redis": redis_component},
+                "components": {
+                    "database": "ok" if db_ok else "error",
+                    "redis": redis_component,
+                    "disk": "error" if self.disk_pressure else "ok",
+                    "engine": "ok" if engine_ok else "error",
+                },
                 "error_rate": round(error_rate, 4),
                 "orders_total": self.orders_total,
+                "restarts": self.restarts,
+                "started_at": self.started_at,
             }
         )
 
@@ -575,6 +761,15 @@ class Engine:
             "# HELP trading_system_halted 1 if a halt source the engine honours is active.",
             "# TYPE trading_system_halted gauge",
             f"trading_system_halted{metrics.labels(**eng)} {int(state.halted)}",
+            f"# HELP error_rate_ratio Failed share of the order attempts of the last {ERROR_WINDOW:g} s.",
+            "# TYPE error_rate_ratio gauge",
+            f"error_rate_ratio{metrics.labels(**eng)} {metrics.fmt(round(self.window.rate(time.time()), 4))}",
+            "# HELP disk_pressure 1 if the engine's disk is full (the disk-pressure fault).",
+            "# TYPE disk_pressure gauge",
+            f"disk_pressure{metrics.labels(**eng)} {int(self.disk_pressure)}",
+            "# HELP engine_restarts_total Restarts of the engine since the lab started.",
+            "# TYPE engine_restarts_total counter",
+            f"engine_restarts_total{metrics.labels(**eng)} {self.restarts}",
         ]
         return Response.text("\n".join(lines) + "\n", content_type=metrics.CONTENT_TYPE)
 
@@ -599,7 +794,7 @@ class Engine:
 
     async def _resume(self, request: Request) -> Response:
         if self.internal_halts.pop(KILLSWITCH_API, None) is not None:
-            log.warning("%s: kill switch released", self.name)
+            self.event(logging.WARNING, "kill switch released")
         state = await self.effective_state()
         return Response.json(
             {
@@ -619,7 +814,7 @@ class Engine:
     async def _orchestrate_unhalt(self, request: Request) -> Response:
         self._require_admin(request)
         if self.internal_halts.pop(ORCHESTRATE_API, None) is not None:
-            log.warning("%s: orchestrate halt released", self.name)
+            self.event(logging.WARNING, "orchestrate halt released")
         state = await self.effective_state()
         return Response.json({"status": "ok", "halted": state.halted, "haltReason": state.reason})
 
@@ -656,6 +851,9 @@ class EngineHost:
         self.control_port = 0
         self._control: asyncio.Server | None = None
         self._redis_healthy = True
+        self.ballast_bytes = int(config.get("ballast_bytes", BALLAST_BYTES))
+        self._ballast = False  # whether the disk-pressure ballast is (believed to be) on disk
+        self._ballast_lock = asyncio.Lock()
 
     def redis_failed(self, exc: BaseException) -> None:
         if self._redis_healthy:
@@ -681,6 +879,7 @@ class EngineHost:
         try:
             for engine in self.engines:
                 await engine.bind()
+            await self.sync_ballast()
             self._control = await asyncio.start_server(self._on_control, host=LOOPBACK, port=0)
             self.control_port = int(self._control.sockets[0].getsockname()[1])
             write_json_atomic(
@@ -712,6 +911,10 @@ class EngineHost:
             await engine.close()
         if self._control is not None:
             self._control.close()
+        try:
+            remove_ballast(self.lab_dir)
+        except OSError as exc:
+            log.error("cannot remove the disk-pressure ballast: %s", exc)
         await asyncio.to_thread(self.writer.stop, 10.0)
         try:
             await self.redis.aclose()
@@ -719,9 +922,10 @@ class EngineHost:
             pass
         (self.lab_dir / ENGINES_RUNTIME_FILE).unlink(missing_ok=True)
 
-    async def snapshot(self) -> list[dict[str, Any]]:
-        """Every engine's state, with one redis MGET for all of them."""
-        keys = sorted({k for e in self.engines for k in e.redis_keys})
+    async def snapshot(self, engines: list[Engine] | None = None) -> list[dict[str, Any]]:
+        """The state of ``engines`` (default: all), with one redis MGET for all of them."""
+        engines = self.engines if engines is None else engines
+        keys = sorted({k for e in engines for k in e.redis_keys})
         values: dict[str, Any] | None = {}
         if keys:
             try:
@@ -729,7 +933,26 @@ class EngineHost:
             except (RedisError, OSError) as exc:
                 self.redis_failed(exc)
                 values = None
-        return [e.snapshot(values) for e in self.engines]
+        return [e.snapshot(values) for e in engines]
+
+    async def sync_ballast(self) -> None:
+        """Put the disk-pressure ballast on disk while any engine has the fault, remove it once none has."""
+        async with self._ballast_lock:
+            want = any(e.disk_pressure for e in self.engines)
+            if want and not self._ballast:
+                started = time.monotonic()
+                path = await asyncio.to_thread(write_ballast, self.lab_dir, self.ballast_bytes)
+                self._ballast = True
+                log.warning(
+                    "disk pressure: wrote %d MiB of ballast to %s in %.2fs",
+                    self.ballast_bytes // (1024 * 1024),
+                    path,
+                    time.monotonic() - started,
+                )
+            elif not want and self._ballast:
+                await asyncio.to_thread(remove_ballast, self.lab_dir)
+                self._ballast = False
+                log.warning("disk pressure cleared: ballast removed")
 
     # -- control API ---------------------------------------------------------------------------------------
 
@@ -746,6 +969,8 @@ class EngineHost:
                 return Response.json({"engines": await self.snapshot()})
             if route == ("POST", "/lab/faults"):
                 return Response.json(await self._faults(request.json_object(required=True)))
+            if route == ("POST", "/lab/engines/restart"):
+                return Response.json(await self._restart(request.json_object(required=True)))
             if route == ("GET", "/lab/health"):
                 return Response.json({"status": "ok", "engines": len(self.engines), "database": self.writer.healthy})
             raise HttpError(404, "not found")
@@ -763,6 +988,21 @@ class EngineHost:
             raise HttpError(400, "'clear' must be a boolean")
         if not (fault in FAULTS or (fault == ALL and clear)):
             raise HttpError(400, f"unknown fault {fault!r}; known: {', '.join(FAULTS)} ('*' to clear all)")
+        targets = self._targets(names)
+        try:
+            for engine in targets:
+                for f in list(engine.faults) if fault == ALL else [fault]:
+                    await engine.set_fault(f, not clear)
+        finally:
+            await self.sync_ballast()
+        return {
+            "fault": fault,
+            "clear": clear,
+            "engines": [{"name": e.name, "faults": [f for f in FAULTS if f in e.faults]} for e in targets],
+        }
+
+    def _targets(self, names: Any) -> list[Engine]:
+        """The engines named by a control request's ``engines`` (names, or ``["*"]``); 400 otherwise."""
         if isinstance(names, str):
             names = [names]
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -770,15 +1010,19 @@ class EngineHost:
         unknown = [n for n in names if n != ALL and n not in self.by_name]
         if unknown:
             raise HttpError(400, f"unknown engine(s): {', '.join(unknown)}")
-        targets = self.engines if ALL in names else [self.by_name[n] for n in dict.fromkeys(names)]
-        for engine in targets:
-            for f in list(engine.faults) if fault == ALL else [fault]:
-                await engine.set_fault(f, not clear)
-        return {
-            "fault": fault,
-            "clear": clear,
-            "engines": [{"name": e.name, "faults": [f for f in FAULTS if f in e.faults]} for e in targets],
-        }
+        return self.engines if ALL in names else [self.by_name[n] for n in dict.fromkeys(names)]
+
+    async def _restart(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Restart the named engines, concurrently; answers their state afterwards."""
+        targets = self._targets(body.get("engines"))
+        results = await asyncio.gather(*(e.restart() for e in targets), return_exceptions=True)
+        failed = [str(r) for r in results if isinstance(r, BaseException)]
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, LabError):
+                raise r
+        if failed:
+            raise LabError("; ".join(failed))
+        return {"engines": await self.snapshot(targets)}
 
 
 def _raise_fd_limit() -> None:

@@ -25,6 +25,7 @@ from .procs import http_request, pid_alive, tail, terminate
 from .redis_server import RedisServer
 from .state import (
     ALL,
+    BALLAST_DIR,
     ENGINES_CONFIG_FILE,
     ENGINES_LOG,
     ENGINES_RUNTIME_FILE,
@@ -37,6 +38,7 @@ from .state import (
     default_lab_dir,
     new_secret,
     read_json,
+    restart_argv,
     validate_fault,
     write_json_atomic,
 )
@@ -45,6 +47,7 @@ log = logging.getLogger("tradeops.lab")
 
 UP_TIMEOUT = 60.0
 CONTROL_TIMEOUT = 10.0
+RESTART_TIMEOUT = 30.0  # restarting many engines at once
 ENGINES_STOP_TIMEOUT = 15.0
 _OWN_FILES = (STATE_FILE, STARTING_FILE, ENGINES_CONFIG_FILE, ENGINES_RUNTIME_FILE)
 
@@ -150,6 +153,7 @@ class Lab:
             "postgres": None,
             "redis": None,
             "engines": specs,
+            "restart_argv": restart_argv(self.lab_dir),
         }
         starting = self.lab_dir / STARTING_FILE
 
@@ -348,6 +352,9 @@ class Lab:
             stop_cluster(st["postgres"])
         for name in _OWN_FILES:
             (self.lab_dir / name).unlink(missing_ok=True)
+        ballast = self.lab_dir / BALLAST_DIR  # the disk-pressure fault's filler: never worth keeping
+        if ballast.is_dir() and not ballast.is_symlink():
+            shutil.rmtree(ballast, ignore_errors=True)
         (self.lab_dir / "redis" / "redis.conf").unlink(missing_ok=True)  # holds the password
 
     # -- runtime -------------------------------------------------------------------------------------------
@@ -359,7 +366,7 @@ class Lab:
 
     def engines(self) -> list[dict[str, Any]]:
         """Live per-engine state from the control API: name, port, methods, faults, trading_active,
-        halted, halt_source, halted_at, orders_written (and a few more)."""
+        halted, halt_source, halted_at, orders_written, restarts, started_at (and a few more)."""
         return list(self.control("GET", "/lab/engines")["engines"])
 
     def engine(self, name: str) -> dict[str, Any]:
@@ -373,8 +380,38 @@ class Lab:
         """Inject (or with ``clear``, clear) ``fault`` on ``engines`` (names, or ``"*"`` for all).
 
         ``fault="*"`` with ``clear=True`` clears every fault. Returns ``[{"name", "faults"}]`` afterwards.
+
+        ``disk-pressure`` writes a 64 MiB ballast file to ``<lab_dir>/ballast/`` (removed once no engine has
+        the fault any more) and makes the affected engines NO-GO (``components.disk: "error"``);
+        ``unrecoverable`` makes them NO-GO (``components.engine: "error"``). Neither is fixed by a restart.
+        Clearing ``crash`` restarts the engine (see ``restart``).
         """
         validate_fault(fault, allow_all=clear)
+        names = self._engine_names(engines)
+        res = self.control("POST", "/lab/faults", {"engines": names, "fault": fault, "clear": bool(clear)})
+        return list(res["engines"])
+
+    def restart(self, engines: str | Sequence[str], timeout: float = RESTART_TIMEOUT) -> list[dict[str, Any]]:
+        """Restart ``engines`` (names, or ``"*"`` for all) like a process restart; returns their live state
+        (as in ``engines()``) afterwards.
+
+        A restart fixes the crash and hang faults and drops in-memory state (API halts); every other
+        fault survives it (disk-pressure, unrecoverable, ...), and so do the halts held outside the
+        engine (its EMERGENCY_STOP file, the redis keys): an engine whose flag is set comes back halted.
+        Each engine listens again on the same port; its ``restarts`` count grows by one.
+        """
+        names = self._engine_names(engines)
+        return list(self.control("POST", "/lab/engines/restart", {"engines": names}, timeout=timeout)["engines"])
+
+    def restart_command(self, engine: str) -> list[str]:
+        """The argv (no shell) that restarts ``engine`` from any process, e.g. ``ansible.builtin.command``:
+        ``[python, -m, tradeops.cli, lab, restart, --dir, LAB_DIR, ENGINE]``."""
+        st = self.state
+        if engine != ALL and engine not in {spec["name"] for spec in st["engines"]}:
+            raise LabInputError(f"no engine named {engine!r} in {self.lab_dir}")
+        return [*(st.get("restart_argv") or restart_argv(self.lab_dir)), engine]
+
+    def _engine_names(self, engines: str | Sequence[str]) -> list[str]:
         names = [engines] if isinstance(engines, str) else list(engines)
         if not names:
             raise LabInputError("no engines given (use '*' for all)")
@@ -382,8 +419,7 @@ class Lab:
         unknown = [n for n in names if n != ALL and n not in known]
         if unknown:
             raise LabInputError(f"unknown engine(s): {', '.join(unknown)}")
-        res = self.control("POST", "/lab/faults", {"engines": names, "fault": fault, "clear": bool(clear)})
-        return list(res["engines"])
+        return names
 
     def pg_dsn(self) -> str:
         """libpq DSN of the ``trading`` database (password included: keep it out of logs)."""
@@ -477,6 +513,8 @@ class Lab:
                 "halt_source": None,
                 "halted_at": None,
                 "orders_written": None,
+                "restarts": None,
+                "started_at": None,
             }
             entry.update(live.get(spec["name"], {}))
             n, last = counts.get(spec["name"], (0, None))

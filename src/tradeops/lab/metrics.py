@@ -52,28 +52,37 @@ class Histogram:
 
 
 class RateWindow:
-    """Attempts and errors over the last ``window`` seconds, in one-second buckets."""
+    """Attempts and errors over the last ``window`` seconds, in buckets of ``resolution`` seconds.
 
-    def __init__(self, window: int = 60) -> None:
+    Old buckets expire on every read as well as on every write, so the rate forgets old errors even
+    while nothing is recorded (an engine that stopped trading reports 0.0 once its window has passed).
+    """
+
+    def __init__(self, window: float = 60, resolution: float = 1.0) -> None:
         self.window = window
-        self._buckets: deque[list[int]] = deque()  # [second, attempts, errors]
+        self.resolution = resolution
+        self._span = max(1, round(window / resolution))  # buckets kept
+        self._buckets: deque[list[int]] = deque()  # [bucket index, attempts, errors]
 
     def record(self, now: float, error: bool) -> None:
-        sec = int(now)
-        if not self._buckets or self._buckets[-1][0] != sec:
-            self._buckets.append([sec, 0, 0])
+        idx = int(now // self.resolution)
+        if not self._buckets or self._buckets[-1][0] != idx:
+            self._buckets.append([idx, 0, 0])
         bucket = self._buckets[-1]
         bucket[1] += 1
         bucket[2] += int(error)
-        self._expire(sec)
+        self._expire(idx)
 
-    def _expire(self, sec: int) -> None:
-        while self._buckets and self._buckets[0][0] <= sec - self.window:
+    def _expire(self, idx: int) -> None:
+        while self._buckets and self._buckets[0][0] <= idx - self._span:
             self._buckets.popleft()
+
+    def clear(self) -> None:
+        self._buckets.clear()
 
     def rate(self, now: float) -> float:
         """Errors / attempts over the window (0.0 without attempts)."""
-        self._expire(int(now))
+        self._expire(int(now // self.resolution))
         attempts = sum(b[1] for b in self._buckets)
         errors = sum(b[2] for b in self._buckets)
         return errors / attempts if attempts else 0.0

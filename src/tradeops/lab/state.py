@@ -12,8 +12,14 @@ of the lab) depends on. Its shape::
       "engines_pid": 1234,
       "postgres": {"host", "port", "dbname", "user", "password", "datadir", "pid"},
       "redis": {"host", "port", "db", "password", "pid"},
-      "engines": [{"name", "host", "port", "dir", "methods", "redis_key", "faults"}]
+      "engines": [{"name", "host", "port", "dir", "methods", "redis_key", "faults"}],
+      "restart_argv": ["/venv/bin/python", "-m", "tradeops.cli", "lab", "restart", "--dir", "/abs/path"]
     }
+
+``engines[].faults`` are the faults active from the start (the live ones come from the control API).
+``restart_argv`` is an argv prefix: append one or more engine names and run it (no shell) to restart
+those engines, e.g. with ``ansible.builtin.command``. State files written before it existed lack it;
+``restart_argv(lab_dir)`` rebuilds it.
 
 It is written atomically (temporary file + rename) with mode 0600 because it holds secrets, and only
 once the lab is fully up: its presence means "a lab was brought up here and not yet taken down".
@@ -24,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,6 +52,9 @@ LOCK_FILE = ".lock"
 ENGINES_CONFIG_FILE = "engines-config.json"  # written by the manager, read by the engines process (0600)
 ENGINES_RUNTIME_FILE = "engines-runtime.json"  # written by the engines process once every socket is bound
 ENGINES_LOG = "engines.log"
+ENGINE_LOG = "engine.log"  # each engine's own log, inside its engine dir
+BALLAST_DIR = "ballast"  # the disk-pressure fault fills a file in here, never outside the lab dir
+BALLAST_FILE = "disk-pressure.bin"
 POSTGRES_LOG = "postgres.log"
 
 # Halt mechanisms an engine can honour, in the default primary cycle order.
@@ -64,6 +74,8 @@ FAULT_KILLSWITCH_BROKEN = "killswitch-broken"
 FAULT_KILLSWITCH_LIES = "killswitch-lies"
 FAULT_ERROR_RATE = "error-rate"
 FAULT_LATENCY = "latency"
+FAULT_DISK_PRESSURE = "disk-pressure"
+FAULT_UNRECOVERABLE = "unrecoverable"
 FAULTS: tuple[str, ...] = (
     FAULT_CRASH,
     FAULT_HANG,
@@ -71,7 +83,12 @@ FAULTS: tuple[str, ...] = (
     FAULT_KILLSWITCH_LIES,
     FAULT_ERROR_RATE,
     FAULT_LATENCY,
+    FAULT_DISK_PRESSURE,
+    FAULT_UNRECOVERABLE,
 )
+# What an engine restart fixes. Every other fault survives it: disk pressure (the disk is still full),
+# unrecoverable (a bad build), and the behaviours error-rate, latency, killswitch-broken/-lies.
+FAULTS_FIXED_BY_RESTART: tuple[str, ...] = (FAULT_CRASH, FAULT_HANG)
 ALL = "*"
 
 MAX_ENGINES = 999  # keeps engine names at three digits
@@ -86,6 +103,15 @@ def default_lab_dir() -> Path:
 def engine_name(index: int) -> str:
     """Name of the engine at 0-based ``index``: ``engine-001`` ..."""
     return f"engine-{index + 1:03d}"
+
+
+def restart_argv(lab_dir: Path) -> list[str]:
+    """The argv prefix that restarts engines of the lab in ``lab_dir``: append engine names and run it.
+
+    Uses this interpreter (``python -m tradeops.cli``), so it works wherever the lab was started from,
+    without relying on ``tradeops`` being on the PATH.
+    """
+    return [sys.executable, "-m", "tradeops.cli", "lab", "restart", "--dir", str(lab_dir)]
 
 
 def engine_redis_key(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -67,3 +68,52 @@ def assert_halted_since(lab: Lab, engine: str, verified_at: float, witness: str)
 def engine_view(lab: Lab, engine: str) -> dict[str, Any]:
     """The control API's view of one engine."""
     return next(e for e in lab.engines() if e["name"] == engine)
+
+
+def health(lab: Lab, engine: str) -> dict[str, Any]:
+    """An engine's /health/detailed."""
+    res = call(lab, engine, "GET", "/health/detailed")
+    assert res.status == 200
+    return res.json()
+
+
+def restarts(lab: Lab) -> dict[str, int]:
+    """Every engine's restart count, from the control API."""
+    return {e["name"]: e["restarts"] for e in lab.engines()}
+
+
+METRIC_LINE = re.compile(r'^([a-z_]+)\{engine="(engine-\d{3})"(?:,(code|le)="([^"]+)")?\} (\S+)$')
+METRIC_TYPES = {
+    "orders_total": "counter",
+    "errors_total": "counter",
+    "http_requests_total": "counter",
+    "request_latency_seconds": "histogram",
+    "trading_system_halted": "gauge",
+    "error_rate_ratio": "gauge",
+    "disk_pressure": "gauge",
+    "engine_restarts_total": "counter",
+}
+
+
+def scrape(lab: Lab, engine: str) -> dict[str, float]:
+    """An engine's /metrics as ``{name or name{label=value}: value}``; checks the format and the types."""
+    res = call(lab, engine, "GET", "/metrics")
+    assert res.status == 200
+    assert res.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples: dict[str, float] = {}
+    types = {}
+    for line in res.text.splitlines():
+        if line.startswith("# TYPE"):
+            _, _, name, kind = line.split()
+            types[name] = kind
+            continue
+        if line.startswith("#"):
+            continue
+        m = METRIC_LINE.match(line)
+        assert m, f"unparsable metrics line {line!r}"
+        name, eng, label, lvalue, value = m.groups()
+        assert eng == engine
+        key = f"{name}{{{label}={lvalue}}}" if label else name
+        samples[key] = float(value)
+    assert types == METRIC_TYPES
+    return samples

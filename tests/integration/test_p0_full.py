@@ -1,0 +1,132 @@
+"""The whole P0 flow (contain, assess, evidence, repair, verify, gated resume, report) with real
+ansible-playbook against real labs. Proof comes from the lab: restart counters, engine state
+read from the engines themselves, and orders in PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime
+
+import pytest
+
+from tests.integration.test_p0_outage import recap
+
+pytestmark = pytest.mark.integration
+
+
+def engines_view(lab):
+    return {e["name"]: e for e in lab.lab.engines()}
+
+
+def all_halted(lab):
+    return {n: e for n, e in engines_view(lab).items() if e["trading_active"]}
+
+
+def reports(tmp_path):
+    return sorted(tmp_path.glob("p0-*.json"))
+
+
+def run(lab, tmp_path, playbook, *extra):
+    return lab.run_playbook(playbook, "-e", f"incident_report_dir={tmp_path}",
+                            "-e", f"evidence_dest={tmp_path}/evidence",
+                            "-e", "halt_trading_quiesce_seconds=1", "-e", "health_gate_stable_for=2",
+                            "-e", "halt_trading_timeout=4", *extra)
+
+
+def test_crashed_and_hung_engines_are_restarted_and_reach_go_healthy_ones_are_not(lab_factory, tmp_path):
+    lab = lab_factory(engines=6, faults={"engine-002": "crash", "engine-003": "hang"})
+    proc = run(lab, tmp_path, "p0_outage.yml")
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    view = engines_view(lab)
+    assert view["engine-002"]["restarts"] == 1 and view["engine-003"]["restarts"] == 1
+    assert all(view[n]["restarts"] == 0 for n in ("engine-001", "engine-004", "engine-005", "engine-006"))
+    # every engine is back, healthy, and still halted: the resume needs approval
+    assert all_halted(lab) == {}
+    assert "Resume SKIPPED: no approval" in proc.stdout
+    report = json.loads(reports(tmp_path)[-1].read_text())
+    assert report["health_gate"]["status"] == "GO"
+    assert sorted(report["recovery"]["restarted_and_recovered"]) == ["engine-002", "engine-003"]
+    assert report["resume"] == "skipped_not_approved"
+    assert report["verdict"].startswith("RECOVERED, TRADING HALTED")
+    # the second, strict halt verified every engine, the restarted ones included
+    reverify = [h for h in report["halts"] if h["phase"] == "re-verify"][0]
+    assert reverify["failed"] == [] and reverify["unverified"] == []
+    assert sorted(reverify["done"] + reverify["already"]) == lab.engines()
+    # and no engine traded from the end of the contain phase until now
+    contained = [h for h in report["halts"] if h["phase"] == "contain"][0]
+    since = datetime.fromisoformat(contained["at"]).timestamp()
+    for name in lab.engines():
+        assert lab.orders_between(name, since, time.time()) == 0, name
+
+
+def test_a_component_that_cannot_be_repaired_leaves_every_engine_halted(lab_factory, tmp_path):
+    lab = lab_factory(engines=4, faults={"engine-002": "unrecoverable"})
+    proc = run(lab, tmp_path, "p0_outage.yml", "-e", "service_recovery_rto_seconds=4")
+    assert proc.returncode != 0
+    assert re.search(r"engine-002 is still NO-GO .*engine-002-health", proc.stdout), proc.stdout[-4000:]
+    assert "Trading stays halted" in proc.stdout
+    assert engines_view(lab)["engine-002"]["restarts"] == 1
+    time.sleep(1)
+    assert all_halted(lab) == {}
+    assert all(lab.orders_after(n, time.time() - 3) == 0 for n in lab.engines())
+
+
+def test_resume_never_happens_without_approval(lab_factory, tmp_path):
+    lab = lab_factory(engines=3)
+    halt = run(lab, tmp_path, "p0_outage.yml")
+    assert halt.returncode == 0, halt.stdout[-4000:]
+    proc = run(lab, tmp_path, "resume_trading.yml")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "Resume SKIPPED: no approval" in proc.stdout
+    time.sleep(1.5)
+    assert all_halted(lab) == {}
+    assert all(lab.orders_after(n, time.time() - 1.2) == 0 for n in lab.engines())
+
+
+def test_resume_never_happens_after_a_failed_gate_even_with_approval(lab_factory, tmp_path):
+    lab = lab_factory(engines=3)
+    assert run(lab, tmp_path, "p0_outage.yml").returncode == 0
+    lab.lab.inject("unrecoverable", engines=["engine-003"])
+    proc = run(lab, tmp_path, "resume_trading.yml", "-e", "resume_trading_approved=true",
+               "-e", "health_gate_wait_for=3")
+    assert proc.returncode != 0
+    assert "Health gate closed" in proc.stdout and "engine-003-health" in proc.stdout
+    time.sleep(1)
+    assert all_halted(lab) == {}
+
+
+def test_with_approval_orders_flow_again(lab_factory, tmp_path):
+    lab = lab_factory(engines=3)
+    assert run(lab, tmp_path, "p0_outage.yml").returncode == 0
+    started = time.time()
+    proc = run(lab, tmp_path, "resume_trading.yml", "-e", "resume_trading_approved=true")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    counts = lab.wait_for_orders(lab.engines(), since=started, timeout=10)
+    assert all(counts.values()), counts
+    assert all(e["trading_active"] for e in engines_view(lab).values())
+
+
+def test_health_check_changes_nothing(lab_factory, tmp_path):
+    lab = lab_factory(engines=3, faults={"engine-001": "crash"})
+    proc = lab.run_playbook("health_check.yml")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "NO-GO" in proc.stdout and "engine-001-health" in proc.stdout
+    assert all(c["changed"] == 0 for c in recap(proc.stdout).values())
+    view = engines_view(lab)
+    assert all(e["restarts"] == 0 for e in view.values())
+    assert view["engine-001"]["faults"] == ["crash"]
+    since = time.time()
+    counts = lab.wait_for_orders(["engine-002", "engine-003"], since=since)
+    assert all(counts.values())
+
+
+def test_health_gate_returns_as_soon_as_the_stack_is_stable(lab_factory, tmp_path):
+    lab = lab_factory(engines=3)
+    started = time.time()
+    proc = lab.run_playbook("resume_trading.yml", "-e", "health_gate_wait_for=120", "-e", "health_gate_stable_for=2")
+    elapsed = time.time() - started
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Health gate open" in proc.stdout
+    assert elapsed < 20, f"the gate slept out its deadline: {elapsed:.1f}s"
