@@ -47,11 +47,11 @@ def health_summary_lines(result, limit=40):
     probes = result.get("probes", [])
     bad = [p for p in probes if p.get("status") != "GO"]
     lines = ["%s: %d probes, %d NO-GO, %d warnings (%d rounds, %s ms)" % (
-        result.get("status", "?"), len(probes), len(result.get("nogo", [])), len(result.get("warnings", [])),
+        result.get("status", "?"), len(probes), len(result.get("nogo", [])), len(result.get("warning_probes", [])),
         result.get("attempts", 0), result.get("elapsed_ms", "?"))]
     for p in bad[:limit]:
-        lines.append("%-6s %-28s %-10s %s" % (p.get("status"), p.get("name"), p.get("component") or "-",
-                                               p.get("message") or ""))
+        cells = (p.get("status"), p.get("name"), p.get("component") or "-", p.get("message") or "")
+        lines.append("%-6s %-28s %-10s %s" % cells)
     if len(bad) > limit:
         lines.append("... and %d more" % (len(bad) - limit))
     return lines

@@ -48,6 +48,7 @@ plugin: tradeops.remediation.lab
 
 import json
 import os
+import sys
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
@@ -165,7 +166,7 @@ class InventoryModule(BaseInventoryPlugin):
         self.inventory.add_host(CONTROLLER, group=EVIDENCE_GROUP)
         for key, value in {
             "ansible_connection": "local",
-            "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+            "ansible_python_interpreter": sys.executable,
             "evidence_log_paths": [os.path.join(lab_dir, "engines.log"), os.path.join(lab_dir, "postgres.log"),
                                    os.path.join(lab_dir, "redis", "*.log"),
                                    os.path.join(lab_dir, "engines", "*", "engine.log")],
@@ -183,7 +184,7 @@ class InventoryModule(BaseInventoryPlugin):
             host_vars = {
                 "ansible_connection": "local",
                 "ansible_host": engine["host"],
-                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "ansible_python_interpreter": sys.executable,
                 "tradeops_engine": {
                     "name": name, "port": engine["port"], "dir": engine["dir"], "methods": engine.get("methods", []),
                     "base_url": "http://%s:%d" % (engine["host"], int(engine["port"])),

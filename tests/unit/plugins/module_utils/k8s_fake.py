@@ -3,7 +3,9 @@
 No real Kubernetes API server can run on this machine, so the kubernetes method is tested
 against this fake, which speaks the real wire format the official `kubernetes` client uses
 (GET and strategic-merge PATCH of /apis/apps/v1/namespaces/{ns}/deployments/{name}). Ready
-replicas follow spec.replicas at once, as if the controller were instant.
+replicas follow spec.replicas at once, as if the controller were instant, unless a test sets
+them with `add(..., ready=N)` or `set_ready()` (pods that never become ready). The
+Authorization header of every request is kept in `authorizations`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class FakeKubernetes:
     def __init__(self):
         self.deployments: dict[tuple[str, str], dict] = {}
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[str | None] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,6 +54,7 @@ class FakeKubernetes:
 
             def do_GET(self):
                 fake.requests.append(("GET", self.path))
+                fake.authorizations.append(self.headers.get("Authorization"))
                 key, dep = self._find()
                 if dep is None:
                     return self._reply(404, {"kind": "Status", "status": "Failure", "reason": "NotFound",
@@ -59,6 +63,7 @@ class FakeKubernetes:
 
             def do_PATCH(self):
                 fake.requests.append(("PATCH", self.path))
+                fake.authorizations.append(self.headers.get("Authorization"))
                 key, dep = self._find()
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                 if dep is None:
@@ -73,15 +78,23 @@ class FakeKubernetes:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def add(self, name: str, namespace: str = "trading", replicas: int = 3) -> None:
+    def add(self, name: str, namespace: str = "trading", replicas: int = 3, ready: int | None = None) -> None:
+        """A deployment with `replicas` desired and `ready` ready replicas (default: all)."""
+        ready = replicas if ready is None else ready
         self.deployments[(namespace, name)] = {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "namespace": namespace, "annotations": {}},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name}},
                                   "spec": {"containers": [{"name": name, "image": "engine:1"}]}}},
-            "status": {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas},
+            "status": {"replicas": replicas, "readyReplicas": ready, "availableReplicas": ready},
         }
+
+    def set_ready(self, name: str, ready: int, namespace: str = "trading") -> None:
+        """Set the ready replicas, as the controller would when pods become (un)ready."""
+        status = self.deployments[(namespace, name)]["status"]
+        status["readyReplicas"] = ready or None
+        status["availableReplicas"] = ready or None
 
     def get(self, name: str, namespace: str = "trading") -> dict:
         return self.deployments[(namespace, name)]
