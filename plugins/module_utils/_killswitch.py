@@ -534,7 +534,7 @@ class HaltService:
     """Halt or resume many targets concurrently, each verified, each within its deadline."""
 
     def __init__(self, targets, state=HALTED, reason="tradeops emergency halt", timeout=10.0,
-                 concurrency=64, verify=True, check_mode=False):
+                 concurrency=64, verify=True, check_mode=False, apply_all=False):
         if state not in (HALTED, RESUMED):
             raise ValidationError("state must be halted or resumed, got %r" % state)
         if timeout is None or float(timeout) <= 0:
@@ -548,6 +548,9 @@ class HaltService:
         self.concurrency = int(concurrency)
         self.verify = verify
         self.check_mode = check_mode
+        # Apply every method of the chain, not just up to the first that verifies, so that the
+        # durable ones (flag file, redis key, container flag) hold the halt across a restart.
+        self.apply_all = apply_all
 
     # -- reading state -------------------------------------------------------------------
     def _current(self, target, deadline):
@@ -603,12 +606,12 @@ class HaltService:
                   "verified_by": None, "methods_tried": [], "error": None, "halted_at": None}
         before, how, detail = self._current(target, deadline)
         result["before"] = {True: "halted", False: "trading"}.get(before, "unknown")
-        if before is True:
+        if before is True and not self.apply_all:
             result.update(status="already_halted", verified=True, verified_by=how, detail=detail)
             result["latency_ms"] = _now_ms(start)
             return result
         if self.check_mode:
-            result.update(status="would_halt", changed=True)
+            result.update(status="would_halt", changed=before is not True)
             result["latency_ms"] = _now_ms(start)
             return result
         acted = False
@@ -622,31 +625,43 @@ class HaltService:
             attempt = {"index": index, "type": method.type, "action": None, "verified": False,
                        "verified_by": None, "error": None}
             try:
-                attempt["action"] = method.halt(self.reason, share)
-                acted = True
-                result["changed"] = True
-                if self.verify:
-                    ok, by, detail = self._verify(target, method, True, share)
-                    attempt.update(verified=ok, verified_by=by, detail=detail)
-                    if not ok:
-                        attempt["error"] = "not verified: %s" % detail
+                flag = method.read_flag(share) if self.apply_all else None
+                if flag is True:
+                    # apply_all: this method's durable flag is already in place
+                    attempt.update(action="already set", verified=True, verified_by="flag")
+                elif self.apply_all and flag is None and before is True:
+                    attempt["action"] = "skipped: the engine already reports trading halted"
+                else:
+                    attempt["action"] = method.halt(self.reason, share)
+                    acted = True
+                    result["changed"] = True
+                    if self.verify:
+                        ok, by, detail = self._verify(target, method, True, share)
+                        attempt.update(verified=ok, verified_by=by, detail=detail)
+                        if not ok:
+                            attempt["error"] = "not verified: %s" % detail
             except TradeopsError as err:
                 attempt["error"] = str(err)
             attempt["latency_ms"] = _now_ms(m_start)
             result["methods_tried"].append(attempt)
-            if attempt["verified"] or (not self.verify and attempt["action"] and not attempt["error"]):
+            done = attempt["verified"] or (not self.verify and attempt["action"] and not attempt["error"])
+            if done and result.get("status") is None:
                 result["method"] = method.type
                 result["verified"] = attempt["verified"]
                 result["verified_by"] = attempt["verified_by"]
                 result["halted_at"] = time.time()
                 result["status"] = "halted" if attempt["verified"] else "unverified"
-                break
+                if not self.apply_all:
+                    break
             if deadline.expired():
                 break
-        else:
-            result["status"] = "unverified" if acted else "failed"
         if result.get("status") is None:
-            result["status"] = "unverified" if acted else "failed"
+            if before is True and not acted:
+                result.update(status="already_halted", verified=True, verified_by=how)
+            else:
+                result["status"] = "unverified" if acted else "failed"
+        elif result["status"] == "halted" and not acted and before is True:
+            result["status"] = "already_halted"
         if result["status"] in ("failed", "unverified"):
             result["error"] = "; ".join("%s: %s" % (a["type"], a["error"]) for a in result["methods_tried"]
                                         if a["error"]) or "deadline exceeded before any method ran"

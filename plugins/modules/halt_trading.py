@@ -266,6 +266,15 @@ options:
     description: How many targets are worked on at the same time.
     type: int
     default: 64
+  apply_all:
+    description:
+      - Apply every method of each chain instead of stopping at the first that verifies, skipping
+        methods whose own flag is already set.
+      - Use it before restarting an engine, so that the durable methods (flag file, redis key,
+        container flag, scale to zero) keep it halted across the restart; an API halt held in the
+        engine's memory does not survive one.
+    type: bool
+    default: false
   verify:
     description:
       - Read the state back after each method. With V(false) a method that answers is trusted,
@@ -494,6 +503,7 @@ ARGUMENT_SPEC = dict(
     timeout=dict(type="float", default=10.0),
     concurrency=dict(type="int", default=64),
     verify=dict(type="bool", default=True),
+    apply_all=dict(type="bool", default=False),
 )
 
 
@@ -509,6 +519,7 @@ def main():
             concurrency=p["concurrency"],
             verify=p["verify"],
             check_mode=module.check_mode,
+            apply_all=p["apply_all"],
         )
         result = service.run()
     except TradeopsError as err:

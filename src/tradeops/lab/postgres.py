@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,17 @@ CREATE TABLE accounts (
     name text
 );
 
--- Modelled on seed 002. Deliberately no CHECK constraints: integrity is what the runbook's SQL checks,
--- and corruption faults must be injectable.
+-- Modelled on seed 002. The lab simulates a system whose constraints were never enforced, so that the
+-- integrity checks of the runbook (and the corrupt-rows fault) have something to find:
+--   * no CHECK constraints (NULL prices, bad statuses, non-positive quantities, future timestamps);
+--   * no primary key on id: a NON-unique btree index instead, so an id can appear twice (duplicate ids);
+--     ids still come from a sequence, so fresh rows never collide;
+--   * no foreign key from account_id to accounts (orphan trades), only an index.
+-- orders (written by the engines) keeps its primary key.
+CREATE SEQUENCE positions_id_seq;
 CREATE TABLE positions (
-    id bigserial PRIMARY KEY,
-    account_id int REFERENCES accounts (id),
+    id bigint NOT NULL DEFAULT nextval('positions_id_seq'),
+    account_id int,
     symbol text,
     quantity numeric,
     entry_price numeric,
@@ -65,10 +72,14 @@ CREATE TABLE positions (
     status text,
     updated_at timestamptz
 );
+ALTER SEQUENCE positions_id_seq OWNED BY positions.id;
+CREATE INDEX positions_id_idx ON positions (id);
+CREATE INDEX positions_account_symbol_idx ON positions (account_id, symbol);
 
+CREATE SEQUENCE trades_id_seq;
 CREATE TABLE trades (
-    id bigserial PRIMARY KEY,
-    account_id int REFERENCES accounts (id),
+    id bigint NOT NULL DEFAULT nextval('trades_id_seq'),
+    account_id int,
     symbol text,
     side text,
     quantity numeric,
@@ -76,10 +87,17 @@ CREATE TABLE trades (
     status text,
     created_at timestamptz
 );
+ALTER SEQUENCE trades_id_seq OWNED BY trades.id;
+CREATE INDEX trades_id_idx ON trades (id);
 CREATE INDEX trades_account_symbol_idx ON trades (account_id, symbol);
 """
 
-SEED_ACCOUNTS = ["alpha-fund", "beta-capital", "gamma-desk", "delta-arb", "epsilon-mm"]
+SEED_ACCOUNTS = [
+    "alpha-fund", "beta-capital", "gamma-desk", "delta-arb", "epsilon-mm",
+    "zeta-fund", "eta-capital", "theta-desk", "iota-arb", "kappa-mm",
+    "lambda-fund", "mu-capital", "nu-desk", "xi-arb", "omicron-mm",
+    "pi-fund", "rho-capital", "sigma-desk", "tau-arb", "upsilon-mm",
+]  # fmt: skip
 SEED_SYMBOLS = {
     "BTC-USD": 65000.0,
     "ETH-USD": 3400.0,
@@ -362,6 +380,32 @@ class PostgresServer:
         finally:
             conn.close()
 
+    # -- restart -------------------------------------------------------------------------------------------
+
+    def restart(
+        self, info: dict[str, Any], while_stopped: Callable[[], None] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Stop the running cluster (``pg_ctl stop -m fast``, as the data dir's owner), call
+        ``while_stopped()``, start it again on the same port and data dir; returns the updated ``info``
+        (a new ``pid``). The cluster is started again even if ``while_stopped`` raises (which is then
+        re-raised). Clients see their connections dropped, as in a real database restart.
+        """
+        datadir = Path(info["datadir"])
+        if not (datadir / "PG_VERSION").is_file():
+            raise LabError(f"{datadir} is not a PostgreSQL data directory")
+        stop_cluster(info, self.bindir, remove_tmp=False, timeout=timeout)
+        if pid_alive(info.get("pid")) or (datadir / "postmaster.pid").exists():
+            raise LabError(f"PostgreSQL (pid {info.get('pid')}) did not stop; see {self.log_path}")
+        new = dict(info)
+        try:
+            if while_stopped is not None:
+                while_stopped()
+        finally:
+            started, last_log = self._launch(datadir, datadir.parent, _run_as_for_datadir(datadir), new)
+            if not started:
+                raise LabError(f"PostgreSQL did not start again; last lines of {self.log_path}:\n{last_log}")
+        return new
+
     # -- stop ----------------------------------------------------------------------------------------------
 
     def stop(self, info: dict[str, Any] | None, remove_tmp: bool = True, timeout: float = 30.0) -> None:
@@ -409,56 +453,60 @@ def stop_cluster(
             shutil.rmtree(base, ignore_errors=True)
 
 
-def seed(cur: psycopg2.extensions.cursor) -> None:
-    """A small, consistent data set modelled on seed 002.
+SEED_SYMBOLS_PER_ACCOUNT = 5
 
-    Invariants (what the runbook's integrity SQL checks): no NULL prices; trade statuses are in
-    ('open', 'closed', 'cancelled'); for every position, quantity = the signed sum (buy +, sell -) of
-    that account's *closed* trades in that symbol; entry_price is the average price of those closed buys;
-    status is 'open' when quantity > 0, else 'closed'.
+
+def seed(cur: psycopg2.extensions.cursor) -> None:
+    """A consistent data set modelled on seed 002: 20 accounts, 100 positions, about 2,700 trades.
+
+    Every integrity check of the runbook is clean on it (tests/unit/lab checks each one):
+
+    * no NULL prices; every trade status is one of 'open', 'closed', 'cancelled';
+    * every position's quantity equals the sum of the quantities of its account's *closed* trades in
+      its symbol. Closed trades are all buys (sells are still open, or were cancelled), so the plain
+      sum and the signed sum (buy +, sell -) agree; entry_price is their average price;
+    * every account_id exists in accounts; ids are unique (from the sequences);
+    * quantities and prices are positive; every timestamp lies in the past (up to 30 days ago).
     """
     rng = random.Random(20240601)
     now = time.time()
     cur.executemany("INSERT INTO accounts (id, name) VALUES (%s, %s)", list(enumerate(SEED_ACCOUNTS, start=1)))
     trades: list[tuple[Any, ...]] = []
     positions: list[tuple[Any, ...]] = []
+
+    def when(max_age: float, min_age: float = 120.0) -> float:
+        return now - rng.uniform(min_age, max_age)
+
     for account_id in range(1, len(SEED_ACCOUNTS) + 1):
-        for symbol in rng.sample(sorted(SEED_SYMBOLS), 4):
+        for symbol in sorted(rng.sample(sorted(SEED_SYMBOLS), SEED_SYMBOLS_PER_ACCOUNT)):
             base = SEED_SYMBOLS[symbol]
-            qty_unit = 1 if base > 100 else 1000
-            closed_buys = [(rng.randint(1, 5) * qty_unit, round(base * rng.uniform(0.95, 1.05), 4)) for _ in range(3)]
-            bought = sum(q for q, _ in closed_buys)
-            sold = rng.randint(0, bought // qty_unit - 1) * qty_unit
-            t0 = now - 86400 * 7
-            for i, (q, p) in enumerate(closed_buys):
-                trades.append((account_id, symbol, "buy", q, p, "closed", t0 + i * 3600))
-            if sold:
+            unit = 1 if base > 100 else 1000
+
+            def price(spread: float = 0.05, base: float = base) -> float:
+                return round(base * rng.uniform(1 - spread, 1 + spread), 4)
+
+            closed = [(rng.randint(1, 5) * unit, price()) for _ in range(rng.randint(10, 20))]
+            for q, p in closed:
+                trades.append((account_id, symbol, "buy", q, p, "closed", when(30 * 86400, 86400)))
+            # Open and cancelled trades, both sides, do not count towards the position.
+            for _ in range(rng.randint(4, 10)):
+                side = rng.choice(("buy", "sell"))
+                trades.append((account_id, symbol, side, rng.randint(1, 3) * unit, price(0.02), "open", when(86400)))
+            for _ in range(rng.randint(3, 7)):
+                side = rng.choice(("buy", "sell"))
                 trades.append(
-                    (
-                        account_id,
-                        symbol,
-                        "sell",
-                        sold,
-                        round(base * rng.uniform(0.95, 1.05), 4),
-                        "closed",
-                        t0 + 4 * 3600,
-                    )
+                    (account_id, symbol, side, rng.randint(1, 3) * unit, price(), "cancelled", when(20 * 86400))
                 )
-            # Open and cancelled trades do not count towards the position.
-            trades.append((account_id, symbol, "buy", qty_unit, round(base * 0.98, 4), "open", now - 600))
-            if rng.random() < 0.5:
-                trades.append((account_id, symbol, "sell", qty_unit, round(base * 1.02, 4), "cancelled", now - 1200))
-            quantity = bought - sold
-            entry = round(sum(q * p for q, p in closed_buys) / bought, 4)
-            current = round(base * rng.uniform(0.97, 1.03), 4)
-            positions.append(
-                (account_id, symbol, quantity, entry, current, "open" if quantity > 0 else "closed", now - 60)
-            )
+            quantity = sum(q for q, _ in closed)
+            entry = round(sum(q * p for q, p in closed) / quantity, 4)
+            positions.append((account_id, symbol, quantity, entry, price(0.03), "open", when(3600, 60)))
+    trades.sort(key=lambda t: t[-1])  # ids in time order, like a real system's
     psycopg2.extras.execute_values(
         cur,
         "INSERT INTO trades (account_id, symbol, side, quantity, price, status, created_at) VALUES %s",
         trades,
         template="(%s, %s, %s, %s, %s, %s, to_timestamp(%s))",
+        page_size=1000,
     )
     psycopg2.extras.execute_values(
         cur,
@@ -467,3 +515,4 @@ def seed(cur: psycopg2.extensions.cursor) -> None:
         positions,
         template="(%s, %s, %s, %s, %s, %s, to_timestamp(%s))",
     )
+    cur.execute("ANALYZE accounts, positions, trades")

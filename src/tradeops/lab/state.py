@@ -56,6 +56,7 @@ ENGINE_LOG = "engine.log"  # each engine's own log, inside its engine dir
 BALLAST_DIR = "ballast"  # the disk-pressure fault fills a file in here, never outside the lab dir
 BALLAST_FILE = "disk-pressure.bin"
 POSTGRES_LOG = "postgres.log"
+FAULTS_DIR = "faults"  # what each database fault did: ``<lab_dir>/faults/<fault>.json``
 
 # Halt mechanisms an engine can honour, in the default primary cycle order.
 KILLSWITCH_API = "killswitch_api"
@@ -90,6 +91,15 @@ FAULTS: tuple[str, ...] = (
 # unrecoverable (a bad build), and the behaviours error-rate, latency, killswitch-broken/-lies.
 FAULTS_FIXED_BY_RESTART: tuple[str, ...] = (FAULT_CRASH, FAULT_HANG)
 ALL = "*"
+
+# Database faults: lab-wide (no engine names), injected into the lab's PostgreSQL after `up`.
+FAULT_CORRUPT_ROWS = "corrupt-rows"
+FAULT_INDEX_CORRUPTION = "index-corruption"
+FAULT_LONG_QUERY = "long-query"
+FAULT_BLOCKING_LOCK = "blocking-lock"
+DB_FAULTS: tuple[str, ...] = (FAULT_CORRUPT_ROWS, FAULT_INDEX_CORRUPTION, FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK)
+# The database faults held by a background session of the engines process (the others are one-shot).
+SESSION_FAULTS: tuple[str, ...] = (FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK)
 
 MAX_ENGINES = 999  # keeps engine names at three digits
 
@@ -152,9 +162,17 @@ def parse_fault_specs(specs: Iterable[str]) -> dict[str, list[str]]:
 
 
 def validate_fault(fault: str, *, allow_all: bool = False) -> str:
+    """An engine fault's name (or ``"*"`` with ``allow_all``); LabInputError for anything else."""
     if fault in FAULTS or (allow_all and fault == ALL):
         return fault
-    raise LabInputError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+    if fault in DB_FAULTS:
+        raise LabInputError(
+            f"{fault} is a database fault: it applies to the whole lab and takes no engine names; "
+            f"inject it on a running lab with `tradeops lab inject {fault}`"
+        )
+    raise LabInputError(
+        f"unknown fault {fault!r} (engine faults: {', '.join(FAULTS)}; database faults: {', '.join(DB_FAULTS)})"
+    )
 
 
 def normalize_faults(faults: Mapping[str, str | Iterable[str]] | None, names: Sequence[str]) -> dict[str, list[str]]:

@@ -168,3 +168,16 @@ def test_bad_global_options_fail_before_any_call(capsys, engine):
     out = run_module(capsys, {"targets": [engine.target()], "timeout": 0})
     assert out["_rc"] == 1 and "timeout must be a positive" in out["msg"]
     assert engine.requests == []
+
+
+def test_apply_all_sets_every_durable_flag_even_when_already_halted(capsys, engine, tmp_path):
+    flag = tmp_path / "EMERGENCY_STOP"
+    target = engine.target()
+    target["methods"].append({"type": "file", "path": str(flag)})
+    run_module(capsys, {"targets": [target]})
+    assert engine.halted and not flag.exists(), "the first verified method stops the chain"
+    out = run_module(capsys, {"targets": [target], "apply_all": True})
+    assert out["_rc"] == 0 and out["changed"] is True
+    assert flag.exists(), "apply_all must put the durable flag in place"
+    again = run_module(capsys, {"targets": [target], "apply_all": True})
+    assert again["changed"] is False and again["already_halted"] == ["engine-a"]
