@@ -8,11 +8,12 @@ Real PostgreSQL, real Redis and N simulated trading engines served by one asynci
     lab.up(engines=20)
     lab.inject("hang", ["engine-003"])
     lab.restart(["engine-003"])   # like a process restart: fixes crash and hang, halt flags stay
+    lab.inject("corrupt-rows")    # database faults are lab-wide: no engine names
     lab.down()
 """
 
 from .errors import LabError, LabInputError
 from .manager import Lab
-from .state import FAULTS, HALT_METHODS, default_lab_dir
+from .state import DB_FAULTS, FAULTS, HALT_METHODS, default_lab_dir
 
-__all__ = ["FAULTS", "HALT_METHODS", "Lab", "LabError", "LabInputError", "default_lab_dir"]
+__all__ = ["DB_FAULTS", "FAULTS", "HALT_METHODS", "Lab", "LabError", "LabInputError", "default_lab_dir"]

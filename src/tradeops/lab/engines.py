@@ -19,6 +19,10 @@ set comes back halted. Counters (orders, errors, requests, latency) and the P&L 
 
 Each engine appends its own events (start, restart, halts, faults, errors; never secrets) to
 ``<engine dir>/engine.log``, besides the shared ``engines.log``.
+
+The long-query and blocking-lock database faults are PostgreSQL sessions held by threads of this process
+(``dbfaults.SessionFaults``, control API ``GET``/``POST /lab/db-faults``): they outlive the CLI call that
+injected them and end with the process at the latest.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from . import metrics
-from .errors import LabError
+from .dbfaults import SessionFaults
+from .errors import LabError, LabInputError
 from .postgres import dsn as pg_dsn
 from .state import (
     ALL,
@@ -76,6 +81,7 @@ from .state import (
     LOOPBACK,
     ORCHESTRATE_API,
     REDIS,
+    SESSION_FAULTS,
     read_json,
     write_json_atomic,
 )
@@ -123,6 +129,7 @@ class OrderWriter:
         self._lock = threading.Lock()
         self._written: collections.Counter[str] = collections.Counter()
         self._last_ok = 0.0
+        self.last_ok_at: float | None = None  # wall clock of the last successful commit or ping
         self.healthy = False
         self.last_error: str | None = None
         self.dropped = 0
@@ -223,6 +230,7 @@ class OrderWriter:
         self.healthy = True
         self.last_error = None
         self._last_ok = time.monotonic()
+        self.last_ok_at = time.time()
 
     def _failed(self, exc: BaseException) -> None:
         if self.healthy:
@@ -833,6 +841,7 @@ class EngineHost:
         self.admin_token: str = config["admin_token"]
         self.order_interval = float(config.get("order_interval", 0.2))
         self.writer = OrderWriter(config["postgres"])
+        self.db_faults = SessionFaults(config["postgres"])  # the long-query and blocking-lock sessions
         rc = config["redis"]
         self.redis = aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool(
@@ -911,6 +920,7 @@ class EngineHost:
             await engine.close()
         if self._control is not None:
             self._control.close()
+        await asyncio.to_thread(self.db_faults.close)
         try:
             remove_ballast(self.lab_dir)
         except OSError as exc:
@@ -972,10 +982,23 @@ class EngineHost:
             if route == ("POST", "/lab/engines/restart"):
                 return Response.json(await self._restart(request.json_object(required=True)))
             if route == ("GET", "/lab/health"):
-                return Response.json({"status": "ok", "engines": len(self.engines), "database": self.writer.healthy})
+                return Response.json(
+                    {
+                        "status": "ok",
+                        "engines": len(self.engines),
+                        "database": self.writer.healthy,
+                        "database_ok_at": self.writer.last_ok_at,
+                    }
+                )
+            if route == ("GET", "/lab/db-faults"):
+                return Response.json({"faults": await asyncio.to_thread(self.db_faults.status)})
+            if route == ("POST", "/lab/db-faults"):
+                return Response.json(await self._db_fault(request.json_object(required=True)))
             raise HttpError(404, "not found")
         except HttpError as exc:
             return Response.error(exc.status, exc.message, exc.headers)
+        except LabInputError as exc:
+            return Response.error(400, str(exc))
         except LabError as exc:
             return Response.error(500, str(exc))
         except Exception:
@@ -1000,6 +1023,17 @@ class EngineHost:
             "clear": clear,
             "engines": [{"name": e.name, "faults": [f for f in FAULTS if f in e.faults]} for e in targets],
         }
+
+    async def _db_fault(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Inject or clear a session fault (long-query, blocking-lock): ``{"fault", "clear", "seconds"}``."""
+        fault, clear, seconds = body.get("fault"), body.get("clear", False), body.get("seconds")
+        if not isinstance(clear, bool):
+            raise HttpError(400, "'clear' must be a boolean")
+        if fault not in SESSION_FAULTS:
+            raise HttpError(400, f"unknown session fault {fault!r}; known: {', '.join(SESSION_FAULTS)}")
+        if clear:
+            return await asyncio.to_thread(self.db_faults.clear, fault)
+        return await asyncio.to_thread(self.db_faults.inject, fault, seconds)
 
     def _targets(self, names: Any) -> list[Engine]:
         """The engines named by a control request's ``engines`` (names, or ``["*"]``); 400 otherwise."""

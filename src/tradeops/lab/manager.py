@@ -18,7 +18,7 @@ import psycopg2
 import psycopg2.extensions
 import redis
 
-from . import postgres, redis_server
+from . import dbfaults, postgres, redis_server
 from .errors import LabError, LabInputError
 from .postgres import PostgresServer, stop_cluster
 from .procs import http_request, pid_alive, tail, terminate
@@ -26,11 +26,17 @@ from .redis_server import RedisServer
 from .state import (
     ALL,
     BALLAST_DIR,
+    DB_FAULTS,
     ENGINES_CONFIG_FILE,
     ENGINES_LOG,
     ENGINES_RUNTIME_FILE,
+    FAULT_CORRUPT_ROWS,
+    FAULT_INDEX_CORRUPTION,
+    FAULT_LONG_QUERY,
+    FAULTS_DIR,
     LOCK_FILE,
     MARKER_FILE,
+    SESSION_FAULTS,
     STARTING_FILE,
     STATE_FILE,
     STATE_VERSION,
@@ -49,6 +55,8 @@ UP_TIMEOUT = 60.0
 CONTROL_TIMEOUT = 10.0
 RESTART_TIMEOUT = 30.0  # restarting many engines at once
 ENGINES_STOP_TIMEOUT = 15.0
+DB_FAULT_TIMEOUT = 30.0  # a session fault's control call: start or end the session, wait for pg_stat_activity
+RECONNECT_TIMEOUT = 15.0  # after index-corruption restarted PostgreSQL: until the order writer commits again
 _OWN_FILES = (STATE_FILE, STARTING_FILE, ENGINES_CONFIG_FILE, ENGINES_RUNTIME_FILE)
 
 
@@ -376,18 +384,62 @@ class Lab:
                 return {**spec, "url": f"http://{spec['host']}:{spec['port']}"}
         raise LabInputError(f"no engine named {name!r} in {self.lab_dir}")
 
-    def inject(self, fault: str, engines: str | Sequence[str], clear: bool = False) -> list[dict[str, Any]]:
-        """Inject (or with ``clear``, clear) ``fault`` on ``engines`` (names, or ``"*"`` for all).
+    def inject(
+        self,
+        fault: str,
+        engines: str | Sequence[str] | None = None,
+        clear: bool = False,
+        *,
+        kinds: str | Sequence[str] | None = None,
+        count: int | Mapping[str, int] | None = None,
+        seconds: float | None = None,
+    ) -> Any:
+        """Inject (or with ``clear``, clear) ``fault``.
 
-        ``fault="*"`` with ``clear=True`` clears every fault. Returns ``[{"name", "faults"}]`` afterwards.
+        **Engine faults** (``FAULTS``) apply to ``engines`` (names, or ``"*"`` for all); ``fault="*"`` with
+        ``clear=True`` clears every engine fault. Returns ``[{"name", "faults"}]`` afterwards.
 
         ``disk-pressure`` writes a 64 MiB ballast file to ``<lab_dir>/ballast/`` (removed once no engine has
         the fault any more) and makes the affected engines NO-GO (``components.disk: "error"``);
         ``unrecoverable`` makes them NO-GO (``components.engine: "error"``). Neither is fixed by a restart.
         Clearing ``crash`` restarts the engine (see ``restart``).
+
+        **Database faults** (``DB_FAULTS``) are lab-wide: they take no ``engines`` (LabInputError if any
+        are given). Each returns a dict describing what it did, also written to
+        ``<lab_dir>/faults/<fault>.json`` (removed when the fault is cleared):
+
+        * ``corrupt-rows``: bad rows of each kind in ``dbfaults.CORRUPT_KINDS`` (``kinds``, default all;
+          ``count``: one number or ``{kind: n}``, default ``dbfaults.DEFAULT_CORRUPT_COUNTS``), no row hit
+          by two kinds: ``{"kinds": {kind: {"count", "ids": {table: [ids]}, "what"}}, "total", ...}``.
+          It cannot be cleared (repair is the playbook's job); injecting it again adds more rows, and the
+          record keeps the earlier injections under ``earlier``.
+        * ``index-corruption``: stops PostgreSQL, overwrites the key of a leaf item of ``trades_id_idx``
+          (block 1) in its file, starts PostgreSQL again (``state.json`` gets the new pid; the engines
+          reconnect) and checks that amcheck's ``bt_index_check`` now fails. Clear: ``REINDEX INDEX``.
+          The restart ends the long-query and blocking-lock sessions, if any.
+        * ``long-query``: a session of the engines process runs ``SELECT pg_sleep(seconds)`` (default 600)
+          as application_name ``tradeops-lab-long-query``. Clear: ``pg_cancel_backend``.
+        * ``blocking-lock``: a session (``tradeops-lab-blocker``) holds ``LOCK TABLE trades IN ACCESS
+          EXCLUSIVE MODE`` in an open transaction; a second one (``tradeops-lab-blocked``) waits behind it
+          in ``SELECT count(*) FROM trades``. The engines' orders are not affected. Clear: roll back, end both.
+
+        Injecting an active index-corruption, long-query or blocking-lock again is a no-op (``"already":
+        true``). ``down`` ends every session.
         """
+        if fault in DB_FAULTS:
+            names = [engines] if isinstance(engines, str) else list(engines or [])
+            if names:
+                raise LabInputError(
+                    f"{fault} is a database fault: it applies to the whole lab and takes no engine names "
+                    f"(got {', '.join(names)})"
+                )
+            return self._inject_db(fault, bool(clear), kinds, count, seconds)
+        if kinds is not None or count is not None or seconds is not None:
+            raise LabInputError(
+                f"kinds and count only apply to {FAULT_CORRUPT_ROWS}, seconds only to {FAULT_LONG_QUERY}"
+            )
         validate_fault(fault, allow_all=clear)
-        names = self._engine_names(engines)
+        names = self._engine_names(engines if engines is not None else [])
         res = self.control("POST", "/lab/faults", {"engines": names, "fault": fault, "clear": bool(clear)})
         return list(res["engines"])
 
@@ -420,6 +472,279 @@ class Lab:
         if unknown:
             raise LabInputError(f"unknown engine(s): {', '.join(unknown)}")
         return names
+
+    # -- database faults -----------------------------------------------------------------------------------
+
+    @property
+    def faults_dir(self) -> Path:
+        """``<lab_dir>/faults``: one ``<fault>.json`` per database fault injected and not cleared."""
+        return self.lab_dir / FAULTS_DIR
+
+    def _fault_record_path(self, fault: str) -> Path:
+        directory = self.faults_dir
+        if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+            raise LabError(f"{directory} is not a plain directory")
+        directory.mkdir(mode=0o700, exist_ok=True)
+        return directory / f"{fault}.json"
+
+    def _inject_db(
+        self,
+        fault: str,
+        clear: bool,
+        kinds: str | Sequence[str] | None,
+        count: int | Mapping[str, int] | None,
+        seconds: float | None,
+    ) -> dict[str, Any]:
+        if fault != FAULT_CORRUPT_ROWS and (kinds is not None or count is not None):
+            raise LabInputError(f"kinds and count only apply to {FAULT_CORRUPT_ROWS}, not to {fault}")
+        if fault != FAULT_LONG_QUERY and seconds is not None:
+            raise LabInputError(f"seconds only applies to {FAULT_LONG_QUERY}, not to {fault}")
+        self.state  # noqa: B018 - raises LabError unless a lab is running here (before faults/ is created)
+        if fault == FAULT_CORRUPT_ROWS:
+            if clear:
+                raise LabInputError(
+                    f"{FAULT_CORRUPT_ROWS} cannot be cleared by the lab: repairing the rows is the playbook's "
+                    f"job (what was corrupted is in {self.faults_dir / (FAULT_CORRUPT_ROWS + '.json')})"
+                )
+            return self._corrupt_rows(dbfaults.corrupt_plan(kinds, count))
+        if fault == FAULT_INDEX_CORRUPTION:
+            return self._reindex() if clear else self._corrupt_index()
+        return self._session_fault(fault, clear, seconds)
+
+    def _corrupt_rows(self, plan: Mapping[str, int]) -> dict[str, Any]:
+        path = self._fault_record_path(FAULT_CORRUPT_ROWS)
+        injected_at = time.time()
+        conn = self.pg_connect()
+        try:
+            kinds = dbfaults.corrupt_rows(conn, plan)
+        finally:
+            conn.close()
+        record: dict[str, Any] = {
+            "fault": FAULT_CORRUPT_ROWS,
+            "injected_at": injected_at,
+            "total": sum(k["count"] for k in kinds.values()),
+            "kinds": kinds,
+        }
+        earlier = read_json(path)
+        if earlier:
+            record["earlier"] = [*earlier.pop("earlier", []), earlier]
+        write_json_atomic(path, record)
+        log.info("corrupt-rows: %d bad rows injected (%s)", record["total"], path)
+        return {**{k: v for k, v in record.items() if k != "earlier"}, "record": str(path)}
+
+    def _check_datadir(self, info: Mapping[str, Any], data_directory: str) -> Path:
+        """The lab's own data dir, cross-checked against the server's ``data_directory`` setting."""
+        datadir = Path(info["datadir"]).resolve()
+        inside_lab = datadir == (self.lab_dir / "postgres" / "data").resolve()
+        own_tmp = datadir.parent.name.startswith(postgres.PG_TMP_PREFIX) and datadir.name == "data"
+        if not (inside_lab or own_tmp) or Path(data_directory).resolve() != datadir:
+            raise LabError(
+                f"refusing to touch {datadir}: not this lab's data directory (the server says {data_directory})"
+            )
+        return datadir
+
+    def _corrupt_index(self) -> dict[str, Any]:
+        index = dbfaults.INDEX_TARGET
+        with self._locked():
+            st = self.state
+            path = self._fault_record_path(FAULT_INDEX_CORRUPTION)
+            existing = read_json(path)
+            if existing and self._index_corruption_active(existing):
+                return {**existing, "already": True, "record": str(path)}
+            conn = self.pg_connect()
+            try:
+                with conn, conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT pg_relation_filepath(%s::regclass), current_setting('block_size')::int,"
+                        " current_setting('data_directory')",
+                        (index,),
+                    )
+                    relation_file, block_size, data_directory = cur.fetchone()
+            except psycopg2.Error as exc:
+                raise LabError(f"index-corruption: cannot locate {index}: {exc}".strip()) from exc
+            finally:
+                conn.close()
+            datadir = self._check_datadir(st["postgres"], data_directory)
+            sessions = self._live_session_faults()
+            done: dict[str, Any] = {}
+            stopped_at = time.time()
+
+            def corrupt() -> None:
+                try:
+                    done.update(dbfaults.corrupt_index_page(datadir, relation_file, block_size))
+                except OSError as exc:
+                    raise LabError(f"index-corruption: cannot rewrite {relation_file}: {exc}") from exc
+
+            def started(info: dict[str, Any]) -> None:  # the new pid goes to state.json before anything can fail
+                st["postgres"] = info
+                write_json_atomic(self.state_path, st)
+
+            new_pg = postgres.PostgresServer(self.lab_dir).restart(st["postgres"], corrupt, started)
+            started_at = time.time()
+            log.info("index-corruption: %s corrupted, postgres restarted as pid %s", index, new_pg["pid"])
+            ended = [f for f in sessions if self._end_session_quietly(st, f)]
+            conn = self.pg_connect()
+            try:
+                check = dbfaults.check_index(conn, index)
+            finally:
+                conn.close()
+            if check["status"] == "ok":
+                self._reindex_quietly(index)
+                raise LabError(f"index-corruption: bt_index_check does not see the corruption of {index}; reindexed")
+            reconnected = self._wait_writer_reconnected(st, started_at)
+            record = {
+                "fault": FAULT_INDEX_CORRUPTION,
+                "injected_at": stopped_at,
+                "index": index,
+                "table": dbfaults.INDEX_TARGET_TABLE,
+                **done,
+                "block_size": block_size,
+                "amcheck": check,
+                "postgres_pid": new_pg["pid"],
+                "postgres_down_s": round(started_at - stopped_at, 3),
+                "engines_reconnected_s": None if reconnected is None else round(reconnected - started_at, 3),
+                "ended_sessions": ended,
+            }
+            write_json_atomic(path, record)
+            return {**record, "record": str(path)}
+
+    def _reindex(self) -> dict[str, Any]:
+        index = dbfaults.INDEX_TARGET
+        path = self._fault_record_path(FAULT_INDEX_CORRUPTION)
+        record = read_json(path)
+        conn = self.pg_connect()
+        try:
+            dbfaults.reindex(conn, index)
+            check = dbfaults.check_index(conn, index)
+        finally:
+            conn.close()
+        if check["status"] == "corrupt":
+            raise LabError(f"index-corruption: {index} still fails bt_index_check after REINDEX: {check['error']}")
+        path.unlink(missing_ok=True)
+        log.info("index-corruption cleared: REINDEX INDEX %s", index)
+        return {
+            "fault": FAULT_INDEX_CORRUPTION,
+            "cleared": True,
+            "was_injected": record is not None,
+            "index": index,
+            "action": f"REINDEX INDEX {index}",
+            "amcheck": check,
+        }
+
+    def _reindex_quietly(self, index: str) -> None:
+        try:
+            conn = self.pg_connect()
+            try:
+                dbfaults.reindex(conn, index)
+            finally:
+                conn.close()
+        except LabError as exc:
+            log.error("%s", exc)
+
+    def _index_corruption_active(self, record: Mapping[str, Any] | None) -> bool | None:
+        """Whether the recorded corruption is still there: the index still lives in the corrupted file
+        (a REINDEX gives it a new one). None if PostgreSQL cannot be asked."""
+        if not record:
+            return False
+        try:
+            conn = self.pg_connect()
+            try:
+                with conn, conn.cursor() as cur:
+                    cur.execute("SELECT pg_relation_filepath(%s::regclass)", (record["index"],))
+                    return bool(cur.fetchone()[0] == record["relation_file"])
+            finally:
+                conn.close()
+        except (LabError, psycopg2.Error):
+            return None
+
+    def _wait_writer_reconnected(self, st: Mapping[str, Any], since: float) -> float | None:
+        """When the engines' order writer next talked to the database after ``since`` (None: not in time)."""
+        deadline = time.monotonic() + RECONNECT_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                health = _control_call(st["control"], st["admin_token"], "GET", "/lab/health", timeout=5.0)
+            except LabError:
+                health = {}
+            ok_at = health.get("database_ok_at")
+            if health.get("database") and ok_at is not None and ok_at >= since:
+                return float(ok_at)
+            time.sleep(0.1)
+        log.warning("index-corruption: the engines did not reconnect to PostgreSQL within %.0fs", RECONNECT_TIMEOUT)
+        return None
+
+    def _live_session_faults(self) -> list[str]:
+        try:
+            return list(self.control("GET", "/lab/db-faults", timeout=DB_FAULT_TIMEOUT)["faults"])
+        except LabError:
+            return []
+
+    def _end_session_quietly(self, st: Mapping[str, Any], fault: str) -> bool:
+        try:
+            body = {"fault": fault, "clear": True}
+            _control_call(st["control"], st["admin_token"], "POST", "/lab/db-faults", body, timeout=DB_FAULT_TIMEOUT)
+        except LabError as exc:
+            log.error("cannot end the %s session: %s", fault, exc)
+            return False
+        (self.faults_dir / f"{fault}.json").unlink(missing_ok=True)
+        return True
+
+    def _session_fault(self, fault: str, clear: bool, seconds: float | None) -> dict[str, Any]:
+        path = self._fault_record_path(fault)
+        body: dict[str, Any] = {"fault": fault, "clear": clear}
+        if seconds is not None:
+            body["seconds"] = seconds
+        res = dict(self.control("POST", "/lab/db-faults", body, timeout=DB_FAULT_TIMEOUT))
+        if clear:
+            path.unlink(missing_ok=True)
+        else:
+            write_json_atomic(path, res)
+            res["record"] = str(path)
+        return res
+
+    def db_faults(self, ask_engines: bool = True) -> dict[str, Any]:
+        """The database faults injected and not cleared, ``{fault: description}``; each has ``active``
+        (True; False once repaired behind the lab's back, e.g. a REINDEX or pg_terminate_backend; None:
+        cannot tell). corrupt-rows' ``active`` is always None: the lab does not track repairs of rows.
+
+        The session faults come live from the engines process (``ask_engines=False``: from their records).
+        """
+        out: dict[str, Any] = {}
+        directory = self.faults_dir
+        rows = read_json(directory / f"{FAULT_CORRUPT_ROWS}.json")
+        if rows:
+            earlier = rows.get("earlier", [])
+            counts = {k: v["count"] for k, v in rows["kinds"].items()}
+            for e in earlier:
+                for k, v in e["kinds"].items():
+                    counts[k] = counts.get(k, 0) + v["count"]
+            out[FAULT_CORRUPT_ROWS] = {
+                "active": None,
+                "injected_at": rows["injected_at"],
+                "injections": 1 + len(earlier),
+                "counts": counts,
+                "total": sum(counts.values()),
+            }
+        index = read_json(directory / f"{FAULT_INDEX_CORRUPTION}.json")
+        if index:
+            out[FAULT_INDEX_CORRUPTION] = {
+                "active": self._index_corruption_active(index),
+                **{k: index[k] for k in ("injected_at", "index", "relation_file", "block", "item") if k in index},
+            }
+        live: dict[str, Any] | None = None
+        if ask_engines:
+            try:
+                live = dict(self.control("GET", "/lab/db-faults")["faults"])
+            except LabError:
+                live = None
+        for fault in SESSION_FAULTS:
+            if live is not None:
+                if fault in live:
+                    out[fault] = live[fault]
+            else:
+                recorded = read_json(directory / f"{fault}.json")
+                if recorded:
+                    out[fault] = {**recorded, "active": None}
+        return out
 
     def pg_dsn(self) -> str:
         """libpq DSN of the ``trading`` database (password included: keep it out of logs)."""
@@ -456,8 +781,9 @@ class Lab:
         return counts
 
     def status(self) -> dict[str, Any]:
-        """Everything about the running lab: components, and per engine the control API's view plus
-        ``orders_in_db`` / ``last_order_at`` from PostgreSQL. Degraded parts are reported, not raised."""
+        """Everything about the running lab: components, per engine the control API's view plus
+        ``orders_in_db`` / ``last_order_at`` from PostgreSQL, and ``db_faults`` (see ``db_faults``).
+        Degraded parts are reported, not raised."""
         st = self.state
         now = time.time()
         pg, rd = st["postgres"], st["redis"]
@@ -522,6 +848,11 @@ class Lab:
             entry["last_order_at"] = last
             engines.append(entry)
         out["engines"] = engines
+        try:
+            out["db_faults"] = self.db_faults(ask_engines=out["control"]["reachable"])
+        except LabError as exc:
+            out["db_faults"] = {}
+            out["errors"].append(f"database faults: {exc}")
         out["healthy"] = (
             out["engines_process"]["alive"]
             and out["control"]["reachable"]

@@ -383,12 +383,19 @@ class PostgresServer:
     # -- restart -------------------------------------------------------------------------------------------
 
     def restart(
-        self, info: dict[str, Any], while_stopped: Callable[[], None] | None = None, timeout: float = 30.0
+        self,
+        info: dict[str, Any],
+        while_stopped: Callable[[], None] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float = 30.0,
     ) -> dict[str, Any]:
         """Stop the running cluster (``pg_ctl stop -m fast``, as the data dir's owner), call
         ``while_stopped()``, start it again on the same port and data dir; returns the updated ``info``
-        (a new ``pid``). The cluster is started again even if ``while_stopped`` raises (which is then
-        re-raised). Clients see their connections dropped, as in a real database restart.
+        (a new ``pid``). Clients see their connections dropped, as in a real database restart.
+
+        The cluster is started again even if ``while_stopped`` raises (which is then re-raised), and
+        ``on_progress(info)`` is called with the new pid as soon as it exists, before anything is raised,
+        so the caller can record it. A server that does not come up is stopped again.
         """
         datadir = Path(info["datadir"])
         if not (datadir / "PG_VERSION").is_file():
@@ -402,7 +409,10 @@ class PostgresServer:
                 while_stopped()
         finally:
             started, last_log = self._launch(datadir, datadir.parent, _run_as_for_datadir(datadir), new)
+            if on_progress is not None:
+                on_progress(dict(new))
             if not started:
+                stop_cluster(new, self.bindir, remove_tmp=False, timeout=timeout)
                 raise LabError(f"PostgreSQL did not start again; last lines of {self.log_path}:\n{last_log}")
         return new
 

@@ -22,7 +22,11 @@ those engines, e.g. with ``ansible.builtin.command``. State files written before
 ``restart_argv(lab_dir)`` rebuilds it.
 
 It is written atomically (temporary file + rename) with mode 0600 because it holds secrets, and only
-once the lab is fully up: its presence means "a lab was brought up here and not yet taken down".
+once the lab is fully up: its presence means "a lab was brought up here and not yet taken down". The
+``index-corruption`` database fault restarts PostgreSQL (same port and data dir) and rewrites the file
+with the new ``postgres.pid``; nothing else changes after ``up``.
+
+The database faults record what they did in ``<lab_dir>/faults/<fault>.json`` (see ``Lab.inject``).
 """
 
 from __future__ import annotations

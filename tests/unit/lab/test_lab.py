@@ -90,7 +90,7 @@ def test_seed_data_is_consistent(lab: Lab) -> None:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM accounts")
-            assert cur.fetchone()[0] == 5
+            assert cur.fetchone()[0] == 20
             cur.execute("SELECT count(DISTINCT symbol) FROM positions")
             assert cur.fetchone()[0] == 6
             cur.execute("SELECT count(*) FROM positions WHERE entry_price IS NULL OR current_price IS NULL")
