@@ -63,11 +63,13 @@ def probe_connection_spec():
     return spec
 
 
-def connection_kwargs(params, deadline=None, where="postgres"):
+def connection_kwargs(params, deadline=None, where="postgres", application_name=None):
     """psycopg2.connect() keyword arguments from the connection options (None = libpq default).
 
     The connect timeout is the smaller of ``connect_timeout`` and what is left of ``deadline``,
     rounded up to whole seconds (libpq counts whole seconds, and treats values below 2 as 2).
+    ``application_name`` defaults to ``tradeops.remediation``; a module may name itself instead
+    (pg_integrity uses ``tradeops.pg_integrity``) so that its sessions can be told apart.
     """
     port = params.get("login_port")
     port = DEFAULT_PORT if port is None else port
@@ -91,7 +93,7 @@ def connection_kwargs(params, deadline=None, where="postgres"):
     if deadline is not None:
         timeout = min(timeout, deadline.call_timeout())
     kwargs = dict(port=port, sslmode=sslmode, connect_timeout=max(1, int(math.ceil(timeout))),
-                  application_name=APPLICATION_NAME)
+                  application_name=application_name or APPLICATION_NAME)
     for option, keyword in (("login_host", "host"), ("login_db", "dbname"), ("login_user", "user"),
                             ("login_password", "password")):
         if params.get(option) not in (None, ""):
@@ -109,14 +111,15 @@ def describe(params):
     )
 
 
-def connect(params, deadline=None, options=None):
+def connect(params, deadline=None, options=None, application_name=None):
     """Open a psycopg2 connection from the connection options, bounded by ``deadline``.
 
-    ``options`` is passed to libpq as-is (for example ``-c statement_timeout=5000``). Raises
+    ``options`` is passed to libpq as-is (for example ``-c statement_timeout=5000``);
+    ``application_name`` replaces the default ``tradeops.remediation``. Raises
     :class:`MissingLibraryError` without psycopg2 and :class:`BackendError` (with a message
     that never contains the password) when the server cannot be reached or refuses us.
     """
-    kwargs = connection_kwargs(params, deadline)
+    kwargs = connection_kwargs(params, deadline, application_name=application_name)
     if options:
         kwargs["options"] = options
     try:

@@ -1,0 +1,662 @@
+"""pg_integrity's service against a real PostgreSQL: one lab (engines=1) for the module, one fresh
+database per test, copied from a template holding a small, consistent data set modelled on seed 002.
+
+The template deliberately has no unique constraint on the keys and no foreign key, so that every
+kind of corruption can be injected; each test injects its own and asserts the exact counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import stat
+import threading
+import time
+
+import psycopg2
+import pytest
+from ansible_collections.tradeops.remediation.plugins.module_utils import _pg_integrity
+from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, ValidationError
+from ansible_collections.tradeops.remediation.plugins.module_utils._pg_integrity import (
+    IntegrityService,
+    single_statement,
+)
+
+# 4 accounts x 3 symbols = 12 positions (ids 1..12), each with 6 trades: position p has trades
+# (p-1)*6 + k: k=1..3 closed buys of 2, 3 and 4, k=4 a closed sell of 1, k=5 an open buy of 7,
+# k=6 a cancelled sell of 5. So every position's quantity is 2+3+4-1 = 8.
+SEED_SQL = """
+CREATE TABLE accounts (id int PRIMARY KEY, name text);
+CREATE TABLE positions (id bigint NOT NULL, account_id int, symbol text, quantity numeric, entry_price numeric,
+                        current_price numeric, status text, updated_at timestamptz);
+CREATE TABLE trades (id bigint NOT NULL, account_id int, symbol text, side text, quantity numeric, price numeric,
+                     status text, created_at timestamptz);
+CREATE INDEX positions_id_idx ON positions (id);
+CREATE INDEX trades_id_idx ON trades (id);
+CREATE INDEX trades_account_symbol_idx ON trades (account_id, symbol);
+INSERT INTO accounts SELECT a, 'acct-' || a FROM generate_series(1, 4) a;
+INSERT INTO trades (id, account_id, symbol, side, quantity, price, status, created_at)
+SELECT row_number() OVER (ORDER BY a, sym, k), a, sym, side, qty, 100 + k, status,
+       now() - interval '1 day' + k * interval '1 minute'
+FROM generate_series(1, 4) a, unnest(ARRAY['BTC-USD', 'ETH-USD', 'SOL-USD']) sym,
+     (VALUES (1, 'buy', 2, 'closed'), (2, 'buy', 3, 'closed'), (3, 'buy', 4, 'closed'), (4, 'sell', 1, 'closed'),
+             (5, 'buy', 7, 'open'), (6, 'sell', 5, 'cancelled')) v(k, side, qty, status);
+INSERT INTO positions (id, account_id, symbol, quantity, entry_price, current_price, status, updated_at)
+SELECT row_number() OVER (ORDER BY a, sym), a, sym, 8, 101, 102, 'open', now() - interval '1 hour'
+FROM generate_series(1, 4) a, unnest(ARRAY['BTC-USD', 'ETH-USD', 'SOL-USD']) sym;
+"""
+TEMPLATE = "pgi_template"
+ROW_CHECKS = [("null_prices", "positions"), ("non_positive_quantity", "positions"), ("future_timestamps", "positions"),
+              ("invalid_status", "trades"), ("non_positive_quantity", "trades"), ("future_timestamps", "trades"),
+              ("duplicate_ids", "positions"), ("duplicate_ids", "trades"), ("orphan_trades", "trades"),
+              ("position_mismatch", "positions")]
+
+
+class PgCluster:
+    """The lab's PostgreSQL (the lab user is a superuser): databases on demand, from the template."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, info):
+        self.info = info
+
+    def connect(self, dbname, autocommit=True, **kwargs):
+        conn = psycopg2.connect(host=self.info["host"], port=self.info["port"], user=self.info["user"],
+                                password=self.info["password"], dbname=dbname, connect_timeout=5, **kwargs)
+        conn.autocommit = autocommit
+        return conn
+
+    def admin(self, statement):
+        conn = self.connect("postgres")
+        try:
+            conn.cursor().execute(statement)
+        finally:
+            conn.close()
+
+    def create_template(self):
+        self.admin(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        self.admin(f"CREATE DATABASE {TEMPLATE}")
+        conn = self.connect(TEMPLATE)
+        try:
+            conn.cursor().execute(SEED_SQL)
+        finally:
+            conn.close()
+
+    def create_db(self):
+        name = f"pgi_{os.getpid()}_{next(self._ids)}"
+        self.admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        return Db(self, name)
+
+    def drop_db(self, name):
+        self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class Db:
+    def __init__(self, cluster, name):
+        self.cluster = cluster
+        self.name = name
+
+    def params(self, **extra):
+        params = {"login_host": self.cluster.info["host"], "login_port": self.cluster.info["port"],
+                  "login_user": self.cluster.info["user"], "login_password": self.cluster.info["password"],
+                  "login_db": self.name, "sslmode": "disable", "connect_timeout": 5}
+        params.update(extra)
+        return params
+
+    def connect(self, **kwargs):
+        return self.cluster.connect(self.name, **kwargs)
+
+    def execute(self, statement, args=None):
+        conn = self.connect()
+        try:
+            conn.cursor().execute(statement, args)
+        finally:
+            conn.close()
+
+    def query(self, statement, args=None):
+        conn = self.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute(statement, args)
+            return cur.fetchall()
+        finally:
+            conn.close()
+
+    def scalar(self, statement, args=None):
+        return self.query(statement, args)[0][0]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from tests.conftest import start_lab
+
+    handle = start_lab(tmp_path_factory.mktemp("pgi-lab"), engines=1)
+    try:
+        pg = PgCluster(handle.lab.state["postgres"])
+        pg.create_template()
+        pg.lab = handle
+        yield pg
+    finally:
+        handle.lab.down()
+
+
+@pytest.fixture
+def db(cluster):
+    database = cluster.create_db()
+    yield database
+    cluster.drop_db(database.name)
+
+
+def run(db, **params):
+    return IntegrityService(db.params(**params)).run()
+
+
+def by_check(out):
+    return {(c["name"], c["table"]): c for c in out["checks"]}
+
+
+def assert_row_checks(out, expected):
+    """Every built-in row check is exactly as expected: the given counts, and 0 (ok) for all others."""
+    checks = by_check(out)
+    for key in ROW_CHECKS:
+        result = checks[key]
+        count = expected.get(key, 0)
+        assert result["count"] == count, (key, result)
+        assert result["status"] == ("corrupt" if count else "ok"), (key, result)
+        if key[0] == "duplicate_ids":  # the sample lists the duplicated keys; the count, the surplus copies
+            assert 0 < len(result["sample"]) <= count or count == 0 == len(result["sample"]), (key, result)
+        else:
+            assert len(result["sample"]) == min(count, 10), (key, result)
+
+
+# --------------------------------------------------------------------------------------------
+# no database needed
+# --------------------------------------------------------------------------------------------
+def test_single_statement_accepts_one_query_and_refuses_a_second():
+    assert single_statement("SELECT 1;", "c") == "SELECT 1"
+    assert single_statement("SELECT ';' AS x, $$;$$, $t$ ; $t$, \"a;b\" -- ; comment\n ;  ;\n", "c").startswith(
+        "SELECT ';'")
+    assert single_statement("SELECT E'\\';' /* ; /* nested ; */ */", "c") == "SELECT E'\\';' /* ; /* nested ; */ */"
+    for bad in ("SELECT 1; COMMIT; DELETE FROM trades", "SELECT 1; SELECT 2", "SELECT 'a'';'; DROP TABLE x",
+                "SET default_transaction_read_only = off; SELECT 1"):
+        with pytest.raises(ValidationError, match="exactly one statement"):
+            single_statement(bad, "custom[0] (x)")
+    for bad, why in (("SELECT 'open", "unterminated string"), ("SELECT $a$ x", "unterminated"), ("  ", "required"),
+                     (";", "empty"), ("/* x", "unterminated")):
+        with pytest.raises(ValidationError, match=why):
+            single_statement(bad, "c")
+
+
+@pytest.mark.parametrize("params, option", [
+    ({"schema": {"trades_table": "trades; DROP TABLE accounts"}}, "schema.trades_table"),
+    ({"schema": {"positions_table": "a.b.c"}}, "schema.positions_table"),
+    ({"schema": {"key_column": 'id" OR 1=1 --'}}, "schema.key_column"),
+    ({"schema": {"status_column": "public.status"}}, "schema.status_column"),
+    ({"schema": {"entry_price_column": ""}}, "schema.entry_price_column"),
+    ({"schema": {"side_column": "x y"}}, "schema.side_column"),
+    ({"quarantine_schema": "q; DROP SCHEMA public"}, "quarantine_schema"),
+    ({"custom": [{"name": "bad name", "sql": "SELECT 1"}]}, "custom[0].name"),
+    ({"custom": [{"name": "x", "sql": "SELECT 1; DELETE FROM trades"}]}, "custom[0] (x)"),
+    ({"checks": ["null_prices", "everything"]}, "checks"),
+    ({"actions": ["export"]}, "export_path"),
+    ({"sample_size": 5000}, "sample_size"),
+])
+def test_a_bad_option_is_rejected_naming_it_before_anything_runs(params, option):
+    with pytest.raises(ValidationError) as err:
+        IntegrityService(dict({"login_host": "127.0.0.1", "login_port": 1}, **params))
+    assert option in str(err.value)
+
+
+def test_the_module_defaults_match_the_service_defaults():
+    from ansible_collections.tradeops.remediation.plugins.modules import pg_integrity
+
+    spec = pg_integrity.ARGUMENT_SPEC
+    for name, default in _pg_integrity.DEFAULTS.items():
+        assert spec[name].get("default") == default, name
+    for name, default in _pg_integrity.SCHEMA_DEFAULTS.items():
+        assert spec["schema"]["options"][name]["default"] == default, name
+    assert spec["login_password"]["no_log"] is True
+
+
+# --------------------------------------------------------------------------------------------
+# the scan
+# --------------------------------------------------------------------------------------------
+def test_a_clean_database_is_ok_with_one_pass_per_table(db):
+    out = run(db)
+    assert out["status"] == "ok" and out["changed"] is False and out["errors"] == [], out["msg"]
+    assert_row_checks(out, {})
+    assert out["database"] == db.name and out["corrupt"] == [] and out["warned"] == []
+    checks = by_check(out)
+    assert checks[("amcheck", None)]["status"] == "skipped"
+    assert "amcheck extension not installed; set allow_create_extension" in checks[("amcheck", None)]["message"]
+    assert checks[("checksum_failures", None)]["status"] == "skipped"  # the lab cluster has no data checksums
+    for name in ("long_queries", "blocking_locks", "connection_saturation"):
+        assert checks[(name, None)]["status"] == "ok", checks[(name, None)]
+    passes = {p["name"]: p for p in out["passes"]}
+    assert passes["positions"]["checks"] == ["null_prices", "non_positive_quantity", "future_timestamps"]
+    assert passes["trades"]["checks"] == ["invalid_status", "non_positive_quantity", "future_timestamps"]
+    assert set(passes) == {"server", "positions", "trades", "positions:duplicate_ids", "trades:duplicate_ids",
+                           "trades:orphan_trades", "position_mismatch", "amcheck"}
+    assert all(p["duration_ms"] >= 0 and p["status"] == "ok" for p in out["passes"])
+    assert checks[("invalid_status", "trades")]["pass"] == "trades"
+    assert checks[("position_mismatch", "positions")]["message"].startswith("every position quantity matches")
+
+
+def test_the_lab_trading_database_is_clean(cluster):
+    info = cluster.info
+    out = IntegrityService({"login_host": info["host"], "login_port": info["port"], "login_user": info["user"],
+                            "login_password": info["password"], "login_db": info["dbname"], "sslmode": "disable",
+                            "checks": [name for name, _ in ROW_CHECKS]}).run()
+    assert out["status"] == "ok", out["msg"]
+    assert out["changed"] is False
+
+
+INJECTIONS = {
+    "null_prices": (
+        "UPDATE positions SET entry_price = NULL WHERE id IN (1, 2); UPDATE positions SET current_price = NULL "
+        "WHERE id = 3; UPDATE positions SET entry_price = NULL, current_price = NULL WHERE id = 4",
+        {("null_prices", "positions"): 4}, [1, 2, 3, 4]),
+    "invalid_status": (  # open trades only: the positions do not move
+        "UPDATE trades SET status = 'filled' WHERE id IN (5, 11); UPDATE trades SET status = 'OPEN' WHERE id = 17; "
+        "UPDATE trades SET status = NULL WHERE id = 23",
+        {("invalid_status", "trades"): 4}, [5, 11, 17, 23]),
+    "position_mismatch": (  # two positions off, one missing, one cancelled sell that became closed
+        "UPDATE positions SET quantity = quantity + 1 WHERE id IN (1, 5); DELETE FROM positions WHERE id = 9; "
+        "UPDATE trades SET status = 'closed' WHERE id = 72",
+        {("position_mismatch", "positions"): 4}, None),
+    "orphan_trades": (
+        "INSERT INTO trades VALUES (1001, 99, 'BTC-USD', 'buy', 1, 100, 'open', now() - interval '1 hour'), "
+        "(1002, 98, 'BTC-USD', 'buy', 1, 100, 'open', now() - interval '1 hour'), "
+        "(1003, NULL, 'BTC-USD', 'buy', 1, 100, 'open', now() - interval '1 hour')",
+        {("orphan_trades", "trades"): 3}, [1001, 1002, 1003]),
+    "duplicate_ids": (  # id 7 three times, id 13 twice (as open trades); position 6 twice (closed, zero)
+        "INSERT INTO trades SELECT id, account_id, symbol, side, quantity, price, 'open', created_at FROM trades "
+        "WHERE id IN (7, 13); INSERT INTO trades SELECT id, account_id, symbol, side, quantity, price, 'open', "
+        "created_at FROM trades WHERE id = 7 AND status = 'closed'; INSERT INTO positions SELECT id, account_id, "
+        "symbol, 0, entry_price, current_price, 'closed', updated_at FROM positions WHERE id = 6",
+        {("duplicate_ids", "trades"): 3, ("duplicate_ids", "positions"): 1}, [7, 13]),
+    "non_positive_quantity": (
+        "UPDATE trades SET quantity = 0 WHERE id = 5; UPDATE trades SET quantity = -2 WHERE id = 11; "
+        "UPDATE trades SET quantity = NULL WHERE id = 17; UPDATE positions SET quantity = 0 WHERE id = 2; "
+        "UPDATE positions SET quantity = 0, status = 'closed' WHERE id = 3",
+        {("non_positive_quantity", "trades"): 3, ("non_positive_quantity", "positions"): 1,
+         ("position_mismatch", "positions"): 2}, [5, 11, 17]),
+    "future_timestamps": (  # the third is within the 60 s clock skew allowance
+        "UPDATE trades SET created_at = now() + interval '1 day' WHERE id IN (1, 2); UPDATE trades SET created_at = "
+        "now() + interval '30 seconds' WHERE id = 3; UPDATE positions SET updated_at = now() + interval '1 hour' "
+        "WHERE id = 1",
+        {("future_timestamps", "trades"): 2, ("future_timestamps", "positions"): 1}, [1, 2]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INJECTIONS))
+def test_every_injected_corruption_is_found_with_the_exact_count(db, kind):
+    statement, expected, sample = INJECTIONS[kind]
+    db.execute(statement)
+    out = run(db, checks=[name for name, _ in ROW_CHECKS])
+    assert out["status"] == "corrupt", out["msg"]
+    assert_row_checks(out, expected)
+    assert sorted(set(n for n, _ in expected)) == sorted(out["corrupt"])
+    main = by_check(out)[next(iter(expected))]
+    if sample is not None:
+        assert sorted(main["sample"]) == sample, main
+    assert main["message"].startswith(f"{main['count']} "), main
+
+
+def test_position_mismatch_sample_shows_both_sides(db):
+    db.execute("UPDATE positions SET quantity = 9 WHERE id = 1")
+    out = run(db, checks=["position_mismatch"], sample_size=1)
+    result = by_check(out)[("position_mismatch", "positions")]
+    assert result["count"] == 1 and result["sample"] == [
+        {"account_id": 1, "symbol": "BTC-USD", "position_quantity": 9, "trades_quantity": 8, "position_rows": 1}]
+
+
+def test_schema_options_point_the_checks_at_other_tables_and_columns(db):
+    db.execute("CREATE SCHEMA book; ALTER TABLE trades SET SCHEMA book; ALTER TABLE book.trades RENAME TO fills; "
+               "ALTER TABLE book.fills RENAME COLUMN status TO state; "
+               "ALTER TABLE book.fills RENAME COLUMN id TO fill_id; "
+               "UPDATE book.fills SET state = 'new' WHERE state = 'open'; UPDATE book.fills SET state = 'weird' "
+               "WHERE fill_id = 1")
+    out = run(db, checks=["invalid_status", "duplicate_ids", "orphan_trades"], sample_size=5,
+              schema={"trades_table": "book.fills", "status_column": "state", "key_column": "fill_id",
+                      "allowed_statuses": ["new", "closed", "cancelled"]})
+    checks = by_check(out)
+    assert checks[("invalid_status", "book.fills")]["count"] == 1
+    assert checks[("invalid_status", "book.fills")]["sample"] == [1]
+    # the key column applies to every table: positions and accounts have no fill_id
+    assert checks[("duplicate_ids", "positions")]["status"] == "error"
+    assert 'column s.fill_id does not exist' in checks[("duplicate_ids", "positions")]["message"]
+    assert "schema *_column options" in checks[("duplicate_ids", "positions")]["message"]
+
+
+def test_a_missing_table_is_an_error_naming_the_option(db):
+    out = run(db, checks=["invalid_status", "null_prices"], schema={"trades_table": "nope"})
+    checks = by_check(out)
+    assert checks[("invalid_status", "nope")]["status"] == "error"
+    assert "table nope not found; set schema.trades_table" in checks[("invalid_status", "nope")]["message"]
+    assert checks[("null_prices", "positions")]["status"] == "ok"
+    assert out["status"] == "error"
+    assert "schema.trades_table" in IntegrityService.failure_message(out, False)
+
+
+# --------------------------------------------------------------------------------------------
+# custom checks and the READ ONLY transaction
+# --------------------------------------------------------------------------------------------
+def test_custom_checks_count_and_sample_and_every_write_is_refused(db):
+    before = db.query("SELECT count(*), sum(quantity) FROM trades")
+    out = run(db, checks=[], sample_size=3, statement_timeout=0.5, custom=[
+        {"name": "big_open_trades", "sql": "SELECT id, quantity FROM trades WHERE status = 'open' ORDER BY id;"},
+        {"name": "none", "sql": "SELECT id FROM trades WHERE quantity > 1000"},
+        {"name": "session_write_on", "sql": "SET default_transaction_read_only = off"},
+        {"name": "delete", "sql": "DELETE FROM trades WHERE id < 10 RETURNING id"},
+        {"name": "cte_delete", "sql": "WITH d AS (DELETE FROM trades RETURNING id) SELECT id FROM d"},
+        {"name": "create", "sql": "CREATE TABLE evil (i int)"},
+        {"name": "lock_rows", "sql": "SELECT id FROM trades FOR UPDATE"},
+        {"name": "sequence", "sql": "SELECT nextval('evil_seq')"},
+        {"name": "slow", "sql": "SELECT pg_sleep(5)"},
+    ])
+    checks = {c["name"]: c for c in out["checks"]}
+    assert checks["big_open_trades"]["status"] == "corrupt" and checks["big_open_trades"]["count"] == 12
+    assert checks["big_open_trades"]["sample"] == [5, 11, 17]
+    assert checks["big_open_trades"]["pass"] == "custom:big_open_trades"
+    assert checks["none"]["status"] == "ok" and checks["none"]["count"] == 0
+    assert checks["session_write_on"]["status"] == "error"
+    assert "not a query" in checks["session_write_on"]["message"]
+    for name in ("delete", "cte_delete", "create", "lock_rows"):
+        assert checks[name]["status"] == "error", checks[name]
+        assert "read-only transaction" in checks[name]["message"], checks[name]
+        assert "the transaction is READ ONLY" in checks[name]["message"]
+    assert checks["sequence"]["status"] == "error"
+    assert "statement timeout" in checks["slow"]["message"] and "raise statement_timeout" in checks["slow"]["message"]
+    assert out["status"] == "error" and len(out["errors"]) == 7
+    message = IntegrityService.failure_message(out, False)
+    assert "custom check delete: cannot execute DELETE in a read-only transaction" in message
+    assert db.query("SELECT count(*), sum(quantity) FROM trades") == before
+    assert db.scalar("SELECT to_regclass('evil')") is None
+
+
+def test_a_custom_check_that_ends_the_transaction_aborts_the_scan(db):
+    with pytest.raises(BackendError, match="ended the scan's transaction"):
+        run(db, checks=[], custom=[{"name": "commit", "sql": "COMMIT"},
+                                   {"name": "then_delete", "sql": "DELETE FROM trades RETURNING id"}])
+    assert db.scalar("SELECT count(*) FROM trades") == 72
+
+
+def test_lock_timeout_bounds_the_scan(db):
+    holder = db.connect(autocommit=False)
+    try:
+        holder.cursor().execute("LOCK TABLE trades IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        out = run(db, lock_timeout=1, checks=[name for name, _ in ROW_CHECKS])
+        elapsed = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert elapsed < 3.5, elapsed  # one lock_timeout for the table, not one per check, and no hang
+    checks = by_check(out)
+    for key in [("invalid_status", "trades"), ("non_positive_quantity", "trades"), ("duplicate_ids", "trades"),
+                ("orphan_trades", "trades"), ("position_mismatch", "positions")]:
+        assert checks[key]["status"] == "error", key
+        assert "could not lock trades within lock_timeout (1 s)" in checks[key]["message"]
+        assert "raise lock_timeout" in checks[key]["message"]
+    for key in [("null_prices", "positions"), ("duplicate_ids", "positions")]:
+        assert checks[key]["status"] == "ok", key
+    assert out["status"] == "error"
+
+
+# --------------------------------------------------------------------------------------------
+# server checks and amcheck
+# --------------------------------------------------------------------------------------------
+def test_long_queries_blocking_locks_and_saturation_are_warnings(db):
+    db.execute("CREATE TABLE other (i int)")
+    holder = db.connect(autocommit=False)
+    holder.cursor().execute("LOCK TABLE other IN ACCESS EXCLUSIVE MODE")
+    waiter = db.connect(options="-c statement_timeout=20000")
+    sleeper = db.connect(options="-c statement_timeout=20000")
+    holder_pid, waiter_pid, sleeper_pid = (c.get_backend_pid() for c in (holder, waiter, sleeper))
+    def execute(conn, statement):
+        try:
+            conn.cursor().execute(statement)
+        except psycopg2.Error:
+            pass  # cancelled at the end of the test
+
+    threads = [threading.Thread(target=execute, args=(conn, statement), daemon=True)
+               for conn, statement in ((waiter, "SELECT * FROM other"), (sleeper, "SELECT pg_sleep(20)"))]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = "
+                        "'active' AND query IN ('SELECT * FROM other', 'SELECT pg_sleep(20)')") < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.6)
+        out = run(db, checks=["long_queries", "blocking_locks", "connection_saturation"], long_query_seconds=0.5,
+                  max_connection_ratio=0.01)
+    finally:
+        db.execute("SELECT pg_cancel_backend(%s)", (sleeper.get_backend_pid(),))
+        holder.rollback()
+        for t in threads:
+            t.join(5)
+        for conn in (holder, waiter, sleeper):
+            conn.close()
+    checks = by_check(out)
+    assert out["status"] == "warn" and sorted(out["warned"]) == ["blocking_locks", "connection_saturation",
+                                                                "long_queries"]
+    long = checks[("long_queries", None)]
+    assert long["status"] == "warn" and {s["pid"] for s in long["sample"]} == {
+        waiter_pid, sleeper_pid}
+    assert "SELECT pg_sleep(20)" in [s["query"] for s in long["sample"]]
+    locks = checks[("blocking_locks", None)]
+    assert locks["status"] == "warn" and locks["count"] == 1
+    assert locks["sample"][0]["pid"] == waiter_pid
+    assert locks["sample"][0]["relation"] == "other"
+    assert [b["pid"] for b in locks["sample"][0]["blocked_by"]] == [holder_pid]
+    saturation = checks[("connection_saturation", None)]
+    assert saturation["status"] == "warn" and saturation["sample"][0]["max_connections"] == 100
+    assert IntegrityService.failure_message(out, True) is None  # warnings never fail the task
+
+
+def test_amcheck_runs_bt_index_check_only_and_finds_a_corrupt_index(db):
+    # counts every call of a function, C ones included, so the test can prove which amcheck function ran
+    db.execute(f"ALTER DATABASE {db.name} SET track_functions = 'all'")
+    out = run(db, checks=["amcheck"])
+    assert out["status"] == "ok" and out["changed"] is False
+    assert by_check(out)[("amcheck", None)]["status"] == "skipped"
+    assert db.scalar("SELECT count(*) FROM pg_extension WHERE extname = 'amcheck'") == 0
+
+    out = run(db, checks=["amcheck"], allow_create_extension=True)
+    amcheck = by_check(out)[("amcheck", None)]
+    assert amcheck["status"] == "ok", amcheck
+    assert amcheck["message"] == "bt_index_check passed on 4 btree index(es) of positions, trades, accounts"
+    assert out["changed"] is True and out["actions"][0]["action"] == "create_extension"
+    out = run(db, checks=["amcheck"], allow_create_extension=True, amcheck_heapallindexed=True)
+    assert out["changed"] is False and out["actions"] == []  # the extension is there now
+    assert by_check(out)[("amcheck", None)]["status"] == "ok"
+
+    # A btree whose comparison function changes after the index was built: its items are then out of
+    # order, which is exactly what bt_index_check verifies (a real, safe, SQL-only index corruption).
+    db.execute("""
+        CREATE FUNCTION pgi_cmp(int8, int8) RETURNS int4 LANGUAGE sql IMMUTABLE AS 'SELECT btint8cmp($1, $2)';
+        CREATE OPERATOR CLASS pgi_ops FOR TYPE int8 USING btree AS OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =,
+            OPERATOR 4 >=, OPERATOR 5 >, FUNCTION 1 pgi_cmp(int8, int8);
+        CREATE INDEX trades_corrupt_idx ON trades (id pgi_ops);
+        CREATE OR REPLACE FUNCTION pgi_cmp(int8, int8) RETURNS int4 LANGUAGE sql IMMUTABLE
+            AS 'SELECT btint8cmp($2, $1)';
+    """)
+    out = run(db, checks=["amcheck"])
+    amcheck = by_check(out)[("amcheck", None)]
+    assert amcheck["status"] == "corrupt" and amcheck["count"] == 1, amcheck
+    assert amcheck["sample"][0]["index"] == "trades_corrupt_idx" and amcheck["sample"][0]["table"] == "trades"
+    assert "item order invariant violated" in amcheck["sample"][0]["message"]
+    assert out["status"] == "corrupt" and out["corrupt"] == ["amcheck"]
+    assert "trades_corrupt_idx" in IntegrityService.failure_message(out, True)
+
+    deadline = time.monotonic() + 5
+    while True:  # function statistics arrive when the module's sessions have ended
+        calls = dict(db.query("SELECT funcname, sum(calls) FROM pg_stat_user_functions "
+                              "WHERE funcname LIKE 'bt_index%' GROUP BY 1"))
+        if calls.get("bt_index_check", 0) >= 4 + 4 + 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    # 4 indexes twice, then 4 good ones (a call that raises is not counted); never the parent check
+    assert calls.get("bt_index_check") >= 12 and "bt_index_parent_check" not in calls, calls
+
+
+# --------------------------------------------------------------------------------------------
+# actions
+# --------------------------------------------------------------------------------------------
+QUARANTINE_INJECTION = """
+UPDATE positions SET entry_price = NULL WHERE id IN (1, 2);
+UPDATE trades SET status = 'bogus' WHERE id = 5;
+UPDATE trades SET quantity = -1 WHERE id = 11;
+UPDATE trades SET created_at = now() + interval '1 day' WHERE id = 17;
+INSERT INTO trades VALUES (1001, 99, 'BTC-USD', 'buy', 1, 100, 'open', now() - interval '1 hour'),
+                          (1002, 99, 'BTC-USD', 'buy', 1, 100, 'weird', now() - interval '1 hour');
+INSERT INTO trades SELECT id, account_id, symbol, side, quantity, price, 'open', created_at FROM trades WHERE id = 7;
+INSERT INTO positions SELECT id, account_id, symbol, 0, entry_price, current_price, 'closed', updated_at
+  FROM positions WHERE id = 6;
+"""
+BAD_TRADES = "id IN (5, 11, 17, 1001, 1002) OR (id = 7 AND status = 'open')"
+BAD_POSITIONS = "id IN (1, 2) OR (id = 6 AND status = 'closed')"
+TRADE_COLUMNS = "id, account_id, symbol, side, quantity, price, status, created_at"
+POSITION_COLUMNS = "id, account_id, symbol, quantity, entry_price, current_price, status, updated_at"
+
+
+def rows(db, table, columns, where="true"):
+    return sorted(db.query(f"SELECT row_to_json(q)::text FROM (SELECT {columns} FROM {table} WHERE {where}) q"))
+
+
+def test_quarantine_moves_every_bad_row_in_one_transaction_and_keeps_them_all(db):
+    db.execute(QUARANTINE_INJECTION)
+    bad_trades, bad_positions = rows(db, "trades", TRADE_COLUMNS, BAD_TRADES), rows(db, "positions", POSITION_COLUMNS,
+                                                                                     BAD_POSITIONS)
+    assert (len(bad_trades), len(bad_positions)) == (6, 3)
+    all_trades, all_positions = rows(db, "trades", TRADE_COLUMNS), rows(db, "positions", POSITION_COLUMNS)
+    assert (len(all_trades), len(all_positions)) == (75, 13)
+
+    out = run(db, actions=["quarantine"], incident_id="INC-42", checks=[name for name, _ in ROW_CHECKS])
+    assert out["changed"] is True and out["errors"] == [], out["msg"]
+    action = out["actions"][0]
+    assert action["action"] == "quarantine" and action["status"] == "ok"
+    assert {t["table"]: t["moved"] for t in action["tables"]} == {"positions": 3, "trades": 6}
+    # live + quarantined = original, row for row, and exactly the bad rows moved
+    moved_trades = rows(db, "tradeops_quarantine.trades", TRADE_COLUMNS)
+    moved_positions = rows(db, "tradeops_quarantine.positions", POSITION_COLUMNS)
+    assert moved_trades == bad_trades and moved_positions == bad_positions
+    assert sorted(rows(db, "trades", TRADE_COLUMNS) + moved_trades) == all_trades
+    assert sorted(rows(db, "positions", POSITION_COLUMNS) + moved_positions) == all_positions
+    # the first copy of a duplicated key stays; a row bad twice is moved once, by the first check
+    assert db.query("SELECT status FROM trades WHERE id = 7") == [("closed",)]
+    assert db.query("SELECT check_name, incident_id, source_table, batch_id FROM tradeops_quarantine.trades "
+                    "WHERE id = 1002") == [("invalid_status", "INC-42", "trades", action["batch_id"])]
+    assert dict(db.query("SELECT check_name, count(*) FROM tradeops_quarantine.trades GROUP BY 1")) == {
+        "invalid_status": 2, "non_positive_quantity": 1, "future_timestamps": 1, "orphan_trades": 1,
+        "duplicate_ids": 1}
+
+    again = run(db, actions=["quarantine"], incident_id="INC-42", checks=[name for name, _ in ROW_CHECKS])
+    assert again["changed"] is False and again["actions"][0]["message"] == "nothing to quarantine"
+    assert again["corrupt"] == ["position_mismatch"]  # positions 1 and 2 are gone; that is reconcile's job
+    assert db.scalar("SELECT count(*) FROM tradeops_quarantine.trades") == 6
+
+
+def test_quarantine_checks_limit_what_is_moved(db):
+    db.execute(QUARANTINE_INJECTION)
+    out = run(db, actions=["quarantine"], quarantine_checks=["orphan_trades"], checks=["orphan_trades"],
+              quarantine_schema="incident_q")
+    assert out["actions"][0]["tables"] == [{"table": "trades", "quarantine_table": "incident_q.trades", "moved": 2}]
+    assert db.scalar("SELECT count(*) FROM trades") == 73
+    assert db.scalar("SELECT to_regclass('incident_q.positions')") is None
+
+
+def test_reconcile_rewrites_positions_from_filled_trades_and_records_the_old_rows(db):
+    db.execute("UPDATE positions SET quantity = 11 WHERE id = 1; UPDATE positions SET quantity = NULL WHERE id = 2; "
+               "DELETE FROM positions WHERE id = 3")
+    out = run(db, checks=["position_mismatch"], actions=["reconcile"], incident_id="INC-7")
+    action = out["actions"][0]
+    assert action["status"] == "ok" and action["changed"] is True, action
+    assert action["reconciled"] == 2 and action["unreconciled"] == 1  # position 3 has no row to rewrite
+    assert db.query("SELECT id, quantity FROM positions WHERE id IN (1, 2) ORDER BY id") == [(1, 8), (2, 8)]
+    assert db.query("SELECT id, old_quantity, new_quantity, incident_id FROM "
+                    "tradeops_quarantine.positions__reconciled ORDER BY id") == [
+        (1, 11, 8, "INC-7"), (2, None, 8, "INC-7")]
+    again = run(db, checks=["position_mismatch"], actions=["reconcile"])
+    assert again["changed"] is False and by_check(again)[("position_mismatch", "positions")]["count"] == 1
+
+
+def test_export_writes_the_offending_rows_0600_and_is_idempotent(db, tmp_path):
+    db.execute(QUARANTINE_INJECTION)
+    path = tmp_path / "evidence" / "rows.json"
+    path.parent.mkdir()
+    params = dict(actions=["export"], export_path=str(path), incident_id="INC-9",
+                  checks=[name for name, _ in ROW_CHECKS])
+    out = run(db, **params)
+    assert out["changed"] is True and out["actions"][0]["status"] == "ok", out["msg"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    doc = json.loads(path.read_text())
+    assert doc["database"] == db.name and doc["incident_id"] == "INC-9"
+    exported = {(c["name"], c["table"]): c for c in doc["checks"]}
+    assert [r["id"] for r in exported[("null_prices", "positions")]["rows"]] == [1, 2]
+    assert exported[("null_prices", "positions")]["rows"][0]["entry_price"] is None
+    assert exported[("orphan_trades", "trades")]["rows"][0] == {
+        "id": 1001, "account_id": 99, "symbol": "BTC-USD", "side": "buy", "quantity": 1, "price": 100,
+        "status": "open", "created_at": exported[("orphan_trades", "trades")]["rows"][0]["created_at"]}
+    assert exported[("duplicate_ids", "trades")]["rows"][0]["status"] == "open"  # the copy, not the first row
+    assert all(len(c["rows"]) == c["count"] for c in doc["checks"])
+    assert sorted(os.listdir(path.parent)) == ["rows.json"]  # no temp file left behind
+    again = run(db, **params)
+    assert again["changed"] is False and "already holds" in again["actions"][0]["message"]
+
+
+def test_read_only_on_and_off_verified_idempotent_and_terminate_ends_open_sessions(db):
+    other = db.connect()  # opened before the change: it keeps the old default
+    other_pid = other.get_backend_pid()
+    out = run(db, read_only=True, read_only_sessions="terminate", read_only_wait_seconds=5, checks=[])
+    action = out["actions"][0]
+    assert action["status"] == "ok" and action["changed"] is True and action["verified"] is True, action
+    assert action["before"] == "off" and action["after"] == "on" and action["terminated"] == [other_pid]
+    with pytest.raises(psycopg2.OperationalError):
+        other.cursor().execute("SELECT 1")
+    other.close()
+    with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+        db.execute("INSERT INTO accounts VALUES (50, 'x')")
+    assert db.scalar("SHOW default_transaction_read_only") == "on"
+
+    again = run(db, read_only=True, checks=[])
+    assert again["changed"] is False and again["actions"][0]["verified"] is True
+
+    late = db.connect()  # opened while read-only; wait mode waits for it, then gives up naming it
+    try:
+        started = time.monotonic()
+        out = run(db, read_only=False, read_only_wait_seconds=0.5, checks=[])
+        assert time.monotonic() - started < 3
+        assert out["status"] == "error" and out["changed"] is True
+        assert f"pid {late.get_backend_pid()}" in out["actions"][0]["message"]
+        assert "read_only_sessions: terminate" in IntegrityService.failure_message(out, False)
+    finally:
+        late.close()
+    out = run(db, read_only=False, checks=[])
+    assert out["changed"] is False and out["actions"][0]["verified"] is True
+    db.execute("INSERT INTO accounts VALUES (50, 'x')")
+
+
+def test_read_only_runs_first_and_the_scan_and_quarantine_still_work(db):
+    db.execute("UPDATE positions SET current_price = NULL WHERE id = 12")
+    out = run(db, read_only=True, actions=["quarantine"], checks=["null_prices"])
+    assert [a["action"] for a in out["actions"]] == ["read_only", "quarantine"]
+    assert out["actions"][1]["tables"][0]["moved"] == 1 and out["errors"] == []
+    assert db.scalar("SHOW default_transaction_read_only") == "on"
+    out = run(db, read_only=False, checks=["null_prices"])
+    assert out["status"] == "ok" and out["actions"][-1]["action"] == "read_only"
+    assert out["actions"][-1]["after"] == "off" and out["changed"] is True
+
+
+def test_the_password_never_appears(db):
+    password = db.cluster.info["password"]
+    out = run(db, checks=["null_prices"], custom=[{"name": "leak", "sql": f"SELECT '{password}'::int"}])
+    assert password not in json.dumps(out)
+    assert "********" in by_check(out)[("leak", None)]["message"]
+    with pytest.raises(BackendError) as err:
+        IntegrityService(db.params(login_password=password + "-wrong")).run()
+    assert password not in str(err.value) and "password authentication failed" in str(err.value)
