@@ -107,6 +107,7 @@ SCHEMA_DEFAULTS = dict(
     current_price_column="current_price",
     side_column="side",
     trades_timestamp_column="created_at",
+    trade_price_column="price",
     positions_timestamp_column="updated_at",
     allowed_statuses=["open", "closed", "cancelled"],
     filled_statuses=["closed"],
@@ -392,7 +393,7 @@ class Schema:
 
     COLUMNS = ("key_column", "account_id_column", "symbol_column", "quantity_column", "status_column",
                "entry_price_column", "current_price_column", "side_column", "trades_timestamp_column",
-               "positions_timestamp_column")
+               "positions_timestamp_column", "trade_price_column")
 
     def __init__(self, options=None):
         opts = dict(SCHEMA_DEFAULTS)
@@ -1103,8 +1104,12 @@ class IntegrityService:
                 "SELECT count(*), count(*) FILTER (WHERE position_rows = 1 AND account_id IS NOT NULL "
                 "AND symbol IS NOT NULL) FROM m"))
             mismatched, fixable = cur.fetchone()
-            action["unreconciled"] = mismatched - fixable
-            if not fixable:
+            cur.execute(_mismatch_cte(s) + sql.SQL(
+                "SELECT count(*) FROM m WHERE position_rows = 0 AND account_id IS NOT NULL AND symbol IS NOT NULL "
+                "AND trades_quantity <> 0"))
+            missing = cur.fetchone()[0]
+            action["unreconciled"] = mismatched - fixable - missing
+            if not fixable and not missing:
                 conn.rollback()
                 action["message"] = ("nothing reconcilable: %d mismatch(es) need a human (no position row, several "
                                      "rows, or a NULL account/symbol)" % mismatched)
@@ -1132,6 +1137,10 @@ class IntegrityService:
             if not fixable == recorded == updated:
                 raise _Rollback("found %d reconcilable position(s), recorded %d in %s, updated %d" % (
                     fixable, recorded, label, updated))
+            created = self._create_missing_positions(cur, table, cols, batch) if missing else 0
+            if created != missing:
+                raise _Rollback("found %d account/symbol(s) with filled trades but no position, created %d" % (
+                    missing, created))
             conn.commit()
         except _Rollback as err:
             conn.rollback()
@@ -1145,13 +1154,52 @@ class IntegrityService:
             return action
         finally:
             conn.autocommit = True
-        action.update(changed=True, reconciled=updated, table=label, batch_id=batch,
-                      message="rewrote the quantity of %d position(s) from their filled trades in one transaction; "
-                              "the old rows are in %s (batch %s)%s" % (
-                                  updated, label, batch,
+        action.update(changed=True, reconciled=updated, created=created, table=label, batch_id=batch,
+                      message="rewrote the quantity of %d position(s) and created %d missing position(s) from their "
+                              "filled trades in one transaction; the old and new rows are recorded in %s (batch %s)%s"
+                              % (updated, created, label, batch,
                                   "; %d mismatch(es) need a human (no position row, several rows, or a NULL "
                                   "account/symbol)" % action["unreconciled"] if action["unreconciled"] else ""))
         return action
+
+    def _create_missing_positions(self, cur, table, cols, batch):
+        """Create the position of every (account, symbol) that has filled trades but no position row
+        (for example because its corrupt row was quarantined): quantity from the trades, entry price
+        their quantity-weighted average, current price the latest. Each is recorded in the reconcile
+        table with an empty old quantity. Returns how many were created."""
+        s = self.schema
+        target = [s.columns["account_id"], s.columns["symbol"], s.columns["quantity"], s.columns["entry_price"],
+                  s.columns["current_price"], s.columns["status"]]
+        values = [sql.SQL("m.account_id"), sql.SQL("m.symbol"), sql.SQL("m.trades_quantity"),
+                  sql.SQL("tp.avg_price"), sql.SQL("tp.last_price"), sql.Literal("open")]
+        if s.has("positions_timestamp"):
+            target.append(s.columns["positions_timestamp"])
+            values.append(sql.SQL("now()"))
+        order = s.col("trades_timestamp") if s.has("trades_timestamp") else s.col("key")
+        price = sql.Identifier("s", s.columns["trade_price"])
+        cur.execute(self._create_sql(s, target, values, order, price, cols, table, batch))
+        return cur.rowcount
+
+    def _create_sql(self, s, target, values, order, price, cols, table, batch):
+        return _mismatch_cte(s) + sql.SQL(
+            ", tp AS (SELECT {tacc} AS account_id, {tsym} AS symbol, "
+            "sum({qty_s} * {price}) / nullif(sum({qty_s}), 0) AS avg_price, "
+            "(array_agg({price} ORDER BY {order} DESC))[1] AS last_price "
+            "FROM {trades} AS s WHERE {tst}::text = ANY({filled}) GROUP BY 1, 2), "
+            "ins AS (INSERT INTO {positions} ({target}) SELECT {values} FROM m JOIN tp "
+            "ON tp.account_id = m.account_id AND tp.symbol = m.symbol WHERE m.position_rows = 0 "
+            "AND m.account_id IS NOT NULL AND m.symbol IS NOT NULL AND m.trades_quantity <> 0 RETURNING *, ctid) "
+            "INSERT INTO {rtable} ({cols}, reconciled_at, source_table, old_quantity, new_quantity, incident_id, "
+            "batch_id, source_ctid) SELECT {icols}, now(), {src}, NULL, ins.{qty}, {incident}, {batch}, ins.ctid "
+            "FROM ins").format(
+            tacc=s.col("account_id"), tsym=s.col("symbol"), qty_s=s.col("quantity"), price=price, order=order,
+            trades=s.table("trades"), tst=s.col("status"), filled=s.literal_list("filled_statuses"),
+            positions=s.table("positions"), target=sql.SQL(", ").join(sql.Identifier(c) for c in target),
+            values=sql.SQL(", ").join(values), rtable=table,
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+            icols=sql.SQL(", ").join(sql.Identifier("ins", c) for c in cols), src=sql.Literal(s.label("positions")),
+            qty=sql.Identifier(s.columns["quantity"]), incident=sql.Literal(self.incident_id),
+            batch=sql.Literal(batch))
 
     # -- messages -------------------------------------------------------------------------------
     @staticmethod

@@ -69,8 +69,11 @@ description:
     is a good row."
   - "C(reconcile): rewrites, in one transaction, the quantity of every mismatched position that is the only row
     of its (account, symbol) from the sum of its filled trades, after recording the old rows in
-    C(<quarantine_schema>.<positions table>__reconciled). Groups without a position row, with several, or with a
-    NULL account or symbol are left to a human and counted as C(unreconciled)."
+    C(<quarantine_schema>.<positions table>__reconciled). An (account, symbol) with filled trades but no position
+    row (for example because its corrupt row was quarantined) gets a new position from its trades (entry price
+    the quantity-weighted average of O(schema.trade_price_column), current price the latest), recorded there too
+    with an empty old quantity. Groups with several rows or a NULL account or symbol are left to a human and
+    counted as C(unreconciled)."
   - "C(export): writes the offending rows (full rows as JSON, per check; C(position_mismatch) its groups, server
     checks their sample) to O(export_path) on the host running the module, mode 0600, atomically. Nothing in the
     file depends on the time, so exporting the same rows again leaves it unchanged."
@@ -185,6 +188,10 @@ options:
         description: The timestamp of trades for V(future_timestamps); an empty string leaves trades out.
         type: str
         default: created_at
+      trade_price_column:
+        description: The price of a trade, used by C(reconcile) to price a position it has to create.
+        type: str
+        default: price
       positions_timestamp_column:
         description: The timestamp of positions for V(future_timestamps); an empty string leaves positions out.
         type: str
@@ -530,6 +537,7 @@ SCHEMA_SPEC = dict(
     current_price_column=dict(type="str", default="current_price"),
     side_column=dict(type="str", default="side"),
     trades_timestamp_column=dict(type="str", default="created_at"),
+    trade_price_column=dict(type="str", default="price"),
     positions_timestamp_column=dict(type="str", default="updated_at"),
     allowed_statuses=dict(type="list", elements="str", default=list(SCHEMA_DEFAULTS["allowed_statuses"])),
     filled_statuses=dict(type="list", elements="str", default=list(SCHEMA_DEFAULTS["filled_statuses"])),
