@@ -1108,6 +1108,8 @@ class IntegrityService:
                 "SELECT count(*) FROM m WHERE position_rows = 0 AND account_id IS NOT NULL AND symbol IS NOT NULL "
                 "AND trades_quantity <> 0"))
             missing = cur.fetchone()[0]
+            if missing and not self._key_has_default(cur):
+                missing = 0  # a new position needs a generated key: left to a human
             action["unreconciled"] = mismatched - fixable - missing
             if not fixable and not missing:
                 conn.rollback()
@@ -1161,6 +1163,14 @@ class IntegrityService:
                                   "; %d mismatch(es) need a human (no position row, several rows, or a NULL "
                                   "account/symbol)" % action["unreconciled"] if action["unreconciled"] else ""))
         return action
+
+    def _key_has_default(self, cur):
+        """Whether the positions key column fills itself (a default or an identity)."""
+        cur.execute("SELECT a.atthasdef OR a.attidentity <> '' FROM pg_attribute a "
+                    "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s",
+                    (self.schema.label("positions"), self.schema.columns["key"]))
+        row = cur.fetchone()
+        return bool(row and row[0])
 
     def _create_missing_positions(self, cur, table, cols, batch):
         """Create the position of every (account, symbol) that has filled trades but no position row

@@ -575,7 +575,7 @@ def test_reconcile_rewrites_positions_from_filled_trades_and_records_the_old_row
                "DELETE FROM positions WHERE id = 3")
     out = run(db, checks=["position_mismatch"], actions=["reconcile"], incident_id="INC-7")
     action = out["actions"][0]
-    assert action["status"] == "ok" and action["changed"] is True, action
+    assert action["status"] == "ok" and action["changed"] is True, action.get("message")
     assert action["reconciled"] == 2 and action["unreconciled"] == 1  # position 3 has no row to rewrite
     assert db.query("SELECT id, quantity FROM positions WHERE id IN (1, 2) ORDER BY id") == [(1, 8), (2, 8)]
     assert db.query("SELECT id, old_quantity, new_quantity, incident_id FROM "
