@@ -93,3 +93,29 @@ def test_a_failed_repair_leaves_the_database_read_only_and_trading_halted(lab_fa
     assert read_only(lab) == "on"
     time.sleep(1)
     assert trading(lab) == []
+
+
+def test_pg_integrity_catches_the_lab_index_corruption_and_the_lock_and_long_query(lab_factory):
+    """The lab corrupts bytes of trades_id_idx on disk (its own cluster only); amcheck must say so."""
+    from ansible_collections.tradeops.remediation.plugins.module_utils._pg_integrity import IntegrityService
+
+    lab = lab_factory(engines=1)
+    pg = lab.state["postgres"]
+    params = {"login_host": pg["host"], "login_port": pg["port"], "login_user": pg["user"],
+              "login_password": pg["password"], "login_db": pg["dbname"], "sslmode": "disable",
+              "connect_timeout": 5, "allow_create_extension": True, "long_query_seconds": 1, "lock_timeout": 1}
+    clean = IntegrityService(dict(params)).run()
+    assert clean["status"] == "ok", clean["corrupt"]
+    lab.lab.inject("index-corruption")
+    out = IntegrityService(dict(params, checks=["amcheck"])).run()
+    amcheck = [c for c in out["checks"] if c["name"] == "amcheck"][0]
+    assert out["status"] == "corrupt" and amcheck["status"] == "corrupt"
+    assert "trades_id_idx" in json.dumps(amcheck["sample"])
+    lab.lab.inject("index-corruption", clear=True)
+    lab.lab.inject("long-query")
+    lab.lab.inject("blocking-lock")
+    time.sleep(1.5)
+    out = IntegrityService(dict(params, checks=["long_queries", "blocking_locks"])).run()
+    status = {c["name"]: c for c in out["checks"]}
+    assert status["long_queries"]["status"] == "warn" and status["long_queries"]["count"] >= 1
+    assert status["blocking_locks"]["status"] == "warn" and status["blocking_locks"]["count"] >= 1
