@@ -119,3 +119,18 @@ def test_pg_integrity_catches_the_lab_index_corruption_and_the_lock_and_long_que
     status = {c["name"]: c for c in out["checks"]}
     assert status["long_queries"]["status"] == "warn" and status["long_queries"]["count"] >= 1
     assert status["blocking_locks"]["status"] == "warn" and status["blocking_locks"]["count"] >= 1
+
+
+def test_restore_path_swaps_in_a_verified_backup_and_keeps_the_corrupt_database(lab_factory, tmp_path):
+    lab = lab_factory(engines=2)
+    first = run(lab, tmp_path)  # a clean run leaves a verified backup behind
+    assert first.returncode == 0, first.stdout[-3000:]
+    backup = next((tmp_path / "backups").glob("*.pgc"))
+    lab.lab.inject("corrupt-rows")
+    assert counts(lab)["invalid_status"] > 0
+    proc = run(lab, tmp_path, "-e", f"db_integrity_restore_from={backup}")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert all(v == 0 for v in counts(lab).values()), counts(lab)
+    assert read_only(lab) == "off" and trading(lab) == []
+    kept = [r[0] for r in lab.query("SELECT datname FROM pg_database WHERE datname LIKE 'trading_corrupt_%%'")]
+    assert len(kept) == 1, "the corrupt database must be kept, renamed, never dropped"
