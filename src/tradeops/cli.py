@@ -16,7 +16,18 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .lab import Lab, LabError, LabInputError
-from .lab.state import ALL, ENV_LAB_DIR, FAULTS, HALT_METHODS, parse_fault_specs
+from .lab.dbfaults import CORRUPT_KINDS, DEFAULT_CORRUPT_COUNTS, LONG_QUERY_SECONDS
+from .lab.state import (
+    ALL,
+    DB_FAULTS,
+    ENV_LAB_DIR,
+    FAULT_CORRUPT_ROWS,
+    FAULT_INDEX_CORRUPTION,
+    FAULT_LONG_QUERY,
+    FAULTS,
+    HALT_METHODS,
+    parse_fault_specs,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -74,12 +85,48 @@ def _add_lab_commands(subparsers: Any) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_cmd_lab_status)
 
-    inject = lab_sub.add_parser("inject", parents=[common], help="inject or clear a fault on engines")
-    inject.add_argument("fault", metavar="FAULT", help=f"one of {', '.join(FAULTS)} ('*' with --clear: all)")
+    inject = lab_sub.add_parser(
+        "inject",
+        parents=[common],
+        help="inject or clear a fault on engines, or a database fault",
+        description="Engine faults apply to the engines named (or --all). Database faults apply to the whole "
+        "lab and take no engine names; each records what it did in <lab dir>/faults/FAULT.json. "
+        "corrupt-rows: bad rows of each kind ("
+        + ", ".join(f"{k} {n}" for k, n in DEFAULT_CORRUPT_COUNTS.items())
+        + "), no row of two kinds; not clearable (repair is the playbook's job). index-corruption: "
+        "corrupts a leaf page of trades_id_idx (PostgreSQL is restarted), --clear reindexes it. long-query: "
+        f"SELECT pg_sleep(--seconds, default {LONG_QUERY_SECONDS}). blocking-lock: ACCESS EXCLUSIVE lock on "
+        "trades held open, a second session blocked behind it. --clear ends the sessions.",
+    )
+    inject.add_argument(
+        "fault",
+        metavar="FAULT",
+        help=f"engine fault: {', '.join(FAULTS)} ('*' with --clear: all); database fault: {', '.join(DB_FAULTS)}",
+    )
     inject.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
     inject.add_argument("--all", action="store_true", help="every engine")
     inject.add_argument("--clear", action="store_true", help="clear the fault instead of injecting it")
     inject.add_argument("--json", action="store_true", help="machine-readable output")
+    inject.add_argument(
+        "--kinds",
+        metavar="K1,K2",
+        default=None,
+        help=f"corrupt-rows: the kinds to inject (default all: {','.join(CORRUPT_KINDS)})",
+    )
+    inject.add_argument(
+        "--count",
+        action="append",
+        default=None,
+        metavar="N|KIND=N",
+        help="corrupt-rows: rows per kind, for every kind (N) or one kind (KIND=N); repeatable",
+    )
+    inject.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"long-query: how long the query sleeps (default {LONG_QUERY_SECONDS})",
+    )
     inject.set_defaults(func=_cmd_lab_inject)
 
     restart = lab_sub.add_parser(
@@ -180,6 +227,7 @@ def _status_summary(status: dict[str, Any]) -> list[str]:
         f"  engines pid {ep['pid']} {'up' if ep['alive'] else 'DOWN'}, control "
         f"{status['control']['host']}:{status['control']['port']}",
     ]
+    lines += _db_fault_status_lines(status.get("db_faults") or {})
     lines += [f"  error: {err}" for err in status["errors"]]
     return lines
 
@@ -217,10 +265,31 @@ def _cmd_lab_status(args: argparse.Namespace) -> int:
     return EXIT_OK if status["healthy"] else EXIT_FAILURE
 
 
+def _parse_counts(items: list[str] | None) -> int | dict[str, int] | None:
+    """``--count`` values: ``N`` (every kind) and ``KIND=N`` (one kind) into what ``Lab.inject`` takes."""
+    if not items:
+        return None
+    counts: dict[str, int] = {}
+    for item in items:
+        kind, sep, value = item.rpartition("=")
+        kind = kind.strip() if sep else "*"
+        try:
+            counts[kind] = int(value)
+        except ValueError:
+            raise LabInputError(f"bad --count {item!r}: expected N or KIND=N") from None
+    return counts["*"] if list(counts) == ["*"] else counts
+
+
 def _cmd_lab_inject(args: argparse.Namespace) -> int:
     engines = list(args.engines)
     if args.all:
         engines.append(ALL)
+    if args.fault in DB_FAULTS:
+        return _cmd_lab_inject_db(args, engines)
+    if args.kinds is not None or args.count is not None or args.seconds is not None:
+        raise LabInputError(
+            f"--kinds and --count only apply to {FAULT_CORRUPT_ROWS}, --seconds only to {FAULT_LONG_QUERY}"
+        )
     if not engines:
         raise LabInputError("name at least one engine (or use --all)")
     result = Lab(args.dir).inject(args.fault, engines, clear=args.clear)
@@ -232,6 +301,88 @@ def _cmd_lab_inject(args: argparse.Namespace) -> int:
         for e in result:
             print(f"  {e['name']}: faults {','.join(e['faults']) or '-'}")
     return EXIT_OK
+
+
+def _cmd_lab_inject_db(args: argparse.Namespace, engines: list[str]) -> int:
+    if engines:
+        raise LabInputError(
+            f"{args.fault} is a database fault: it applies to the whole lab and takes no engine names or --all"
+        )
+    result = Lab(args.dir).inject(
+        args.fault, clear=args.clear, kinds=args.kinds, count=_parse_counts(args.count), seconds=args.seconds
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    for line in _db_fault_lines(args.fault, result, verb="cleared" if args.clear else "injected"):
+        print(line)
+    return EXIT_OK
+
+
+def _db_fault_lines(fault: str, r: dict[str, Any], verb: str) -> list[str]:
+    """Human lines for the result of injecting or clearing a database fault."""
+    if r.get("already"):
+        verb = "already active"
+    if fault == FAULT_CORRUPT_ROWS:
+        lines = [f"{fault} {verb}: {r['total']} bad rows; record {r['record']}"]
+        for kind, entry in r["kinds"].items():
+            ids = "; ".join(f"{table} {','.join(map(str, v))}" for table, v in entry["ids"].items())
+            lines.append(f"  {kind:<22} {entry['count']:>3}  {ids}")
+        return lines
+    if fault == FAULT_INDEX_CORRUPTION:
+        if r.get("cleared"):
+            return [f"{fault} cleared: {r['action']}; bt_index_check {r['amcheck']['status']}"]
+        error = (r["amcheck"].get("error") or "").splitlines()
+        return [
+            f"{fault} {verb}: {r['index']} block {r['block']} item {r['item']} ({r['relation_file']})",
+            f"  bt_index_check: {r['amcheck']['status']}" + (f" ({error[0]})" if error else ""),
+            f"  postgres restarted as pid {r['postgres_pid']} (down {r['postgres_down_s']:.2f}s), engines "
+            + ("reconnected" if r.get("engines_reconnected_s") is not None else "NOT reconnected yet"),
+        ] + ([f"  ended sessions: {', '.join(r['ended_sessions'])}"] if r.get("ended_sessions") else [])
+    if r.get("cleared") is False:
+        return [f"{fault}: not active, nothing to clear"]
+    if r.get("cleared"):
+        if fault == FAULT_LONG_QUERY:
+            return [f"{fault} cleared: backend {r['backend_pid']} ({r['query']}) {r.get('outcome') or 'ended'}"]
+        return [
+            f"{fault} cleared: lock on {r['table']} released; backends {r['blocker_pid']} (blocker) and "
+            f"{r['waiter_pid']} (waiter, {r.get('waiter_outcome') or 'ended'}) gone"
+        ]
+    return [f"{fault} {verb}: {_session_summary(fault, r)}"]
+
+
+def _session_summary(fault: str, r: dict[str, Any]) -> str:
+    if fault == FAULT_LONG_QUERY:
+        age = f", running {r['query_age_s']:.0f}s" if r.get("query_age_s") is not None else ""
+        return f"backend {r['backend_pid']} ({r['application_name']}) {r['query']}{age}"
+    return (
+        f"backend {r['blocker_pid']} ({r['blocker_application_name']}) holds {r['mode']} on {r['table']}; "
+        f"backend {r['waiter_pid']} ({r['waiter_application_name']}) waits in {r['waiter_query']!r}"
+    )
+
+
+def _db_fault_status_lines(faults: dict[str, Any]) -> list[str]:
+    lines = []
+    for fault, f in faults.items():
+        state = {True: "ACTIVE", False: "not active", None: "recorded"}[f.get("active")]
+        if fault == FAULT_CORRUPT_ROWS:
+            counts = ", ".join(f"{k} {n}" for k, n in f["counts"].items())
+            detail = f"{f['total']} rows ({counts}), last at {_fmt_time(f['injected_at'])}; not repaired by the lab"
+        elif fault == FAULT_INDEX_CORRUPTION:
+            detail = f"{f.get('index')} block {f.get('block')} item {f.get('item')}, {_fmt_time(f.get('injected_at'))}"
+            if f.get("active") is False:
+                state = "repaired (reindexed)"
+        elif f.get("active") is False:  # ended behind the lab's back (pg_terminate_backend, the sleep is over)
+            state = "ended"
+            if fault == FAULT_LONG_QUERY:
+                outcome = (f.get("outcome") or "gone").splitlines()[0]
+                detail = f"backend {f['backend_pid']} {f['query']} ({outcome}); clear to forget it"
+            else:
+                detail = f"blocker backend {f['blocker_pid']} gone, lock on {f['table']} released; clear to forget it"
+        else:
+            detail = _session_summary(fault, f)
+        lines.append(f"  db fault {fault} {state}: {detail}")
+    return lines
 
 
 def _cmd_lab_restart(args: argparse.Namespace) -> int:
@@ -290,7 +441,34 @@ def _add_drill_commands(subparsers: Any) -> None:
     p0.set_defaults(func=_cmd_drill_p0)
 
 
-COMMAND_GROUPS: list[Callable[[Any], None]] = [_add_lab_commands, _add_drill_commands]
+# -- run, incidents, report (the runner: src/tradeops/runner) -----------------------------------------------
+
+
+def _add_run_commands(subparsers: Any) -> None:
+    from .runner.cli import add_run_commands
+
+    add_run_commands(subparsers, _Parser)
+
+
+def _add_incidents_commands(subparsers: Any) -> None:
+    from .runner.cli import add_incidents_commands
+
+    add_incidents_commands(subparsers, _Parser)
+
+
+def _add_report_commands(subparsers: Any) -> None:
+    from .runner.cli import add_report_commands
+
+    add_report_commands(subparsers, _Parser)
+
+
+COMMAND_GROUPS: list[Callable[[Any], None]] = [
+    _add_lab_commands,
+    _add_drill_commands,
+    _add_run_commands,
+    _add_incidents_commands,
+    _add_report_commands,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

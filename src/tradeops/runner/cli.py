@@ -1,0 +1,259 @@
+"""The ``run``, ``incidents`` and ``report`` command groups of ``tradeops`` (registered in tradeops.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .exceptions import IncidentInputError, RunnerError
+from .result import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_HALTED_NOT_RECOVERED, EXIT_RESOLVED
+from .secrets import Secret, looks_secret
+
+EXIT_CODES_HELP = f"""\
+exit codes:
+  {EXIT_RESOLVED}  resolved: the playbook succeeded, every engine is verified halted (or verified resumed) and
+     nothing is NO-GO. A P0 run without approval exits 0 once every engine is recovered and the health gate is
+     GO: trading stays halted, awaiting approval (the summary says so).
+  {EXIT_FAILED}  remediation failed: an engine could not be verified halted, the playbook failed before trading
+     was contained, a check found NO-GO, or the run was canceled / timed out.
+  {EXIT_HALTED_NOT_RECOVERED}  halted but not recovered: every engine is verified halted, but the repair or the health
+     gate failed (still NO-GO). Fix it by hand, then run resume_trading.
+  {EXIT_BAD_INPUT}  bad input: unknown incident, malformed -e, missing inventory, no host matched.
+"""
+
+
+def parse_extra_vars(items: list[str]) -> dict[str, Any]:
+    """``-e`` values as ansible-playbook takes them: ``k=v k2=v2``, a JSON/YAML mapping, or ``@file``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        text = item.strip()
+        if not text:
+            continue
+        if text.startswith("@"):
+            path = Path(text[1:]).expanduser()
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as exc:
+                raise IncidentInputError(f"-e {text}: {exc}") from None
+        elif text.startswith(("{", "[")):
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise IncidentInputError(f"-e {text!r}: not valid JSON/YAML: {exc}") from None
+        else:
+            data = {}
+            try:
+                pairs = shlex.split(text)
+            except ValueError as exc:
+                raise IncidentInputError(f"-e {text!r}: {exc}") from None
+            for pair in pairs:
+                key, sep, value = pair.partition("=")
+                if not sep or not key:
+                    raise IncidentInputError(f"-e {pair!r}: expected key=value")
+                data[key] = value
+        if not isinstance(data, dict):
+            raise IncidentInputError(f"-e {text!r}: extra vars must be a mapping")
+        out.update(data)
+    return out
+
+
+def _secret_vars(specs: list[str]) -> dict[str, Secret]:
+    """``--secret-var NAME=ENVVAR`` (value from that environment variable) or ``NAME`` (prompted, or one line of
+    stdin): the value never appears on a command line."""
+    out: dict[str, Secret] = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not name.isidentifier():
+            raise IncidentInputError(f"--secret-var {spec!r}: {name!r} is not a variable name")
+        if sep:
+            if source not in os.environ:
+                raise IncidentInputError(f"--secret-var {spec}: environment variable {source} is not set")
+            out[name] = Secret(os.environ[source])
+        elif sys.stdin.isatty():
+            out[name] = Secret(getpass.getpass(f"{name}: "))
+        else:
+            out[name] = Secret(sys.stdin.readline().rstrip("\n"))
+    return out
+
+
+def add_run_commands(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="run an incident playbook through ansible-runner, with live progress and a summary",
+        description="Run an incident playbook (`tradeops incidents` lists them) through ansible-runner, in its own "
+        "run directory under the runs directory, with live progress by phase and host (rich on a terminal, plain "
+        "lines otherwise), then a summary and the path of the incident report. Secrets never reach the run "
+        "directory: see --secret-var and --secret-env.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("incident", metavar="INCIDENT", help="incident name (e.g. p0_outage) or playbook path")
+    run.add_argument("-i", "--inventory", action="append", default=None, metavar="INVENTORY",
+                     help="inventory path, repeatable (default: ansible.cfg's, the lab)")
+    run.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
+                     help="extra vars: key=value ..., a JSON/YAML mapping, or @file; repeatable. Names that look "
+                          "secret (*_password, *_token, ...) are handled as secrets, but prefer --secret-var")
+    run.add_argument("--secret-var", action="append", default=[], metavar="NAME[=ENVVAR]",
+                     help="a secret extra var, read from the environment variable ENVVAR, else prompted (or one "
+                          "line of stdin); passed through a 0600 file removed after the run; repeatable")
+    run.add_argument("--secret-env", action="append", default=[], metavar="ENVVAR",
+                     help="an environment variable the playbook needs (e.g. VAULT_TOKEN); the run gets no other "
+                          "secret from the environment; repeatable")
+    run.add_argument("--check", action="store_true", help="check mode: report what would change, change nothing")
+    run.add_argument("-l", "--limit", default=None, metavar="PATTERN", help="limit to hosts matching PATTERN")
+    run.add_argument("-t", "--tags", default=None, metavar="TAGS", help="only these phases (e.g. contain)")
+    run.add_argument("--skip-tags", default=None, metavar="TAGS", help="skip these phases")
+    run.add_argument("--json", action="store_true",
+                     help="print the result as JSON on stdout (progress goes to stderr)")
+    run.add_argument("--via-worker", action="store_true",
+                     help="run as AWX does: ansible-runner transmit | ansible-runner worker | process")
+    run.add_argument("--runs-dir", default=None, metavar="DIR",
+                     help="where run directories go (default: $TRADEOPS_RUNS_DIR, else <checkout>/runs)")
+    run.add_argument("--keep-runs", type=int, default=None, metavar="N",
+                     help="keep only the newest N run directories (default 50; 0 keeps all)")
+    run.add_argument("--progress", choices=("auto", "rich", "plain", "none"), default="auto",
+                     help="live progress: rich on a terminal, plain lines otherwise (default auto)")
+    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="cancel the run after this long")
+    run.add_argument("-v", "--verbose", action="count", default=0, help="ansible-playbook verbosity")
+    run.set_defaults(func=cmd_run)
+
+
+def _progress(args: argparse.Namespace, title: str) -> Any:
+    stream = sys.stderr if args.json else sys.stdout
+    mode = args.progress
+    if mode == "auto":
+        mode = "rich" if stream.isatty() else "plain"
+    if mode == "none":
+        return None
+    from .progress import PlainProgress, RichProgress
+
+    if mode == "rich":
+        from rich.console import Console
+
+        return RichProgress(Console(file=stream), title=title)
+    return PlainProgress(stream)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .interface import run_incident
+    from .progress import summary_lines
+
+    try:
+        extravars = parse_extra_vars(args.extra_vars)
+        on_cli = [k for k in extravars if looks_secret(k)]
+        extravars.update(_secret_vars(args.secret_var))
+        progress = None
+        options: dict[str, Any] = {"tags": args.tags, "skip_tags": args.skip_tags, "secret_env": args.secret_env,
+                                   "via_worker": args.via_worker, "timeout": args.timeout,
+                                   "verbosity": args.verbose or None}
+        if args.keep_runs is not None:
+            options["rotate_artifacts"] = args.keep_runs
+        out = sys.stderr if args.json else sys.stdout
+        for key in on_cli:
+            print(f"tradeops: warning: {key} looks secret and was given with -e (visible in the process list); "
+                  f"it is handled as a secret, but use --secret-var {key}=ENVVAR", file=sys.stderr)
+        progress = _progress(args, f"tradeops run {args.incident}")
+        try:
+            result = run_incident(args.incident, inventory=args.inventory, extravars=extravars, limit=args.limit,
+                                  check=args.check, event_handler=progress, runs_dir=args.runs_dir, **options)
+        finally:
+            if progress is not None:
+                progress.close()
+    except IncidentInputError as exc:
+        print(f"tradeops: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RunnerError as exc:
+        print(f"tradeops: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(result.to_json(indent=1))
+    for line in summary_lines(result):
+        print(line, file=out)
+    return result.exit_code
+
+
+def add_incidents_commands(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+    inc = subparsers.add_parser(
+        "incidents",
+        help="list the incident playbooks, with severity and a one-line description",
+        description="List the incident playbooks found in playbooks/*.yml. A playbook describes itself with a "
+        "header comment block: '# tradeops-incident:' followed by '#   severity: P1', '#   description: ...', "
+        "'#   title: ...', '#   kind: incident|action'.",
+    )
+    inc.add_argument("--all", action="store_true", help="also the tools (resume_trading, health_check, ...)")
+    inc.add_argument("--json", action="store_true", help="machine-readable output")
+    inc.set_defaults(func=cmd_incidents)
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from .catalog import list_incidents
+
+    try:
+        found = list_incidents(include_actions=args.all)
+    except RunnerError as exc:
+        print(f"tradeops: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps([i.as_dict() for i in found], indent=1))
+        return EXIT_RESOLVED
+    rows = [(i.name, i.severity, i.kind, i.description) for i in found]
+    headers = ("INCIDENT", "SEVERITY", "KIND", "DESCRIPTION")
+    widths = [max(len(h), *(len(r[c]) for r in rows)) if rows else len(h) for c, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths[:3], strict=True)) + "  " + row[3])
+    return EXIT_RESOLVED
+
+
+def add_report_commands(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+    rep = subparsers.add_parser(
+        "report",
+        help="print a past run (`tradeops report latest`, or a run id or a unique prefix of one)",
+        description="Print a past run of `tradeops run`: its summary, timeline and the path of its incident "
+        "report. RUN_ID is a run id (a unique prefix will do) or 'latest'.",
+    )
+    rep.add_argument("run_id", nargs="?", default="latest", metavar="RUN_ID")
+    rep.add_argument("--runs-dir", default=None, metavar="DIR", help="the runs directory")
+    rep.add_argument("--json", action="store_true", help="the stored result as JSON")
+    rep.add_argument("--markdown", action="store_true", help="also print the incident report (Markdown)")
+    rep.add_argument("--list", action="store_true", help="list the past runs instead")
+    rep.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .interface import list_runs, load_result
+    from .progress import summary_lines
+    from .result import IncidentResult
+
+    try:
+        if args.list:
+            for path in list_runs(args.runs_dir):
+                r = IncidentResult.load(path / "result.json")
+                print(f"{r.run_id}  exit {r.exit_code}  {r.verdict}")
+            return EXIT_RESOLVED
+        result = load_result(args.run_id, args.runs_dir)
+    except IncidentInputError as exc:
+        print(f"tradeops: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (RunnerError, OSError, ValueError) as exc:
+        print(f"tradeops: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(result.to_json(indent=1))
+        return EXIT_RESOLVED
+    print("\n".join(summary_lines(result)))
+    print(f"  started {result.started_at}, finished {result.finished_at}")
+    print("timeline:")
+    for t in result.timeline:
+        print(f"  {t.time[11:19] if len(t.time) > 19 else t.time}  {t.phase:<9} {t.host:<16} {t.result:<9} {t.task}")
+    if args.markdown and result.report_markdown_path and Path(result.report_markdown_path).is_file():
+        print()
+        print(Path(result.report_markdown_path).read_text(encoding="utf-8"))
+    return EXIT_RESOLVED
