@@ -16,6 +16,13 @@ description:
     C(halt_trading_target), in the shape the C(tradeops.remediation.halt_trading) module takes.
   - Adds the lab's PostgreSQL and Redis addresses as group variables, so roles can prove from
     the database that orders stopped.
+  - The admin token in C(halt_trading_target) is the CURRENT one, read from the lab's secrets file
+    (C(ADMIN_TOKEN) in C(secrets.env), group variable C(tradeops_lab_secrets_file)), falling back to the
+    state file's C(admin_token); so playbooks keep working after a rotation. Every engine API call,
+    the kill switch included, needs it.
+  - Every HTTP request it describes carries the header C(X-Lab-Source) set to C(management), the simulated source the lab
+    firewall always lets through (group variables C(tradeops_lab_source_header) and
+    C(tradeops_lab_management_source)).
   - The configuration file must end in C(tradeops_lab.yml) or C(tradeops_lab.yaml).
 author:
   - tradeops SRE team (@tradeops)
@@ -56,6 +63,30 @@ from ansible.plugins.inventory import BaseInventoryPlugin
 GROUP = "trading_engines"
 EVIDENCE_GROUP = "evidence_targets"
 CONTROLLER = "lab-controller"
+SECRETS_FILE = "secrets.env"
+SOURCE_HEADER = "X-Lab-Source"
+MANAGEMENT_SOURCE = "management"
+MANAGEMENT_HEADERS = {SOURCE_HEADER: MANAGEMENT_SOURCE}
+
+
+def _current_admin_token(secrets_file, fallback):
+    """ADMIN_TOKEN from the lab's secrets file (KEY=value lines), else ``fallback``."""
+    try:
+        with open(secrets_file) as fh:
+            for line in fh:
+                line = line.strip()
+                if line.startswith("export "):
+                    line = line[len("export "):].lstrip()
+                key, sep, value = line.partition("=")
+                if sep and key.strip() == "ADMIN_TOKEN":
+                    value = value.strip()
+                    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                        value = value[1:-1]
+                    if value:
+                        return value
+    except (OSError, UnicodeDecodeError):
+        pass
+    return fallback
 
 
 def _health_probes(engine):
@@ -64,9 +95,10 @@ def _health_probes(engine):
     base = "http://%s:%d" % (engine["host"], int(engine["port"]))
     return [
         {"name": name + "-health", "type": "http", "url": base + "/health/detailed", "field": "trading_status",
-         "value": "GO", "timeout": 2, "component": name},
+         "value": "GO", "timeout": 2, "component": name, "headers": dict(MANAGEMENT_HEADERS)},
         {"name": name + "-error-rate", "type": "metric", "url": base + "/metrics", "metric": "error_rate_ratio",
-         "labels": {"engine": name}, "max": 0.05, "timeout": 2, "component": name},
+         "labels": {"engine": name}, "max": 0.05, "timeout": 2, "component": name,
+         "headers": dict(MANAGEMENT_HEADERS)},
     ]
 
 
@@ -80,6 +112,9 @@ def _killswitch_target(engine, admin_token):
                 "type": "http",
                 "url": base + "/api/v1/emergency/kill_switch",
                 "body": {"user_id": "tradeops"},
+                "token": admin_token,
+                "token_header": "X-Admin-Token",
+                "headers": dict(MANAGEMENT_HEADERS),
                 "resume_url": base + "/api/v1/emergency/resume",
             })
         elif name == "orchestrate_api":  # seed 004
@@ -88,6 +123,7 @@ def _killswitch_target(engine, admin_token):
                 "url": base + "/admin/orchestrate/halt",
                 "token": admin_token,
                 "token_header": "X-Admin-Token",
+                "headers": dict(MANAGEMENT_HEADERS),
                 "resume_url": base + "/admin/orchestrate/unhalt",
             })
         elif name == "redis":  # seed 003
@@ -97,10 +133,10 @@ def _killswitch_target(engine, admin_token):
     primary = (engine.get("methods") or [None])[0]
     if primary == "orchestrate_api":
         verify = {"url": base + "/pnl/status", "field": "halted", "value": True, "resumed_value": False,
-                  "token": admin_token, "token_header": "X-Admin-Token"}
+                  "token": admin_token, "token_header": "X-Admin-Token", "headers": dict(MANAGEMENT_HEADERS)}
     else:
         verify = {"url": base + "/api/v1/trading/status", "field": "trading_active", "value": False,
-                  "resumed_value": True}
+                  "resumed_value": True, "headers": dict(MANAGEMENT_HEADERS)}
     return {"name": engine["name"], "verify": verify, "methods": methods}
 
 
@@ -141,9 +177,15 @@ class InventoryModule(BaseInventoryPlugin):
 
         pg = state.get("postgres") or {}
         rd = state.get("redis") or {}
+        lab_dir = state.get("lab_dir") or os.path.dirname(state_file)
+        secrets_file = state.get("secrets_file") or os.path.join(lab_dir, SECRETS_FILE)
+        admin_token = _current_admin_token(secrets_file, state.get("admin_token"))
         self.inventory.set_variable(GROUP, "tradeops_lab", {
             "state_file": state_file, "lab_dir": state.get("lab_dir"),
         })
+        self.inventory.set_variable(GROUP, "tradeops_lab_secrets_file", secrets_file)
+        self.inventory.set_variable(GROUP, "tradeops_lab_source_header", SOURCE_HEADER)
+        self.inventory.set_variable(GROUP, "tradeops_lab_management_source", MANAGEMENT_SOURCE)
         self.inventory.set_variable(GROUP, "tradeops_lab_postgres", {
             "login_host": pg.get("host"), "login_port": pg.get("port"), "login_db": pg.get("dbname"),
             "login_user": pg.get("user"), "login_password": pg.get("password"),
@@ -158,7 +200,6 @@ class InventoryModule(BaseInventoryPlugin):
             {"name": "redis", "type": "redis", "host": rd.get("host"), "port": rd.get("port"),
              "password": rd.get("password"), "timeout": 3, "component": "redis"},
         ])
-        lab_dir = state.get("lab_dir") or os.path.dirname(state_file)
         restart_argv = state.get("restart_argv") or ["tradeops", "lab", "restart", "--dir", lab_dir]
 
         # Evidence is captured once, on the machine that runs the lab, not 200 times over.
@@ -176,7 +217,7 @@ class InventoryModule(BaseInventoryPlugin):
         for engine in state.get("engines", []):
             name = engine["name"]
             self.inventory.add_host(name, group=GROUP)
-            target = _killswitch_target(engine, state.get("admin_token"))
+            target = _killswitch_target(engine, admin_token)
             for method in target["methods"]:
                 if method["type"] == "redis":
                     method.update(host=rd.get("host"), port=rd.get("port"), db=rd.get("db", 0),

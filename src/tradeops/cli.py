@@ -23,9 +23,13 @@ from .lab.state import (
     ENV_LAB_DIR,
     FAULT_CORRUPT_ROWS,
     FAULT_INDEX_CORRUPTION,
+    FAULT_LEAKED_SECRET,
     FAULT_LONG_QUERY,
     FAULTS,
     HALT_METHODS,
+    SECURITY_FAULTS,
+    SOURCE_HEADER,
+    SOURCE_MANAGEMENT,
     parse_fault_specs,
 )
 
@@ -96,12 +100,16 @@ def _add_lab_commands(subparsers: Any) -> None:
         + "), no row of two kinds; not clearable (repair is the playbook's job). index-corruption: "
         "corrupts a leaf page of trades_id_idx (PostgreSQL is restarted), --clear reindexes it. long-query: "
         f"SELECT pg_sleep(--seconds, default {LONG_QUERY_SECONDS}). blocking-lock: ACCESS EXCLUSIVE lock on "
-        "trades held open, a second session blocked behind it. --clear ends the sessions.",
+        "trades held open, a second session blocked behind it. --clear ends the sessions. "
+        "Security fault leaked-secret (engines optional, default all): a rogue client calls GET /pnl/status "
+        "every 0.2 s with the admin token current at injection, recording its results in "
+        "<lab dir>/faults/leaked-secret.json; --clear stops it.",
     )
     inject.add_argument(
         "fault",
         metavar="FAULT",
-        help=f"engine fault: {', '.join(FAULTS)} ('*' with --clear: all); database fault: {', '.join(DB_FAULTS)}",
+        help=f"engine fault: {', '.join(FAULTS)} ('*' with --clear: all); database fault: {', '.join(DB_FAULTS)}; "
+        f"security fault: {', '.join(SECURITY_FAULTS)}",
     )
     inject.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
     inject.add_argument("--all", action="store_true", help="every engine")
@@ -142,6 +150,30 @@ def _add_lab_commands(subparsers: Any) -> None:
     restart.add_argument("--all", action="store_true", help="every engine")
     restart.add_argument("--json", action="store_true", help="machine-readable output")
     restart.set_defaults(func=_cmd_lab_restart)
+
+    firewall = lab_sub.add_parser(
+        "firewall",
+        parents=[common],
+        help="enable or disable the lab firewall of engines (allow-list of sources)",
+        description=f"Simulated inbound filtering: every caller is on 127.0.0.1, so a request's source is its "
+        f"{SOURCE_HEADER} header ('public' when absent). While enabled, sources outside the allow-list get 403 "
+        f"and the connection is closed; '{SOURCE_MANAGEMENT}' is always allowed and the lab's control API is "
+        "never filtered. Settings survive engine restarts.",
+    )
+    firewall.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
+    firewall.add_argument("--all", action="store_true", help="every engine")
+    onoff = firewall.add_mutually_exclusive_group(required=True)
+    onoff.add_argument("--enable", dest="enabled", action="store_true", default=None, help="enable the firewall")
+    onoff.add_argument("--disable", dest="enabled", action="store_false", help="disable the firewall")
+    firewall.add_argument(
+        "--allow",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"allowed source, repeatable; replaces the allow-list ('{SOURCE_MANAGEMENT}' is always in it)",
+    )
+    firewall.add_argument("--json", action="store_true", help="machine-readable output")
+    firewall.set_defaults(func=_cmd_lab_firewall)
 
     down = lab_sub.add_parser("down", parents=[common], help="stop the lab and delete its directory")
     down.add_argument("--keep", action="store_true", help="keep the lab directory (logs)")
@@ -194,6 +226,7 @@ def _status_rows(status: dict[str, Any]) -> list[list[str]]:
                 _fmt_time(e.get("last_order_at")),
                 "?" if e.get("restarts") is None else str(e["restarts"]),
                 _fmt_time(e.get("started_at")),
+                _fmt_firewall(e.get("firewall")),
             ]
         )
     return rows
@@ -211,7 +244,14 @@ _STATUS_HEADERS = [
     "LAST ORDER",
     "RESTARTS",
     "STARTED",
+    "FIREWALL",
 ]
+
+
+def _fmt_firewall(fw: dict[str, Any] | None) -> str:
+    if not fw:
+        return "?" if fw is None else "-"
+    return f"on(allow {','.join(fw['allow'])})" if fw.get("enabled") else "-"
 
 
 def _status_summary(status: dict[str, Any]) -> list[str]:
@@ -226,6 +266,7 @@ def _status_summary(status: dict[str, Any]) -> list[str]:
         "  " + comp("redis", status["redis"]),
         f"  engines pid {ep['pid']} {'up' if ep['alive'] else 'DOWN'}, control "
         f"{status['control']['host']}:{status['control']['port']}",
+        f"  secrets {status.get('secrets_file') or '-'} (the engines' admin tokens; re-read on change and SIGHUP)",
     ]
     lines += _db_fault_status_lines(status.get("db_faults") or {})
     lines += [f"  error: {err}" for err in status["errors"]]
@@ -286,6 +327,8 @@ def _cmd_lab_inject(args: argparse.Namespace) -> int:
         engines.append(ALL)
     if args.fault in DB_FAULTS:
         return _cmd_lab_inject_db(args, engines)
+    if args.fault == FAULT_LEAKED_SECRET:
+        return _cmd_lab_inject_leak(args, engines)
     if args.kinds is not None or args.count is not None or args.seconds is not None:
         raise LabInputError(
             f"--kinds and --count only apply to {FAULT_CORRUPT_ROWS}, --seconds only to {FAULT_LONG_QUERY}"
@@ -300,6 +343,50 @@ def _cmd_lab_inject(args: argparse.Namespace) -> int:
         print(f"{args.fault} {verb} on {len(result)} engine(s)")
         for e in result:
             print(f"  {e['name']}: faults {','.join(e['faults']) or '-'}")
+    return EXIT_OK
+
+
+def _cmd_lab_inject_leak(args: argparse.Namespace, engines: list[str]) -> int:
+    if args.kinds is not None or args.count is not None or args.seconds is not None:
+        raise LabInputError(f"--kinds, --count and --seconds do not apply to {FAULT_LEAKED_SECRET}")
+    result = Lab(args.dir).inject(FAULT_LEAKED_SECRET, engines or None, clear=args.clear)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    r = result.get("leaked")
+    if args.clear:
+        if not r:
+            print(f"{FAULT_LEAKED_SECRET}: not active, nothing to clear")
+            return EXIT_OK
+        print(f"{FAULT_LEAKED_SECRET} cleared after {r['calls']} calls")
+    else:
+        verb = "already active" if result.get("already") else "injected"
+        print(
+            f"{FAULT_LEAKED_SECRET} {verb}: a rogue client calls {r['endpoint']} on {len(r['engines'])} engine(s) "
+            f"every {r['interval']}s with token {r['token_fingerprint']}; record {result.get('record')}"
+        )
+    print(
+        f"  calls {r['calls']}: {r['successes']} ok, {r['unauthorized']} unauthorized (401), "
+        f"{r['blocked']} blocked (403), {r['errors']} other"
+    )
+    return EXIT_OK
+
+
+def _cmd_lab_firewall(args: argparse.Namespace) -> int:
+    engines = list(args.engines)
+    if args.all:
+        engines.append(ALL)
+    if not engines:
+        raise LabInputError("name at least one engine (or use --all)")
+    result = Lab(args.dir).firewall(engines, enabled=bool(args.enabled), allow=args.allow)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    print(f"firewall {'enabled' if args.enabled else 'disabled'} on {len(result)} engine(s)")
+    for e in result:
+        fw = e["firewall"]
+        state = "on" if fw["enabled"] else "off"
+        print(f"  {e['name']}: {state}, allow {','.join(fw['allow'])}, blocked {fw['blocked']}")
     return EXIT_OK
 
 
@@ -416,6 +503,7 @@ def _cmd_lab_down(args: argparse.Namespace) -> int:
 
 # -- entry point -------------------------------------------------------------------------------------------
 
+
 # One registration function per top-level command group; add new groups (drill, run) here.
 def _cmd_drill_p0(args: argparse.Namespace) -> int:
     from .drill import run_p0_drill
@@ -435,8 +523,12 @@ def _add_drill_commands(subparsers: Any) -> None:
         "order after its verified halt, print the report, tear the lab down. Exit 0 only if all of it holds.",
     )
     p0.add_argument("--engines", type=int, default=20, help="number of lab engines (default 20)")
-    p0.add_argument("--fault", action="append", metavar="ENGINE=FAULT",
-                    help="faults to inject (default: engine-002=killswitch-broken); repeatable")
+    p0.add_argument(
+        "--fault",
+        action="append",
+        metavar="ENGINE=FAULT",
+        help="faults to inject (default: engine-002=killswitch-broken); repeatable",
+    )
     p0.add_argument("--keep", action="store_true", help="leave the drill lab running afterwards")
     p0.set_defaults(func=_cmd_drill_p0)
 

@@ -20,6 +20,27 @@ set comes back halted. Counters (orders, errors, requests, latency) and the P&L 
 Each engine appends its own events (start, restart, halts, faults, errors; never secrets) to
 ``<engine dir>/engine.log``, besides the shared ``engines.log``.
 
+Admin auth: every admin call (``POST /admin/orchestrate/halt|unhalt``, ``GET /pnl/status``, ``POST
+/api/v1/emergency/kill_switch|resume``) needs ``X-Admin-Token`` equal to one of the tokens in
+``<lab_dir>/secrets.env`` (``ADMIN_TOKEN``, and ``ADMIN_TOKEN_PREVIOUS`` while present), compared with
+``hmac.compare_digest``; anything else gets 401. The file is re-read on SIGHUP and when it changes (a
+stat of its mtime/ctime/inode/size at most every 0.5 s); a file that turns unreadable or loses
+``ADMIN_TOKEN`` keeps the last good set (logged). /health, /health/detailed, /metrics and the trading
+status GET stay unauthenticated. ``auth_success_total`` / ``auth_failures_total`` count the outcomes.
+
+The lab firewall (control API ``POST /lab/firewall``) simulates inbound filtering per engine. Every
+caller is on 127.0.0.1 here, so the *source* of a request is modelled by the ``X-Lab-Source`` header
+(``public`` when absent). While an engine's firewall is enabled, a request whose source is not in its
+allow-list gets **403** ``{"error": "blocked by the lab firewall"}`` and the connection is closed, before
+any fault (hang, latency) or route applies. ``management`` is always in the allow-list, and the control
+API (its own port) is never filtered: the management path always works. The settings live in
+``<lab_dir>/firewall.json`` and survive engine restarts and a restart of this process.
+
+The ``leaked-secret`` fault (control API ``POST /lab/leaked``) is a rogue client, a task of this process:
+every 0.2 s it calls ``GET /pnl/status`` on its engines (source ``public``) with the admin token that was
+current when it was injected, and records the outcome (200 / 401 / 403 / other, with timestamps; never the
+token, only its fingerprint) in ``<lab_dir>/faults/leaked-secret.json`` and ``GET /lab/leaked``.
+
 The long-query and blocking-lock database faults are PostgreSQL sessions held by threads of this process
 (``dbfaults.SessionFaults``, control API ``GET``/``POST /lab/db-faults``): they outlive the CLI call that
 injected them and end with the process at the latest.
@@ -32,10 +53,12 @@ import asyncio
 import collections
 import errno
 import hmac
+import json
 import logging
 import os
 import queue
 import random
+import re
 import resource
 import signal
 import socket
@@ -72,17 +95,28 @@ from .state import (
     FAULT_KILLSWITCH_BROKEN,
     FAULT_KILLSWITCH_LIES,
     FAULT_LATENCY,
+    FAULT_LEAKED_SECRET,
     FAULT_UNRECOVERABLE,
     FAULTS,
+    FAULTS_DIR,
     FAULTS_FIXED_BY_RESTART,
     FILE,
+    FIREWALL_FILE,
     GLOBAL_HALT_KEY,
     KILLSWITCH_API,
     LOOPBACK,
     ORCHESTRATE_API,
     REDIS,
+    SECRET_CURRENT,
+    SECRET_PREVIOUS,
+    SECRETS_FILE,
     SESSION_FAULTS,
+    SOURCE_HEADER,
+    SOURCE_MANAGEMENT,
+    SOURCE_PUBLIC,
+    fingerprint,
     read_json,
+    read_secrets_env,
     write_json_atomic,
 )
 from .web import HttpError, Request, Response, serve_connection
@@ -99,6 +133,14 @@ REDIS_TIMEOUT = 2.0
 RESTART_DRAIN_TIMEOUT = 2.0  # how long a restart waits for the old loop and connections to finish cancelling
 BALLAST_BYTES = 64 * 1024 * 1024  # the disk-pressure fault's ballast file ...
 BALLAST_CHUNK = 1024 * 1024  # ... written in chunks of this size
+SECRETS_CHECK_INTERVAL = 0.5  # the secrets file is stat()ed at most this often (re-read when it changed)
+LEAK_INTERVAL = 0.2  # the leaked-secret client's rounds
+LEAK_CALL_TIMEOUT = 2.0  # one call of the leaked-secret client
+LEAK_CONCURRENCY = 16
+LEAK_RECENT = 200  # results kept in the record
+LEAK_WRITE_INTERVAL = 0.25  # the record file is rewritten at most this often
+LEAK_PATH = "/pnl/status"
+FIREWALL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SYMBOLS: dict[str, float] = {
     "BTC-USD": 65000.0,
     "ETH-USD": 3400.0,
@@ -331,6 +373,252 @@ class HaltState:
     redis_ok: bool | None  # None: the engine does not honour redis
 
 
+class AdminTokens:
+    """The admin tokens the engines accept, from the secrets file; re-read on SIGHUP and on change."""
+
+    def __init__(self, path: Path, fallback: str) -> None:
+        self.path = path
+        self._tokens: tuple[bytes, ...] = (fallback.encode("utf-8"),)  # until the file is read
+        self._names: dict[str, str] = {SECRET_CURRENT: fingerprint(fallback)}
+        self._sig: tuple[int, ...] | None = None
+        self._checked = 0.0
+        self.loaded_at: float | None = None
+        self.reloads = 0  # successful reads of the file
+        self.error: str | None = None
+
+    def _stat(self) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def reload(self, why: str = "reload") -> bool:
+        """Read the file now; keeps the last good set (and logs) if it is missing, unreadable or lacks
+        ADMIN_TOKEN. Returns whether the set was (re)loaded."""
+        self._checked = time.monotonic()
+        self._sig = self._stat()
+        try:
+            values = read_secrets_env(self.path)
+        except LabError as exc:
+            return self._failed(str(exc))
+        if values is None:
+            return self._failed(f"{self.path} is missing")
+        current = values.get(SECRET_CURRENT)
+        if not current:
+            return self._failed(f"{self.path} has no {SECRET_CURRENT}")
+        names = {SECRET_CURRENT: current}
+        previous = values.get(SECRET_PREVIOUS)
+        if previous:
+            names[SECRET_PREVIOUS] = previous
+        before = dict(self._names)
+        self._tokens = tuple(v.encode("utf-8") for v in names.values())
+        self._names = {k: fingerprint(v) for k, v in names.items()}
+        self.loaded_at = time.time()
+        self.reloads += 1
+        self.error = None
+        if self._names != before:
+            log.warning(
+                "admin tokens (%s): %s",
+                why,
+                ", ".join(f"{k} {v}" for k, v in self._names.items()),
+            )
+        return True
+
+    def _failed(self, message: str) -> bool:
+        if self.error != message:
+            log.error("admin tokens: %s; keeping the %d token(s) loaded before", message, len(self._tokens))
+        self.error = message
+        return False
+
+    def maybe_reload(self) -> None:
+        """Re-read the file if it changed; the stat() happens at most every SECRETS_CHECK_INTERVAL."""
+        now = time.monotonic()
+        if now - self._checked < SECRETS_CHECK_INTERVAL:
+            return
+        self._checked = now
+        sig = self._stat()
+        if sig != self._sig:
+            self.reload("file changed")
+
+    def accepts(self, token: str) -> bool:
+        self.maybe_reload()
+        given = token.encode("utf-8")
+        ok = False
+        for accepted in self._tokens:  # no early exit: the time does not tell which one matched
+            ok |= hmac.compare_digest(given, accepted)
+        return ok
+
+    def describe(self) -> dict[str, Any]:
+        """Fingerprints only, never values."""
+        return {
+            "file": str(self.path),
+            "accepted": dict(self._names),
+            "loaded_at": self.loaded_at,
+            "reloads": self.reloads,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Firewall:
+    """An engine's simulated inbound filter (see the module docstring)."""
+
+    enabled: bool = False
+    allow: tuple[str, ...] = (SOURCE_MANAGEMENT,)
+    blocked: int = 0
+
+    def admits(self, request: Request) -> bool:
+        if not self.enabled:
+            return True
+        source = (request.header(SOURCE_HEADER) or "").strip().lower() or SOURCE_PUBLIC
+        return source in self.allow
+
+    def describe(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "allow": list(self.allow), "blocked": self.blocked}
+
+
+class LeakedClient:
+    """The leaked-secret fault: a rogue client calling an admin endpoint with a leaked token every 0.2 s."""
+
+    def __init__(self, host: EngineHost, engines: list[Engine], token: str) -> None:
+        self.host = host
+        self.engines = engines
+        self._token = token
+        self.record: dict[str, Any] = {
+            "fault": FAULT_LEAKED_SECRET,
+            "active": True,
+            "injected_at": time.time(),
+            "cleared_at": None,
+            "endpoint": f"GET {LEAK_PATH}",
+            "source": SOURCE_PUBLIC,
+            "interval": LEAK_INTERVAL,
+            "token_fingerprint": fingerprint(token),
+            "engines": [e.name for e in engines],
+            "calls": 0,
+            "successes": 0,
+            "unauthorized": 0,
+            "blocked": 0,
+            "errors": 0,
+            "first_success_at": None,
+            "last_success_at": None,
+            "first_unauthorized_at": None,
+            "last_unauthorized_at": None,
+            "per_engine": {e.name: {"ok": 0, "unauthorized": 0, "blocked": 0, "errors": 0} for e in engines},
+            "recent": [],
+        }
+        self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=LEAK_RECENT)
+        self._sem = asyncio.Semaphore(LEAK_CONCURRENCY)
+        self._dirty = False
+        self._written = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.host.lab_dir / FAULTS_DIR / f"{FAULT_LEAKED_SECRET}.json"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="leaked-secret")
+        log.warning(
+            "leaked-secret: rogue client started against %d engine(s) with token %s",
+            len(self.engines),
+            self.record["token_fingerprint"],
+        )
+
+    async def stop(self) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=LEAK_CALL_TIMEOUT + 1)
+            self._task = None
+        self.record["active"] = False
+        self.record["cleared_at"] = time.time()
+        self._save(self.view())
+        log.warning("leaked-secret: rogue client stopped after %d calls", self.record["calls"])
+        return self.view()
+
+    def view(self) -> dict[str, Any]:
+        self.record["recent"] = list(self._recent)
+        return dict(self.record)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_round = loop.time()
+        while True:
+            await asyncio.gather(*(self._call(e) for e in self.engines))
+            if self._dirty and loop.time() - self._written >= LEAK_WRITE_INTERVAL:
+                self._written = loop.time()
+                self._dirty = False
+                data = json.loads(json.dumps(self.view()))  # a copy: the calls go on meanwhile
+                await asyncio.to_thread(self._save, data)
+            next_round += LEAK_INTERVAL
+            delay = next_round - loop.time()
+            if delay < 0:
+                next_round = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    async def _call(self, engine: Engine) -> None:
+        async with self._sem:
+            at = time.time()
+            try:
+                status: int | str = await asyncio.wait_for(self._get(engine.port), LEAK_CALL_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+                status = f"error: {type(exc).__name__}"
+        self._note(engine.name, at, status)
+
+    async def _get(self, port: int) -> int:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        try:
+            writer.write(
+                (
+                    f"GET {LEAK_PATH} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nX-Admin-Token: {self._token}\r\n"
+                    "User-Agent: leaked-secret\r\nConnection: close\r\n\r\n"
+                ).encode("latin-1")
+            )
+            await writer.drain()
+            line = await reader.readline()
+            parts = line.decode("latin-1").split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+                raise ValueError("no HTTP status line")
+            return int(parts[1])
+        finally:
+            writer.close()
+
+    def _note(self, engine: str, at: float, status: int | str) -> None:
+        r, per = self.record, self.record["per_engine"][engine]
+        r["calls"] += 1
+        if status == 200:
+            kind, per_key = "successes", "ok"
+            r["first_success_at"] = r["first_success_at"] or at
+            r["last_success_at"] = at
+        elif status == 401:
+            kind, per_key = "unauthorized", "unauthorized"
+            r["first_unauthorized_at"] = r["first_unauthorized_at"] or at
+            r["last_unauthorized_at"] = at
+        elif status == 403:
+            kind, per_key = "blocked", "blocked"
+        else:
+            kind, per_key = "errors", "errors"
+        r[kind] += 1
+        per[per_key] += 1
+        per["last_status"] = status
+        per["last_at"] = at
+        self._recent.append({"at": at, "engine": engine, "status": status})
+        self._dirty = True
+
+    def _save(self, data: dict[str, Any]) -> None:
+        directory = self.path.parent
+        try:
+            if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+                raise OSError(f"{directory} is not a plain directory")
+            directory.mkdir(mode=0o700, exist_ok=True)
+            write_json_atomic(self.path, data)
+        except OSError as exc:
+            log.error("leaked-secret: cannot write %s: %s", self.path, exc)
+
+
 class Engine:
     """One simulated trading engine: a trading loop and an HTTP API on its own loopback port."""
 
@@ -356,6 +644,9 @@ class Engine:
         self.window = metrics.RateWindow(ERROR_WINDOW, ERROR_WINDOW_RESOLUTION)
         self._fault_attempts = 0  # order attempts under the error-rate fault
         self._blind = False  # the last tick could not read redis
+        self.auth_success = 0
+        self.auth_failures = 0
+        self.firewall = Firewall()  # the host loads the persisted settings; a restart keeps them
         self.pnl = 0.0
         self.prices = dict(SYMBOLS)
         self._rng = random.Random()
@@ -646,6 +937,8 @@ class Engine:
             "errors_total": self.errors_total,
             "restarts": self.restarts,
             "started_at": self.started_at,
+            "auth": {"success": self.auth_success, "failures": self.auth_failures},
+            "firewall": self.firewall.describe(),
         }
 
     # -- HTTP ----------------------------------------------------------------------------------------------
@@ -662,6 +955,12 @@ class Engine:
     async def handle(self, request: Request) -> Response:
         """Apply the hang/latency faults, route, and record latency and request counters."""
         started = time.perf_counter()
+        if not self.firewall.admits(request):  # in front of the engine: before faults and routes
+            self.firewall.blocked += 1
+            self.requests[403] += 1
+            response = Response.json({"error": "blocked by the lab firewall"}, 403, close=True)
+            self.latency.observe(time.perf_counter() - started)
+            return response
         while FAULT_HANG in self.faults:
             await self._unhung.wait()
         try:
@@ -685,9 +984,11 @@ class Engine:
         return response
 
     def _require_admin(self, request: Request) -> None:
-        token = request.header("x-admin-token") or ""
-        if not hmac.compare_digest(token.encode("utf-8"), self.host.admin_token.encode("utf-8")):
+        """401 unless X-Admin-Token is one of the tokens currently in the secrets file."""
+        if not self.host.tokens.accepts(request.header("x-admin-token") or ""):
+            self.auth_failures += 1
             raise HttpError(401, "unauthorized")
+        self.auth_success += 1
 
     def _halt_via_api(self, method: str, reason: str) -> None:
         if FAULT_KILLSWITCH_BROKEN in self.faults:
@@ -778,6 +1079,18 @@ class Engine:
             "# HELP engine_restarts_total Restarts of the engine since the lab started.",
             "# TYPE engine_restarts_total counter",
             f"engine_restarts_total{metrics.labels(**eng)} {self.restarts}",
+            "# HELP auth_success_total Admin calls with an accepted X-Admin-Token.",
+            "# TYPE auth_success_total counter",
+            f"auth_success_total{metrics.labels(**eng)} {self.auth_success}",
+            "# HELP auth_failures_total Admin calls refused with 401 (no, wrong or revoked X-Admin-Token).",
+            "# TYPE auth_failures_total counter",
+            f"auth_failures_total{metrics.labels(**eng)} {self.auth_failures}",
+            "# HELP firewall_enabled 1 if the engine's lab firewall is enabled.",
+            "# TYPE firewall_enabled gauge",
+            f"firewall_enabled{metrics.labels(**eng)} {int(self.firewall.enabled)}",
+            "# HELP firewall_blocked_total Requests refused (403) by the engine's lab firewall.",
+            "# TYPE firewall_blocked_total counter",
+            f"firewall_blocked_total{metrics.labels(**eng)} {self.firewall.blocked}",
         ]
         return Response.text("\n".join(lines) + "\n", content_type=metrics.CONTENT_TYPE)
 
@@ -793,6 +1106,7 @@ class Engine:
         return Response.json({"halted": state.halted, "haltReason": state.reason, "pnl": round(self.pnl, 2)})
 
     async def _kill_switch(self, request: Request) -> Response:
+        self._require_admin(request)
         body = request.json_object()
         reason, user_id = body.get("reason"), body.get("user_id")
         if not _present(reason) or not _present(user_id):
@@ -801,6 +1115,7 @@ class Engine:
         return Response.json({"status": "ok", "trading_active": False, "mode": "emergency_stopped"})
 
     async def _resume(self, request: Request) -> Response:
+        self._require_admin(request)
         if self.internal_halts.pop(KILLSWITCH_API, None) is not None:
             self.event(logging.WARNING, "kill switch released")
         state = await self.effective_state()
@@ -838,7 +1153,10 @@ class EngineHost:
 
     def __init__(self, lab_dir: Path, config: Mapping[str, Any]) -> None:
         self.lab_dir = lab_dir
-        self.admin_token: str = config["admin_token"]
+        self.admin_token: str = config["admin_token"]  # as at start; the secrets file rules afterwards
+        self.control_token: str = config.get("control_token") or self.admin_token
+        self.tokens = AdminTokens(Path(config.get("secrets_file") or lab_dir / SECRETS_FILE), self.admin_token)
+        self.leaked: LeakedClient | None = None
         self.order_interval = float(config.get("order_interval", 0.2))
         self.writer = OrderWriter(config["postgres"])
         self.db_faults = SessionFaults(config["postgres"])  # the long-query and blocking-lock sessions
@@ -863,6 +1181,32 @@ class EngineHost:
         self.ballast_bytes = int(config.get("ballast_bytes", BALLAST_BYTES))
         self._ballast = False  # whether the disk-pressure ballast is (believed to be) on disk
         self._ballast_lock = asyncio.Lock()
+        self._load_firewall()
+
+    @property
+    def firewall_path(self) -> Path:
+        return self.lab_dir / FIREWALL_FILE
+
+    def _load_firewall(self) -> None:
+        try:
+            saved = read_json(self.firewall_path) or {}
+        except LabError as exc:
+            log.error("firewall settings not loaded: %s", exc)
+            return
+        for name, fw in saved.items():
+            engine = self.by_name.get(name)
+            if engine is not None and isinstance(fw, dict):
+                allow = [a for a in fw.get("allow") or [] if isinstance(a, str)]
+                engine.firewall.enabled = bool(fw.get("enabled"))
+                engine.firewall.allow = tuple(dict.fromkeys([SOURCE_MANAGEMENT, *allow]))
+
+    def _save_firewall(self) -> None:
+        data = {
+            e.name: {"enabled": e.firewall.enabled, "allow": list(e.firewall.allow)}
+            for e in self.engines
+            if e.firewall.enabled or e.firewall.allow != (SOURCE_MANAGEMENT,)
+        }
+        write_json_atomic(self.firewall_path, data)
 
     def redis_failed(self, exc: BaseException) -> None:
         if self._redis_healthy:
@@ -879,6 +1223,9 @@ class EngineHost:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.tokens.reload, "SIGHUP")
+        if not self.tokens.reload("start"):
+            log.warning("admin tokens: using the start token from the engines config")
         await asyncio.to_thread(self.writer.check)
         try:
             await self.redis.ping()
@@ -916,6 +1263,9 @@ class EngineHost:
         return 0
 
     async def shutdown(self) -> None:
+        if self.leaked is not None:
+            await self.leaked.stop()
+            self.leaked = None
         for engine in self.engines:
             await engine.close()
         if self._control is not None:
@@ -972,7 +1322,7 @@ class EngineHost:
     async def _control_handle(self, request: Request) -> Response:
         try:
             token = request.header("x-lab-token") or ""
-            if not hmac.compare_digest(token.encode("utf-8"), self.admin_token.encode("utf-8")):
+            if not hmac.compare_digest(token.encode("utf-8"), self.control_token.encode("utf-8")):
                 raise HttpError(401, "unauthorized")
             route = (request.method, request.path)
             if route == ("GET", "/lab/engines"):
@@ -994,6 +1344,19 @@ class EngineHost:
                 return Response.json({"faults": await asyncio.to_thread(self.db_faults.status)})
             if route == ("POST", "/lab/db-faults"):
                 return Response.json(await self._db_fault(request.json_object(required=True)))
+            if route == ("GET", "/lab/secrets"):
+                return Response.json(self.tokens.describe())
+            if route == ("POST", "/lab/secrets/reload"):
+                loaded = self.tokens.reload("control API")
+                return Response.json({"reloaded": loaded, **self.tokens.describe()})
+            if route == ("GET", "/lab/firewall"):
+                return Response.json(self._firewall_view(self.engines))
+            if route == ("POST", "/lab/firewall"):
+                return Response.json(await self._firewall(request.json_object(required=True)))
+            if route == ("GET", "/lab/leaked"):
+                return Response.json({"leaked": self.leaked.view() if self.leaked is not None else None})
+            if route == ("POST", "/lab/leaked"):
+                return Response.json(await self._leak(request.json_object(required=True)))
             raise HttpError(404, "not found")
         except HttpError as exc:
             return Response.error(exc.status, exc.message, exc.headers)
@@ -1045,6 +1408,57 @@ class EngineHost:
         if unknown:
             raise HttpError(400, f"unknown engine(s): {', '.join(unknown)}")
         return self.engines if ALL in names else [self.by_name[n] for n in dict.fromkeys(names)]
+
+    async def _firewall(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"engines": [...]|["*"], "enabled": bool, "allow": [names]}`` (allow optional: kept as is)."""
+        targets = self._targets(body.get("engines"))
+        enabled, allow = body.get("enabled"), body.get("allow")
+        if not isinstance(enabled, bool):
+            raise HttpError(400, "'enabled' must be a boolean")
+        if allow is not None:
+            if isinstance(allow, str):
+                allow = [allow]
+            if not isinstance(allow, list) or not all(isinstance(a, str) and FIREWALL_NAME.match(a) for a in allow):
+                raise HttpError(400, "'allow' must be a list of source names ([A-Za-z0-9_.-], up to 64 characters)")
+        for engine in targets:
+            fw = engine.firewall
+            if allow is not None:
+                fw.allow = tuple(dict.fromkeys([SOURCE_MANAGEMENT, *(a.lower() for a in allow)]))
+            if fw.enabled != enabled:
+                fw.enabled = enabled
+                engine.event(
+                    logging.WARNING,
+                    "firewall %s (allow: %s)",
+                    "enabled" if enabled else "disabled",
+                    ",".join(fw.allow),
+                )
+        await asyncio.to_thread(self._save_firewall)
+        return self._firewall_view(targets)
+
+    @staticmethod
+    def _firewall_view(engines: list[Engine]) -> dict[str, Any]:
+        return {"engines": [{"name": e.name, "firewall": e.firewall.describe()} for e in engines]}
+
+    async def _leak(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Start (``{"engines": [...]}``, default all) or stop (``{"clear": true}``) the leaked-secret client."""
+        clear = body.get("clear", False)
+        if not isinstance(clear, bool):
+            raise HttpError(400, "'clear' must be a boolean")
+        if clear:
+            if self.leaked is None:
+                return {"leaked": None, "cleared": False}
+            view = await self.leaked.stop()
+            self.leaked = None
+            return {"leaked": view, "cleared": True}
+        if self.leaked is not None:
+            return {"leaked": self.leaked.view(), "already": True}
+        targets = self._targets(body.get("engines", [ALL]))
+        self.tokens.maybe_reload()
+        values = read_secrets_env(self.tokens.path) or {}
+        token = values.get(SECRET_CURRENT) or self.admin_token
+        self.leaked = LeakedClient(self, targets, token)
+        self.leaked.start()
+        return {"leaked": self.leaked.view(), "already": False}
 
     async def _restart(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Restart the named engines, concurrently; answers their state afterwards."""

@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,10 +33,13 @@ from .state import (
     ENGINES_RUNTIME_FILE,
     FAULT_CORRUPT_ROWS,
     FAULT_INDEX_CORRUPTION,
+    FAULT_LEAKED_SECRET,
     FAULT_LONG_QUERY,
     FAULTS_DIR,
     LOCK_FILE,
     MARKER_FILE,
+    SECRET_CURRENT,
+    SECRETS_FILE,
     SESSION_FAULTS,
     STARTING_FILE,
     STATE_FILE,
@@ -44,9 +48,11 @@ from .state import (
     default_lab_dir,
     new_secret,
     read_json,
+    read_secrets_env,
     restart_argv,
     validate_fault,
     write_json_atomic,
+    write_secrets_env,
 )
 
 log = logging.getLogger("tradeops.lab")
@@ -57,7 +63,13 @@ RESTART_TIMEOUT = 30.0  # restarting many engines at once
 ENGINES_STOP_TIMEOUT = 15.0
 DB_FAULT_TIMEOUT = 30.0  # a session fault's control call: start or end the session, wait for pg_stat_activity
 RECONNECT_TIMEOUT = 15.0  # after index-corruption restarted PostgreSQL: until the order writer commits again
-_OWN_FILES = (STATE_FILE, STARTING_FILE, ENGINES_CONFIG_FILE, ENGINES_RUNTIME_FILE)
+SECRETS_RELOAD_TIMEOUT = 5.0  # after SIGHUP: until the engines process has re-read the secrets file
+_OWN_FILES = (STATE_FILE, STARTING_FILE, ENGINES_CONFIG_FILE, ENGINES_RUNTIME_FILE, SECRETS_FILE)
+
+
+def _control_token(st: Mapping[str, Any]) -> str:
+    """The control API's token (state files from before ``control_token`` use the admin token)."""
+    return str(st.get("control_token") or st["admin_token"])
 
 
 def _control_call(
@@ -112,6 +124,75 @@ class Lab:
             raise LabError(f"{self.state_path} has unsupported version {st.get('version')!r}")
         return st
 
+    @property
+    def secrets_path(self) -> Path:
+        """``<lab_dir>/secrets.env`` (mode 0600): ``ADMIN_TOKEN=<current>`` and, during a cutover,
+        ``ADMIN_TOKEN_PREVIOUS=<old>``. The engines accept exactly these admin tokens and re-read the file
+        on change (within ~0.5 s) and on ``reload_secrets()`` (SIGHUP). After a rotation it, not
+        ``state.json``'s ``admin_token``, holds the current token."""
+        return self.lab_dir / SECRETS_FILE
+
+    def admin_token(self) -> str:
+        """The current admin token: the secrets file's ADMIN_TOKEN, else state.json's ``admin_token``."""
+        values = read_secrets_env(self.secrets_path) or {}
+        return values.get(SECRET_CURRENT) or str(self.state["admin_token"])
+
+    def reload_secrets(self, timeout: float = SECRETS_RELOAD_TIMEOUT) -> dict[str, Any]:
+        """Send SIGHUP to the engines process and wait until it has re-read the secrets file; returns
+        what it accepts now (fingerprints only). LabError if the process is gone or the file is unusable."""
+        st = self.state
+        pid = st.get("engines_pid")
+        before = self.control("GET", "/lab/secrets")
+        if not pid_alive(pid, f"tradeops.lab.engines --lab-dir {self.lab_dir}"):
+            raise LabError(f"the engines process {pid} is not running")
+        try:
+            os.kill(int(pid), signal.SIGHUP)
+        except OSError as exc:
+            raise LabError(f"cannot signal the engines process {pid}: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self.control("GET", "/lab/secrets")
+            if now["reloads"] > before["reloads"]:
+                return dict(now)
+            if now.get("error") and now["error"] != before.get("error"):
+                raise LabError(f"the engines did not reload the secrets file: {now['error']}")
+            if time.monotonic() > deadline:
+                detail = f": {now['error']}" if now.get("error") else ""
+                raise LabError(f"the engines did not reload the secrets file within {timeout:.0f}s{detail}")
+            time.sleep(0.02)
+
+    def secrets(self) -> dict[str, Any]:
+        """What the engines accept now: ``{"file", "accepted": {KEY: fingerprint}, "loaded_at", "reloads",
+        "error"}`` (fingerprints, never values)."""
+        return dict(self.control("GET", "/lab/secrets"))
+
+    def firewall(
+        self,
+        engines: str | Sequence[str],
+        enabled: bool,
+        allow: str | Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Enable or disable the lab firewall of ``engines`` (names, or ``"*"``); ``allow`` replaces their
+        allow-list (``None``: keep it). Returns ``[{"name", "firewall": {"enabled", "allow", "blocked"}}]``.
+
+        Simulation: every caller is on 127.0.0.1, so the source of a request is its ``X-Lab-Source`` header
+        (``public`` when absent). An enabled firewall answers 403 (and closes the connection) to a source
+        outside the allow-list; ``management`` is always allowed and the control API is never filtered.
+        The settings persist across engine restarts (``<lab_dir>/firewall.json``).
+        """
+        if not isinstance(enabled, bool):
+            raise LabInputError(f"enabled must be a boolean, got {enabled!r}")
+        body: dict[str, Any] = {"engines": self._engine_names(engines), "enabled": enabled}
+        if allow is not None:
+            body["allow"] = [allow] if isinstance(allow, str) else list(allow)
+        return list(self.control("POST", "/lab/firewall", body)["engines"])
+
+    def leaked(self) -> dict[str, Any] | None:
+        """The leaked-secret client's live record (None if not injected): counts of 200 / 401 / 403 / other,
+        ``first_unauthorized_at``, ``last_success_at``, per engine, and the last results under ``recent``."""
+        res = self.control("GET", "/lab/leaked")["leaked"]
+        return dict(res) if res is not None else None
+
     def is_up(self) -> bool:
         """Whether a state file exists (the lab was brought up and not taken down)."""
         return self.state_path.exists()
@@ -156,6 +237,8 @@ class Lab:
             "lab_dir": str(self.lab_dir),
             "started_at": time.time(),
             "admin_token": new_secret(),
+            "control_token": new_secret(),
+            "secrets_file": str(self.secrets_path),
             "control": None,
             "engines_pid": None,
             "postgres": None,
@@ -183,10 +266,13 @@ class Lab:
             log.info("redis up on port %s (%.1fs)", st["redis"]["port"], time.monotonic() - t0)
             for spec in specs:
                 Path(spec["dir"]).mkdir(parents=True, exist_ok=True)
+            write_secrets_env(self.secrets_path, {SECRET_CURRENT: st["admin_token"]})
             write_json_atomic(
                 self.lab_dir / ENGINES_CONFIG_FILE,
                 {
                     "admin_token": st["admin_token"],
+                    "control_token": st["control_token"],
+                    "secrets_file": st["secrets_file"],
                     "order_interval": order_interval,
                     "postgres": st["postgres"],
                     "redis": st["redis"],
@@ -257,7 +343,7 @@ class Lab:
             if rc is not None:
                 raise self._engines_failed(f"the engines process exited with status {rc} while starting")
             try:
-                snap = _control_call(st["control"], st["admin_token"], "GET", "/lab/engines", timeout=5.0)["engines"]
+                snap = _control_call(st["control"], _control_token(st), "GET", "/lab/engines", timeout=5.0)["engines"]
             except LabError:
                 snap = None
             if snap is not None:
@@ -370,7 +456,7 @@ class Lab:
     def control(self, method: str, path: str, body: Any = None, timeout: float = CONTROL_TIMEOUT) -> Any:
         """Call the engines process' control API (``X-Lab-Token`` added); returns the decoded JSON."""
         st = self.state
-        return _control_call(st["control"], st["admin_token"], method, path, body, timeout)
+        return _control_call(st["control"], _control_token(st), method, path, body, timeout)
 
     def engines(self) -> list[dict[str, Any]]:
         """Live per-engine state from the control API: name, port, methods, faults, trading_active,
@@ -425,7 +511,17 @@ class Lab:
 
         Injecting an active index-corruption, long-query or blocking-lock again is a no-op (``"already":
         true``). ``down`` ends every session.
+
+        **Security fault** ``leaked-secret`` (``engines``: default all): a rogue client in the engines process
+        calls ``GET /pnl/status`` on each engine every 0.2 s with the admin token current at injection (source
+        ``public``), recording 200 / 401 / 403 results with timestamps in ``<lab_dir>/faults/leaked-secret.json``
+        and ``leaked()``. Returns ``{"leaked": record, "already"}``; ``clear`` stops it (the record stays,
+        ``active: false``).
         """
+        if fault == FAULT_LEAKED_SECRET:
+            if kinds is not None or count is not None or seconds is not None:
+                raise LabInputError(f"kinds, count and seconds do not apply to {fault}")
+            return self._leak(engines, bool(clear))
         if fault in DB_FAULTS:
             names = [engines] if isinstance(engines, str) else list(engines or [])
             if names:
@@ -442,6 +538,14 @@ class Lab:
         names = self._engine_names(engines if engines is not None else [])
         res = self.control("POST", "/lab/faults", {"engines": names, "fault": fault, "clear": bool(clear)})
         return list(res["engines"])
+
+    def _leak(self, engines: str | Sequence[str] | None, clear: bool) -> dict[str, Any]:
+        if clear:
+            return dict(self.control("POST", "/lab/leaked", {"clear": True}))
+        names = self._engine_names(engines if engines else [ALL])
+        res = dict(self.control("POST", "/lab/leaked", {"engines": names}))
+        res["record"] = str(self.faults_dir / f"{FAULT_LEAKED_SECRET}.json")
+        return res
 
     def restart(self, engines: str | Sequence[str], timeout: float = RESTART_TIMEOUT) -> list[dict[str, Any]]:
         """Restart ``engines`` (names, or ``"*"`` for all) like a process restart; returns their live state
@@ -662,7 +766,7 @@ class Lab:
         deadline = time.monotonic() + RECONNECT_TIMEOUT
         while time.monotonic() < deadline:
             try:
-                health = _control_call(st["control"], st["admin_token"], "GET", "/lab/health", timeout=5.0)
+                health = _control_call(st["control"], _control_token(st), "GET", "/lab/health", timeout=5.0)
             except LabError:
                 health = {}
             ok_at = health.get("database_ok_at")
@@ -681,7 +785,7 @@ class Lab:
     def _end_session_quietly(self, st: Mapping[str, Any], fault: str) -> bool:
         try:
             body = {"fault": fault, "clear": True}
-            _control_call(st["control"], st["admin_token"], "POST", "/lab/db-faults", body, timeout=DB_FAULT_TIMEOUT)
+            _control_call(st["control"], _control_token(st), "POST", "/lab/db-faults", body, timeout=DB_FAULT_TIMEOUT)
         except LabError as exc:
             log.error("cannot end the %s session: %s", fault, exc)
             return False
@@ -792,6 +896,7 @@ class Lab:
             "started_at": st["started_at"],
             "uptime_s": round(now - st["started_at"], 1),
             "control": dict(st["control"]),
+            "secrets_file": st.get("secrets_file") or str(self.secrets_path),
             "engines_process": {
                 "pid": st["engines_pid"],
                 "alive": pid_alive(st["engines_pid"], "tradeops.lab.engines"),
@@ -841,6 +946,8 @@ class Lab:
                 "orders_written": None,
                 "restarts": None,
                 "started_at": None,
+                "firewall": None,
+                "auth": None,
             }
             entry.update(live.get(spec["name"], {}))
             n, last = counts.get(spec["name"], (0, None))

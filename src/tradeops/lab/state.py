@@ -8,6 +8,8 @@ of the lab) depends on. Its shape::
       "lab_dir": "/abs/path",
       "started_at": 1763900000.123,
       "admin_token": "<random>",
+      "control_token": "<random>",
+      "secrets_file": "/abs/path/secrets.env",
       "control": {"host": "127.0.0.1", "port": 40123},
       "engines_pid": 1234,
       "postgres": {"host", "port", "dbname", "user", "password", "datadir", "pid"},
@@ -15,6 +17,14 @@ of the lab) depends on. Its shape::
       "engines": [{"name", "host", "port", "dir", "methods", "redis_key", "faults"}],
       "restart_argv": ["/venv/bin/python", "-m", "tradeops.cli", "lab", "restart", "--dir", "/abs/path"]
     }
+
+``admin_token`` is the engines' admin token (``X-Admin-Token``) *as it was at start*. The source of truth
+for the admin tokens the engines accept is ``secrets_file`` (``<lab_dir>/secrets.env``, mode 0600):
+``ADMIN_TOKEN=<current>`` and optionally ``ADMIN_TOKEN_PREVIOUS=<old>`` (accepted during a cutover, until
+removed). The engines re-read it on SIGHUP and on change, so after a rotation ``admin_token`` here is stale:
+read the secrets file (``read_secrets_env``). ``control_token`` authenticates the lab's own control API
+(``X-Lab-Token``); it is the management credential, is never rotated and is not accepted by the engines.
+State files written before it existed lack it and the control API then takes ``admin_token``.
 
 ``engines[].faults`` are the faults active from the start (the live ones come from the control API).
 ``restart_argv`` is an argv prefix: append one or more engine names and run it (no shell) to restart
@@ -31,6 +41,7 @@ The database faults record what they did in ``<lab_dir>/faults/<fault>.json`` (s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -61,6 +72,16 @@ BALLAST_DIR = "ballast"  # the disk-pressure fault fills a file in here, never o
 BALLAST_FILE = "disk-pressure.bin"
 POSTGRES_LOG = "postgres.log"
 FAULTS_DIR = "faults"  # what each database fault did: ``<lab_dir>/faults/<fault>.json``
+SECRETS_FILE = "secrets.env"  # the admin tokens the engines accept (0600), re-read on SIGHUP and on change
+FIREWALL_FILE = "firewall.json"  # the engines' firewall settings, kept across engine (and process) restarts
+SECRET_CURRENT = "ADMIN_TOKEN"
+SECRET_PREVIOUS = "ADMIN_TOKEN_PREVIOUS"
+
+# The lab firewall (see engines.py): the "source" of a request is simulated with this header, since every
+# caller is on 127.0.0.1. Absent, the caller is "public"; "management" is always allowed.
+SOURCE_HEADER = "X-Lab-Source"
+SOURCE_PUBLIC = "public"
+SOURCE_MANAGEMENT = "management"
 
 # Halt mechanisms an engine can honour, in the default primary cycle order.
 KILLSWITCH_API = "killswitch_api"
@@ -104,6 +125,10 @@ FAULT_BLOCKING_LOCK = "blocking-lock"
 DB_FAULTS: tuple[str, ...] = (FAULT_CORRUPT_ROWS, FAULT_INDEX_CORRUPTION, FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK)
 # The database faults held by a background session of the engines process (the others are one-shot).
 SESSION_FAULTS: tuple[str, ...] = (FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK)
+
+# Security faults: a task of the engines process, lab-wide, optionally limited to some engines.
+FAULT_LEAKED_SECRET = "leaked-secret"  # a rogue client keeps using the admin token current at injection
+SECURITY_FAULTS: tuple[str, ...] = (FAULT_LEAKED_SECRET,)
 
 MAX_ENGINES = 999  # keeps engine names at three digits
 
@@ -175,7 +200,8 @@ def validate_fault(fault: str, *, allow_all: bool = False) -> str:
             f"inject it on a running lab with `tradeops lab inject {fault}`"
         )
     raise LabInputError(
-        f"unknown fault {fault!r} (engine faults: {', '.join(FAULTS)}; database faults: {', '.join(DB_FAULTS)})"
+        f"unknown fault {fault!r} (engine faults: {', '.join(FAULTS)}; database faults: {', '.join(DB_FAULTS)}; "
+        f"security faults: {', '.join(SECURITY_FAULTS)})"
     )
 
 
@@ -259,3 +285,64 @@ def read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise LabError(f"{path} does not hold a JSON object")
     return data
+
+
+def _env_value(raw: str) -> str:
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return value
+
+
+def parse_secrets_env(text: str) -> dict[str, str]:
+    """``KEY=value`` lines (blank lines and ``#`` comments skipped, ``export`` and quotes allowed)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = _env_value(value)
+    return out
+
+
+def read_secrets_env(path: Path) -> dict[str, str] | None:
+    """The secrets file as ``{KEY: value}``; ``None`` if it does not exist. LabError if unreadable."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabError(f"cannot read {path}: {exc}") from exc
+    return parse_secrets_env(text)
+
+
+def write_secrets_env(path: Path, values: Mapping[str, str]) -> None:
+    """Write ``KEY=value`` lines atomically with mode 0600 (values must be single-line, unquoted tokens)."""
+    path = Path(path)
+    for key, value in values.items():
+        if not key.isidentifier() or any(c in value for c in "\r\n\"' "):
+            raise LabInputError(f"secrets file entry {key!r}: keys are identifiers, values single tokens")
+    body = "".join(f"{k}={v}\n" for k, v in values.items())
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def fingerprint(secret: str) -> str:
+    """A short, non-reversible name for a secret (sha256 prefix): safe to log and to record."""
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:12]

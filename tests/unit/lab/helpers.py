@@ -92,6 +92,10 @@ METRIC_TYPES = {
     "error_rate_ratio": "gauge",
     "disk_pressure": "gauge",
     "engine_restarts_total": "counter",
+    "auth_success_total": "counter",
+    "auth_failures_total": "counter",
+    "firewall_enabled": "gauge",
+    "firewall_blocked_total": "counter",
 }
 
 

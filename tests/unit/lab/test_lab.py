@@ -141,9 +141,16 @@ def test_metrics_parse_and_orders_total_increases(lab: Lab) -> None:
 def test_kill_switch_api_halts_and_resume_restores(lab: Lab) -> None:
     name = "engine-001"
     assert_trading(lab, name, time.time())
-    bad = call(lab, name, "POST", "/api/v1/emergency/kill_switch", {"reason": "drill"})
+    bad = call(lab, name, "POST", "/api/v1/emergency/kill_switch", {"reason": "drill"}, token=lab.admin_token())
     assert bad.status == 400
-    res = call(lab, name, "POST", "/api/v1/emergency/kill_switch", {"reason": "drill", "user_id": "operator"})
+    res = call(
+        lab,
+        name,
+        "POST",
+        "/api/v1/emergency/kill_switch",
+        {"reason": "drill", "user_id": "operator"},
+        token=lab.admin_token(),
+    )
     assert res.status == 200
     assert res.json() == {"status": "ok", "trading_active": False, "mode": "emergency_stopped"}
     status = call(lab, name, "GET", "/api/v1/trading/status").json()
@@ -156,7 +163,7 @@ def test_kill_switch_api_halts_and_resume_restores(lab: Lab) -> None:
         assert scrape(lab, name)["trading_system_halted"] == 1
         assert_trading(lab, "engine-005", verified)  # the other kill-switch engine was not touched
     finally:
-        assert call(lab, name, "POST", "/api/v1/emergency/resume").status == 200
+        assert call(lab, name, "POST", "/api/v1/emergency/resume", token=lab.admin_token()).status == 200
     resumed = time.time()
     assert call(lab, name, "GET", "/api/v1/trading/status").json()["trading_active"] is True
     assert_trading(lab, name, resumed)
@@ -166,8 +173,8 @@ def test_kill_switch_api_halts_and_resume_restores(lab: Lab) -> None:
 def test_halt_endpoints_exist_only_on_engines_with_that_method(lab: Lab) -> None:
     token = lab.state["admin_token"]
     kill = {"reason": "drill", "user_id": "operator"}
-    assert call(lab, "engine-002", "POST", "/api/v1/emergency/kill_switch", kill).status == 404
-    assert call(lab, "engine-003", "POST", "/api/v1/emergency/kill_switch", kill).status == 404
+    assert call(lab, "engine-002", "POST", "/api/v1/emergency/kill_switch", kill, token=lab.admin_token()).status == 404
+    assert call(lab, "engine-003", "POST", "/api/v1/emergency/kill_switch", kill, token=lab.admin_token()).status == 404
     assert call(lab, "engine-001", "POST", "/admin/orchestrate/halt", {"reason": "x"}, token=token).status == 404
     since = time.time()
     for name in ("engine-002", "engine-003", "engine-001"):
@@ -298,7 +305,14 @@ def test_fault_killswitch_broken_answers_500_and_does_not_halt(lab: Lab) -> None
     token = lab.state["admin_token"]
     lab.inject("killswitch-broken", ["engine-001", "engine-002"])
     try:
-        kill = call(lab, "engine-001", "POST", "/api/v1/emergency/kill_switch", {"reason": "x", "user_id": "op"})
+        kill = call(
+            lab,
+            "engine-001",
+            "POST",
+            "/api/v1/emergency/kill_switch",
+            {"reason": "x", "user_id": "op"},
+            token=lab.admin_token(),
+        )
         halt = call(lab, "engine-002", "POST", "/admin/orchestrate/halt", {"reason": "x"}, token=token)
         attempted = time.time()
         assert kill.status == 500 and halt.status == 500
@@ -308,7 +322,7 @@ def test_fault_killswitch_broken_answers_500_and_does_not_halt(lab: Lab) -> None
             assert_trading(lab, name, attempted)
     finally:
         lab.inject("killswitch-broken", ["engine-001", "engine-002"], clear=True)
-        call(lab, "engine-001", "POST", "/api/v1/emergency/resume")
+        call(lab, "engine-001", "POST", "/api/v1/emergency/resume", token=lab.admin_token())
         call(lab, "engine-002", "POST", "/admin/orchestrate/unhalt", token=token)
 
 
@@ -316,7 +330,14 @@ def test_fault_killswitch_lies_answers_200_but_keeps_trading(lab: Lab) -> None:
     name = "engine-005"
     lab.inject("killswitch-lies", [name])
     try:
-        res = call(lab, name, "POST", "/api/v1/emergency/kill_switch", {"reason": "x", "user_id": "op"})
+        res = call(
+            lab,
+            name,
+            "POST",
+            "/api/v1/emergency/kill_switch",
+            {"reason": "x", "user_id": "op"},
+            token=lab.admin_token(),
+        )
         lied_at = time.time()
         assert res.status == 200
         assert res.json() == {"status": "ok", "trading_active": False, "mode": "emergency_stopped"}
@@ -325,7 +346,7 @@ def test_fault_killswitch_lies_answers_200_but_keeps_trading(lab: Lab) -> None:
         assert engine_view(lab, name)["halted"] is False
     finally:
         lab.inject("killswitch-lies", [name], clear=True)
-        call(lab, name, "POST", "/api/v1/emergency/resume")
+        call(lab, name, "POST", "/api/v1/emergency/resume", token=lab.admin_token())
 
 
 def test_fault_error_rate_reports_no_go_within_seconds_and_go_after_clear(lab: Lab) -> None:

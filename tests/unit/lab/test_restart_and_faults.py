@@ -69,7 +69,14 @@ def test_restart_keeps_durable_halts_and_drops_api_halts(lab: Lab) -> None:
     durable = ["engine-003", "engine-004"]
     flag.touch()
     r.set("emergency_halt:engine-003", "true", ex=60)
-    kill = call(lab, "engine-001", "POST", "/api/v1/emergency/kill_switch", {"reason": "drill", "user_id": "op"})
+    kill = call(
+        lab,
+        "engine-001",
+        "POST",
+        "/api/v1/emergency/kill_switch",
+        {"reason": "drill", "user_id": "op"},
+        token=lab.admin_token(),
+    )
     assert kill.status == 200
     try:
         for name in [*durable, "engine-001"]:
@@ -95,7 +102,7 @@ def test_restart_keeps_durable_halts_and_drops_api_halts(lab: Lab) -> None:
     finally:
         flag.unlink(missing_ok=True)
         r.delete("emergency_halt:engine-003")
-        call(lab, "engine-001", "POST", "/api/v1/emergency/resume")
+        call(lab, "engine-001", "POST", "/api/v1/emergency/resume", token=lab.admin_token())
     resumed = time.time()
     for name in durable:
         assert_trading(lab, name, resumed)

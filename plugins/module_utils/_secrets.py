@@ -1,0 +1,976 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tradeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Staged secret rotation (create, set, test, finish, then revoke), as AWS Secrets Manager does it.
+
+A :class:`Store` holds the current value under ``key`` and, during a cutover, the previous one
+under ``previous_key``, so that consumers that accept both keep working. :class:`RotationService`
+runs the steps; a failed test restores the store exactly as it was, so a working credential is
+never lost.
+
+Values never leave this module: results carry fingerprints (the first 12 hex digits of the
+sha256), messages name stores, keys and fingerprints only, and every message is scrubbed of
+every value seen before it is raised or returned. :meth:`RotationService.secret_values` gives
+the boundary the values to mask in the module output as well.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import secrets
+import string
+import tempfile
+import time
+
+from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _k8s
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline
+from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
+    BackendError,
+    MissingLibraryError,
+    TradeopsError,
+    ValidationError,
+)
+
+STORE_TYPES = ("env_file", "json", "yaml", "kubernetes", "vault_kv2")
+ALPHABETS = {
+    "hex": "0123456789abcdef",
+    "urlsafe": string.ascii_letters + string.digits + "-_",
+    "alnum": string.ascii_letters + string.digits,
+}
+REDACTED = "********"
+MIN_LENGTH = 16
+ABSENT = "(absent)"
+NEW_VALUE = "(a new generated value)"
+
+
+def fingerprint(value):
+    """The first 12 hex digits of the sha256 of ``value``, or None when there is no value."""
+    if value is None:
+        return None
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
+
+
+def generate(length=32, alphabet="urlsafe"):
+    """A new random value from the ``secrets`` module."""
+    if alphabet not in ALPHABETS:
+        raise ValidationError("generate.alphabet must be one of %s, got %r" % (", ".join(sorted(ALPHABETS)), alphabet))
+    if not isinstance(length, int) or length < MIN_LENGTH or length > 4096:
+        raise ValidationError("generate.length must be between %d and 4096, got %r" % (MIN_LENGTH, length))
+    chars = ALPHABETS[alphabet]
+    return "".join(secrets.choice(chars) for dummy in range(length))
+
+
+generate_value = generate  # for the code whose ``generate`` argument hides the function
+
+
+def default_previous_key(key):
+    """``API_TOKEN`` -> ``API_TOKEN_PREVIOUS``; ``db.password`` -> ``db.password_previous``."""
+    last = key.rsplit(".", 1)[-1]
+    return key + ("_PREVIOUS" if last.isupper() else "_previous")
+
+
+def redact(text, values):
+    """Replace every value in ``text`` (a str, or the str leaves of dicts and lists) by ``********``."""
+    values = [v for v in values if v]
+    if not values or text is None:
+        return text
+    if isinstance(text, str):
+        for value in sorted(values, key=len, reverse=True):
+            text = text.replace(value, REDACTED)
+        return text
+    if isinstance(text, dict):
+        return dict((k, redact(v, values)) for k, v in text.items())
+    if isinstance(text, (list, tuple)):
+        return [redact(v, values) for v in text]
+    return text
+
+
+class RotationFailed(BackendError):
+    """The rotation failed. ``result`` is the (secret-free) result so far, for the module to return."""
+
+    def __init__(self, message, result):
+        super(RotationFailed, self).__init__(message)
+        self.result = result
+
+
+# --------------------------------------------------------------------------------------------
+# files: atomic writes that keep mode and owner, 0600 backups
+
+
+def backup_file(path, data):
+    """Write ``data`` to a new 0600 file next to ``path``, named after it and the time; return its path."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + ".%06d" % (int(time.time() * 1e6) % 1000000)
+    for attempt in range(100):
+        dest = "%s.%s.%d%s.bak" % (path, stamp, os.getpid(), ("-%d" % attempt) if attempt else "")
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise BackendError("cannot create a backup of %s: %s; nothing was changed" % (path, err.strerror))
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            raise BackendError("cannot write the backup %s: %s; nothing was changed" % (dest, err.strerror))
+        return dest
+    raise BackendError("cannot find a free backup name for %s; nothing was changed" % path)
+
+
+def atomic_write(path, data, mode, uid, gid):
+    """Replace ``path`` by ``data`` atomically (temp file in the same directory + rename).
+
+    The temp file is 0600 while it is written; it then gets ``mode`` and ``uid``/``gid`` before
+    the rename, so the file never exists with other permissions or another owner.
+    """
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".%s.tradeops-" % os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if (uid, gid) != (os.geteuid(), os.getegid()):
+            try:
+                os.chown(tmp, uid, gid)
+            except PermissionError:
+                raise BackendError("cannot keep the owner %d:%d of %s (run the task with become); nothing was "
+                                   "changed" % (uid, gid, path))
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        try:
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    except OSError as err:
+        raise BackendError("cannot write %s: %s" % (path, err.strerror or err))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Snapshot:
+    """What a store held before a write: the two values, plus what it takes to restore it exactly."""
+
+    def __init__(self, current, previous, state):
+        self.current = current
+        self.previous = previous
+        self.state = state
+
+
+class Store:
+    """A place that holds a secret under ``key`` (current) and ``previous_key`` (previous)."""
+
+    type = None
+    backs_up = False
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.key = spec.get("key")
+        if not self.key or not isinstance(self.key, str):
+            raise ValidationError("store.key is required")
+        self.previous_key = spec.get("previous_key") or default_previous_key(self.key)
+        if self.previous_key == self.key:
+            raise ValidationError("store.previous_key must differ from store.key (%s)" % self.key)
+
+    def describe(self):
+        raise NotImplementedError
+
+    def read(self, deadline):
+        """A :class:`Snapshot` of the store."""
+        raise NotImplementedError
+
+    def write(self, snapshot, current, previous, deadline):
+        """Set ``key`` to ``current`` and ``previous_key`` to ``previous`` (None removes it).
+
+        ``snapshot`` is what :meth:`read` returned just before. Returns a backup path or None.
+        """
+        raise NotImplementedError
+
+    def restore(self, snapshot, deadline):
+        """Put the store back exactly as it was in ``snapshot``."""
+        raise NotImplementedError
+
+
+class FileStore(Store):
+    """A file on the module's host. Subclasses parse and render its text."""
+
+    backs_up = True
+    format_name = None
+
+    def __init__(self, spec, backup=True):
+        super(FileStore, self).__init__(spec)
+        path = spec.get("path")
+        if not path:
+            raise ValidationError("store.path is required for store type %s" % self.type)
+        path = os.path.expanduser(os.path.expandvars(path))
+        if not os.path.isabs(path):
+            raise ValidationError("store.path must be absolute, got %r" % path)
+        # a symlink is followed, so that the link stays a link and its target is rotated
+        self.path = os.path.realpath(path)
+        self.backup = backup
+
+    def describe(self):
+        return "%s %s" % (self.type, self.path)
+
+    def read(self, deadline):
+        try:
+            with open(self.path, "rb") as fh:
+                raw = fh.read()
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise ValidationError("%s does not exist: create it (with the consumers' current secret) first" % self.path)
+        except OSError as err:
+            raise BackendError("cannot read %s: %s" % (self.path, err.strerror))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError("%s is not UTF-8 text" % self.path)
+        current, previous = self.parse(text)
+        return Snapshot(current, previous, {"raw": raw, "text": text, "mode": st.st_mode & 0o7777,
+                                            "uid": st.st_uid, "gid": st.st_gid})
+
+    def write(self, snapshot, current, previous, deadline):
+        data = self.render(snapshot.state["text"], current, previous).encode("utf-8")
+        backup = backup_file(self.path, snapshot.state["raw"]) if self.backup else None
+        atomic_write(self.path, data, snapshot.state["mode"], snapshot.state["uid"], snapshot.state["gid"])
+        return backup
+
+    def restore(self, snapshot, deadline):
+        st = snapshot.state
+        atomic_write(self.path, st["raw"], st["mode"], st["uid"], st["gid"])
+
+    def parse(self, text):
+        raise NotImplementedError
+
+    def render(self, text, current, previous):
+        raise NotImplementedError
+
+
+ENV_LINE = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_.]*)(\s*=\s*)(.*?)(\r?\n)?$")
+ENV_SAFE = re.compile(r"^[A-Za-z0-9_\-.+/=:@%,~^]*$")
+
+
+class EnvFileStore(FileStore):
+    """``KEY=value`` lines. Other lines, comments and the order are kept as they are.
+
+    A value is taken literally, less one pair of matching surrounding quotes. A new value is
+    written bare when it is made of safe characters, else in single quotes.
+    """
+
+    type = "env_file"
+
+    def _lines(self, text):
+        lines = text.splitlines(True)
+        found = {}
+        for i, line in enumerate(lines):
+            if line.lstrip().startswith("#"):
+                continue
+            m = ENV_LINE.match(line)
+            if m:
+                found.setdefault(m.group(2), []).append(i)
+        for key in (self.key, self.previous_key):
+            if len(found.get(key, [])) > 1:
+                raise ValidationError("%s sets %s %d times: keep one line and re-run"
+                                      % (self.path, key, len(found[key])))
+        return lines, dict((k, v[0]) for k, v in found.items())
+
+    @staticmethod
+    def _unquote(value):
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            return value[1:-1]
+        return value
+
+    def _quote(self, value, key):
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise ValidationError("a value for %s cannot contain a line break in an env file" % key)
+        if ENV_SAFE.match(value):
+            return value
+        if "'" not in value:
+            return "'%s'" % value
+        raise ValidationError("a value for %s contains a single quote and characters that need quoting; "
+                              "it cannot be written to an env file safely" % key)
+
+    def parse(self, text):
+        lines, index = self._lines(text)
+
+        def value(key):
+            if key not in index:
+                return None
+            return self._unquote(ENV_LINE.match(lines[index[key]]).group(4))
+
+        return value(self.key), value(self.previous_key)
+
+    def render(self, text, current, previous):
+        lines, index = self._lines(text)
+
+        def line_for(key, value, old_line=None):
+            if old_line is None:
+                return "%s=%s\n" % (key, self._quote(value, key))
+            m = ENV_LINE.match(old_line)
+            return "%s%s%s%s%s" % (m.group(1), key, m.group(3), self._quote(value, key), m.group(5) or "")
+
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        if self.key in index:
+            lines[index[self.key]] = line_for(self.key, current, lines[index[self.key]])
+        else:
+            lines.append(line_for(self.key, current))
+            index[self.key] = len(lines) - 1
+        if previous is None:
+            if self.previous_key in index:
+                lines[index[self.previous_key]] = None
+        elif self.previous_key in index:
+            lines[index[self.previous_key]] = line_for(self.previous_key, previous, lines[index[self.previous_key]])
+        else:
+            lines.insert(index[self.key] + 1, line_for(self.previous_key, previous))
+        return "".join(line for line in lines if line is not None)
+
+
+class DocumentStore(FileStore):
+    """A JSON or YAML document; ``key`` and ``previous_key`` are dotted paths of string values."""
+
+    def _load(self, text):
+        raise NotImplementedError
+
+    def _dump(self, doc, text):
+        raise NotImplementedError
+
+    def _document(self, text):
+        doc = self._load(text)
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            raise ValidationError("%s must hold a %s mapping at the top" % (self.path, self.format_name))
+        return doc
+
+    def _get(self, doc, path):
+        value = doc
+        for part in path.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
+        if value is not None and not isinstance(value, str):
+            raise ValidationError("%s: %s holds a %s, not a string" % (self.path, path, type(value).__name__))
+        return value
+
+    def _set(self, doc, path, value):
+        parts = path.split(".")
+        node = doc
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                if value is None:
+                    return
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValidationError("%s: %s is not a mapping" % (self.path, ".".join(parts[:i + 1])))
+            node = child
+        if value is None:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
+
+    def parse(self, text):
+        doc = self._document(text)
+        return self._get(doc, self.key), self._get(doc, self.previous_key)
+
+    def render(self, text, current, previous):
+        doc = self._document(text)
+        self._set(doc, self.key, current)
+        self._set(doc, self.previous_key, previous)
+        return self._dump(doc, text)
+
+
+class JsonStore(DocumentStore):
+    """A JSON file. Key order is kept; the file is rewritten with its indentation (default 2)."""
+
+    type = "json"
+    format_name = "JSON"
+
+    def _load(self, text):
+        try:
+            return json.loads(text) if text.strip() else {}
+        except ValueError as err:
+            # never the document itself: it holds secrets
+            raise ValidationError("%s is not valid JSON (line %s, column %s)"
+                                  % (self.path, getattr(err, "lineno", "?"), getattr(err, "colno", "?")))
+
+    def _dump(self, doc, text):
+        indent = None
+        if "\n" in text.strip():
+            m = re.search(r"\n([ \t]+)\S", text)
+            indent = m.group(1) if m else 2
+        return json.dumps(doc, indent=indent, ensure_ascii=False) + "\n"
+
+
+class YamlStore(DocumentStore):
+    """A YAML file. Key order is kept; comments are not (the file is re-dumped)."""
+
+    type = "yaml"
+    format_name = "YAML"
+
+    def _yaml(self):
+        try:
+            import yaml
+        except ImportError:
+            raise MissingLibraryError("PyYAML", "the yaml store")
+        return yaml
+
+    def _load(self, text):
+        yaml = self._yaml()
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            # never str(err): PyYAML quotes the offending line, which may hold a secret
+            mark = getattr(err, "problem_mark", None)
+            where = (" (line %d, column %d)" % (mark.line + 1, mark.column + 1)) if mark else ""
+            raise ValidationError("%s is not valid YAML%s" % (self.path, where))
+
+    def _dump(self, doc, text):
+        yaml = self._yaml()
+        out = yaml.safe_dump(doc, default_flow_style=False, sort_keys=False, allow_unicode=True)
+        if text.lstrip().startswith("---"):
+            out = "---\n" + out
+        return out
+
+
+class KubernetesSecretStore(Store):
+    """A key of a Kubernetes Secret's ``data`` (base64). Writes are patches guarded by resourceVersion."""
+
+    type = "kubernetes"
+
+    def __init__(self, spec):
+        super(KubernetesSecretStore, self).__init__(spec)
+        self.name = spec.get("name")
+        if not self.name:
+            raise ValidationError("store.name (the Secret) is required for store type kubernetes")
+        self.namespace = spec.get("namespace") or "default"
+        for key in (self.key, self.previous_key):
+            if not re.match(r"^[-._a-zA-Z0-9]+$", key):
+                raise ValidationError("%r is not a valid key of a Secret's data ([-._a-zA-Z0-9]+)" % key)
+        if spec.get("api_url") and not str(spec["api_url"]).startswith(("http://", "https://")):
+            raise ValidationError("store.api_url must start with http:// or https://")
+
+    def describe(self):
+        return "kubernetes secret %s/%s" % (self.namespace, self.name)
+
+    def _call(self, deadline, fn):
+        spec = self.spec
+        api, api_client = _k8s.core_v1_api(spec.get("api_url"), spec.get("api_key"),
+                                           spec.get("validate_certs") is not False, spec.get("kubeconfig"),
+                                           spec.get("context"), purpose="the kubernetes store")
+        try:
+            return fn(api, deadline.call_timeout())
+        except TradeopsError:
+            raise
+        except Exception as err:  # noqa: BLE001 - ApiException, urllib3 errors; never the body
+            if getattr(err, "status", None) == 404:
+                raise ValidationError("%s does not exist: create it first" % self.describe())
+            if getattr(err, "status", None) == 409:
+                raise BackendError("%s changed while rotating (HTTP 409 Conflict): re-run" % self.describe())
+            raise BackendError("%s: %s" % (self.describe(), _k8s.api_error(err)))
+        finally:
+            api_client.close()
+
+    def _decode(self, data, key):
+        raw = (data or {}).get(key)
+        if raw is None:
+            return None
+        try:
+            return base64.b64decode(raw, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise ValidationError("%s: data.%s is not base64 of UTF-8 text" % (self.describe(), key))
+
+    def read(self, deadline):
+        secret = self._call(deadline, lambda api, t: api.read_namespaced_secret(
+            self.name, self.namespace, _request_timeout=t))
+        data = dict(secret.data or {})
+        return Snapshot(self._decode(data, self.key), self._decode(data, self.previous_key),
+                        {"data": data, "resource_version": secret.metadata.resource_version})
+
+    @staticmethod
+    def _b64(value):
+        return None if value is None else base64.b64encode(value.encode("utf-8")).decode("ascii")
+
+    def write(self, snapshot, current, previous, deadline):
+        body = {"metadata": {"resourceVersion": snapshot.state["resource_version"]},
+                "data": {self.key: self._b64(current), self.previous_key: self._b64(previous)}}
+        self._call(deadline, lambda api, t: api.patch_namespaced_secret(
+            self.name, self.namespace, body, _request_timeout=t))
+        return None
+
+    def restore(self, snapshot, deadline):
+        def put(api, t):
+            secret = api.read_namespaced_secret(self.name, self.namespace, _request_timeout=t)
+            secret.data = dict(snapshot.state["data"]) or None
+            return api.replace_namespaced_secret(self.name, self.namespace, secret, _request_timeout=t)
+
+        self._call(deadline, put)
+
+
+class VaultKv2Store(Store):
+    """A key of a HashiCorp Vault KV v2 secret, through hvac (as community.hashi_vault.vault_kv2_write).
+
+    Every write is a new version with check-and-set on the version read just before, so a
+    concurrent writer is detected, never overwritten. Other keys of the secret are kept.
+    """
+
+    type = "vault_kv2"
+
+    def __init__(self, spec):
+        super(VaultKv2Store, self).__init__(spec)
+        for option in ("url", "path", "token"):
+            if not spec.get(option):
+                raise ValidationError("store.%s is required for store type vault_kv2" % option)
+        if not str(spec["url"]).startswith(("http://", "https://")):
+            raise ValidationError("store.url must start with http:// or https://")
+        self.mount_point = spec.get("mount_point") or "secret"
+        self.path = str(spec["path"]).strip("/")
+
+    def describe(self):
+        return "vault_kv2 %s/%s" % (self.mount_point, self.path)
+
+    def _call(self, deadline, fn):
+        try:
+            import hvac
+            from hvac import exceptions as hvac_exceptions
+        except ImportError:
+            raise MissingLibraryError("hvac", "the vault_kv2 store")
+        spec = self.spec
+        verify = spec.get("ca_path") or (spec.get("validate_certs") is not False)
+        client = hvac.Client(url=spec["url"], token=spec["token"], verify=verify, timeout=deadline.call_timeout())
+        try:
+            return fn(client.secrets.kv.v2, hvac_exceptions)
+        except TradeopsError:
+            raise
+        except hvac_exceptions.Forbidden:
+            raise BackendError("%s: permission denied: the token needs read, create and update capabilities on "
+                               "%s/data/%s" % (self.describe(), self.mount_point, self.path))
+        except hvac_exceptions.InvalidRequest as err:
+            if "check-and-set" in str(err):
+                raise BackendError("%s changed while rotating (check-and-set failed): re-run" % self.describe())
+            raise BackendError("%s: %s" % (self.describe(), type(err).__name__))
+        except hvac_exceptions.VaultError as err:
+            raise BackendError("%s: %s" % (self.describe(), type(err).__name__))
+        except Exception as err:  # noqa: BLE001 - requests' connection errors and timeouts
+            raise BackendError("%s: cannot reach %s: %s" % (self.describe(), spec["url"], type(err).__name__))
+        finally:
+            try:
+                client.adapter.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    def read(self, deadline):
+        def read(kv, exc):
+            try:
+                resp = kv.read_secret_version(path=self.path, mount_point=self.mount_point,
+                                              raise_on_deleted_version=True)
+            except exc.InvalidPath:
+                return {}, 0
+            return dict(resp["data"]["data"] or {}), int(resp["data"]["metadata"]["version"])
+
+        data, version = self._call(deadline, read)
+        current, previous = data.get(self.key), data.get(self.previous_key)
+        for key, value in ((self.key, current), (self.previous_key, previous)):
+            if value is not None and not isinstance(value, str):
+                raise ValidationError("%s: %s holds a %s, not a string" % (self.describe(), key, type(value).__name__))
+        return Snapshot(current, previous, {"data": data, "version": version})
+
+    def write(self, snapshot, current, previous, deadline):
+        data = dict(snapshot.state["data"])
+        data[self.key] = current
+        if previous is None:
+            data.pop(self.previous_key, None)
+        else:
+            data[self.previous_key] = previous
+        self._call(deadline, lambda kv, exc: kv.create_or_update_secret(
+            path=self.path, secret=data, cas=snapshot.state["version"], mount_point=self.mount_point))
+        return None
+
+    def restore(self, snapshot, deadline):
+        now = self.read(deadline)
+        if snapshot.state["version"] == 0:
+            # the secret did not exist: remove it again, with every version written since
+            self._call(deadline, lambda kv, exc: kv.delete_metadata_and_all_versions(
+                path=self.path, mount_point=self.mount_point))
+            return
+        # KV v2 keeps history: the restore is a new version holding exactly the old data
+        self._call(deadline, lambda kv, exc: kv.create_or_update_secret(
+            path=self.path, secret=dict(snapshot.state["data"]), cas=now.state["version"],
+            mount_point=self.mount_point))
+
+
+def build_store(spec, backup=True):
+    kind = spec.get("type")
+    if kind == "env_file":
+        return EnvFileStore(spec, backup)
+    if kind == "json":
+        return JsonStore(spec, backup)
+    if kind == "yaml":
+        return YamlStore(spec, backup)
+    if kind == "kubernetes":
+        return KubernetesSecretStore(spec)
+    if kind == "vault_kv2":
+        return VaultKv2Store(spec)
+    raise ValidationError("store.type must be one of %s, got %r" % (", ".join(STORE_TYPES), kind))
+
+
+# --------------------------------------------------------------------------------------------
+# the test probe and the revoke call
+
+
+class HttpTest:
+    """An HTTP request carrying a value in a header; accepted when the status is one of ``status``."""
+
+    def __init__(self, spec):
+        spec = spec or {}
+        self.url = spec.get("url")
+        if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
+            raise ValidationError("test.url must start with http:// or https://, got %r" % (self.url,))
+        self.method = (spec.get("method") or "GET").upper()
+        self.header = spec.get("header") or "X-Admin-Token"
+        self.prefix = spec.get("prefix") or ""
+        self.status = list(spec.get("status") or [200])
+        self.timeout = float(spec.get("timeout") if spec.get("timeout") is not None else 10.0)
+        self.interval = float(spec.get("interval") if spec.get("interval") is not None else 0.5)
+        if self.timeout <= 0 or self.interval <= 0:
+            raise ValidationError("test.timeout and test.interval must be positive")
+        self.validate_certs = spec.get("validate_certs") is not False
+        self.ca_path = spec.get("ca_path")
+        self.old_must_fail = spec.get("old_must_fail")
+
+    def describe(self):
+        return "%s %s" % (self.method, self.url)
+
+    def attempt(self, value, deadline):
+        """(accepted, what happened) for one request."""
+        try:
+            resp = _http.request(self.url, self.method, headers={self.header: self.prefix + value},
+                                 timeout=deadline.call_timeout(cap=5.0), validate_certs=self.validate_certs,
+                                 ca_path=self.ca_path)
+        except BackendError as err:
+            return False, str(err)
+        return resp.status in self.status, "%s answered HTTP %d" % (self.describe(), resp.status)
+
+    def wait_for(self, value, accepted):
+        """Poll until the value is accepted (or refused, with ``accepted=False``) or the test times out."""
+        deadline = Deadline(self.timeout)
+        tries = 0
+        while True:
+            tries += 1
+            ok, detail = self.attempt(value, deadline)
+            if ok == accepted:
+                return True, detail, tries
+            if deadline.remaining() <= self.interval:
+                return False, detail, tries
+            time.sleep(self.interval)
+
+
+class HttpRevoke:
+    """A user-defined revoke endpoint: the previous value is sent in a JSON body field."""
+
+    def __init__(self, spec):
+        self.url = spec.get("url")
+        if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
+            raise ValidationError("revoke.url must start with http:// or https://, got %r" % (self.url,))
+        self.method = (spec.get("method") or "POST").upper()
+        self.header = spec.get("header") or "X-Admin-Token"
+        self.prefix = spec.get("prefix") or ""
+        self.token = spec.get("token")
+        self.body_field = spec.get("body_field") or "token"
+        self.status = list(spec.get("status") or [200, 201, 202, 204])
+        self.validate_certs = spec.get("validate_certs") is not False
+        self.ca_path = spec.get("ca_path")
+
+    def call(self, old, new, deadline):
+        resp = _http.request(self.url, self.method, headers={self.header: self.prefix + (self.token or new)},
+                             body={self.body_field: old}, timeout=deadline.call_timeout(cap=10.0),
+                             validate_certs=self.validate_certs, ca_path=self.ca_path)
+        if resp.status not in self.status:
+            raise BackendError("revoke %s %s answered HTTP %d" % (self.method, self.url, resp.status))
+        return "%s %s answered HTTP %d" % (self.method, self.url, resp.status)
+
+
+# --------------------------------------------------------------------------------------------
+# the rotation
+
+
+class RotationService:
+    """create -> set -> test -> finish, then optionally revoke and re-test. See the module doc."""
+
+    def __init__(self, store, value=None, generate=None, test=None, revoke_previous=False, revoke=None,
+                 timeout=30.0, check_mode=False):
+        self.store = store
+        self.value = value
+        self.generate_spec = generate or {}
+        if value is not None:
+            if not isinstance(value, str) or value == "":
+                raise ValidationError("value must be a non-empty string")
+        else:
+            generate_length = self.generate_spec.get("length")
+            generate_alphabet = self.generate_spec.get("alphabet")
+            # validated now, before anything is read or written
+            generate_value(32 if generate_length is None else generate_length, generate_alphabet or "urlsafe")
+        self.test = HttpTest(test) if test else None
+        self.revoke_previous = bool(revoke_previous)
+        self.revoke = HttpRevoke(revoke) if revoke else None
+        if self.revoke and not self.revoke_previous:
+            raise ValidationError("revoke (the revoke endpoint) needs revoke_previous: true")
+        if self.test is not None:
+            if self.test.old_must_fail and not self.revoke_previous:
+                raise ValidationError("test.old_must_fail needs revoke_previous: true: until it is revoked, the "
+                                      "previous value is kept on purpose and still works")
+            if self.test.old_must_fail is None:
+                self.test.old_must_fail = self.revoke_previous
+        if timeout is None or timeout <= 0:
+            raise ValidationError("timeout must be positive")
+        self.timeout = float(timeout)
+        self.check_mode = check_mode
+        self._values = [value] if value else []
+
+    def secret_values(self):
+        """Every value this run has seen, for the boundary to mask in the module output."""
+        return [v for v in self._values if v]
+
+    def _seen(self, *values):
+        self._values.extend(v for v in values if v)
+
+    def _diff(self, before, after):
+        def show(value):
+            return NEW_VALUE if value is NEW_VALUE else (fingerprint(value) or ABSENT)
+
+        def render(pair):
+            return "%s: %s\n%s: %s\n" % (self.store.key, show(pair[0]), self.store.previous_key, show(pair[1]))
+
+        where = self.store.describe()
+        return {"before": render(before), "after": render(after),
+                "before_header": "%s (sha256 fingerprints)" % where, "after_header": "%s (sha256 fingerprints)" % where}
+
+    def _fail(self, result, message):
+        result["msg"] = message
+        clean = redact(result, self.secret_values())
+        raise RotationFailed(redact(message, self.secret_values()), clean)
+
+    def run(self):
+        store = self.store
+        deadline = Deadline(self.timeout)
+        steps = []
+        result = {
+            "changed": False,
+            "store": {"type": store.type, "location": store.describe(), "key": store.key,
+                      "previous_key": store.previous_key},
+            "fingerprint": None,
+            "previous_fingerprint": None,
+            "pending_fingerprint": None,
+            "revoked_fingerprint": None,
+            "stage": None,
+            "rolled_back": False,
+            "steps": steps,
+            "backup_files": [],
+        }
+
+        def step(name, status, message):
+            steps.append({"step": name, "status": status, "message": redact(message, self.secret_values())})
+
+        try:
+            return self._run(store, deadline, result, step)
+        except RotationFailed:
+            raise
+        except TradeopsError as err:
+            if isinstance(err, ValidationError) and not result["changed"]:
+                raise  # bad input or a store that does not fit it: nothing was written
+            # an error before or outside a step that rolls back: say where it stopped
+            step("error", "failed", str(err))
+            stage = result["stage"]
+            if result["changed"] and stage != "finished":
+                self._fail(result, "%s. The store may be half way: check %s" % (err, store.describe()))
+            if stage == "finished":
+                self._fail(result, "%s. The rotation itself finished: %s holds the new value (fingerprint %s) "
+                           "and the previous one; re-run with revoke_previous to revoke it"
+                           % (err, store.describe(), result["fingerprint"]))
+            self._fail(result, "%s. Nothing was changed" % err)
+
+    def _run(self, store, deadline, result, step):
+        snap = store.read(deadline)
+        old, prev = snap.current, snap.previous
+        self._seen(old, prev)
+        result["fingerprint"] = fingerprint(old)
+        result["previous_fingerprint"] = fingerprint(prev)
+
+        if self.value is not None and old is not None and self.value == old:
+            step("create", "skipped", "%s already holds this value (fingerprint %s)"
+                 % (store.describe(), fingerprint(old)))
+            if not (self.revoke_previous and prev is not None):
+                result["stage"] = "unchanged"
+                result["diff"] = self._diff((old, prev), (old, prev))
+                return result
+            return self._revoke(store, deadline, result, step, snap, old)
+
+        # 1. create the pending value
+        pending = self.value
+        if pending is None and not self.check_mode:
+            pending = generate_value(self.generate_spec.get("length") or 32,
+                                     self.generate_spec.get("alphabet") or "urlsafe")
+        self._seen(pending)
+        keep = old if old is not None else prev
+        result["pending_fingerprint"] = fingerprint(pending)
+        if self.check_mode:
+            result["changed"] = True
+            result["stage"] = "would_rotate"
+            after = (NEW_VALUE if pending is None else pending, None if self.revoke_previous else keep)
+            result["diff"] = self._diff((old, prev), after)
+            step("create", "skipped", "check mode: a new value would be %s" % (
+                "generated" if self.value is None else "set"))
+            return result
+        step("create", "ok", "pending value created (fingerprint %s)" % fingerprint(pending))
+
+        # 2. set it where the consumers read it, the current one kept as previous
+        backup = store.write(snap, pending, keep, deadline)
+        result["changed"] = True
+        if backup:
+            result["backup_files"].append(backup)
+        step("set", "ok", "%s: %s set to the pending value, %s keeps the previous one (fingerprint %s)"
+             % (store.describe(), store.key, store.previous_key, fingerprint(keep) or ABSENT))
+
+        # 3. test it
+        if self.test is not None:
+            ok, detail, tries = self.test.wait_for(pending, accepted=True)
+            if not ok:
+                step("test", "failed", "the new value was refused: %s (%d tries in %.0fs)"
+                     % (detail, tries, self.test.timeout))
+                self._rollback(store, snap, result, step, deadline)
+                still = ""
+                if old is not None:
+                    ok_old, detail_old, dummy = self.test.wait_for(old, accepted=True)
+                    still = (" The consumer accepts the previous value again (%s)." % detail_old if ok_old else
+                             " Warning: the consumer does not accept the previous value either (%s): check it."
+                             % detail_old)
+                self._fail(result, "the test %s refused the new value (fingerprint %s): %s. Rolled back: %s is "
+                           "exactly as before (fingerprint %s).%s Make the consumer read %s (or notify it "
+                           "through a handler) and re-run."
+                           % (self.test.describe(), fingerprint(pending), detail, store.describe(),
+                              fingerprint(old) or ABSENT, still, store.describe()))
+            step("test", "ok", "the new value is accepted: %s" % detail)
+        else:
+            step("test", "skipped", "no test given: the new value is not proven")
+
+        # 4. finish: the pending value is the current one, the previous kept for rollback
+        result["fingerprint"] = fingerprint(pending)
+        result["previous_fingerprint"] = fingerprint(keep)
+        result["stage"] = "finished"
+        step("finish", "ok", "promoted: current %s, previous %s kept for rollback"
+             % (fingerprint(pending), fingerprint(keep) or ABSENT))
+        result["diff"] = self._diff((old, prev), (pending, keep))
+
+        if self.revoke_previous:
+            self._revoke(store, deadline, result, step, None, pending)
+            result["diff"] = self._diff((old, prev), (pending, None))
+        return result
+
+    def _rollback(self, store, snap, result, step, deadline):
+        try:
+            # the rollback gets a deadline of its own: running out of time must not prevent it
+            store.restore(snap, Deadline(max(self.timeout, 5.0)))
+            back = store.read(Deadline(max(self.timeout, 5.0)))
+        except TradeopsError as err:
+            step("rollback", "failed", str(err))
+            self._fail(result, "the rotation failed and so did the rollback: %s. %s now holds the new value "
+                       "(fingerprint %s) under %s and the previous one (fingerprint %s) under %s: restore it from "
+                       "the backup %s" % (err, store.describe(), result["pending_fingerprint"], store.key,
+                                          result["fingerprint"] or ABSENT, store.previous_key,
+                                          ", ".join(result["backup_files"]) or "(none)"))
+        if (back.current, back.previous) != (snap.current, snap.previous):
+            step("rollback", "failed", "read back after the restore does not match")
+            self._fail(result, "%s did not read back as before after the rollback: check it; the backup is %s"
+                       % (store.describe(), ", ".join(result["backup_files"]) or "(none)"))
+        result["rolled_back"] = True
+        result["changed"] = True
+        result["stage"] = "rolled_back"
+        result["fingerprint"] = fingerprint(snap.current)
+        result["previous_fingerprint"] = fingerprint(snap.previous)
+        step("rollback", "ok", "%s restored exactly as before (fingerprint %s)"
+             % (store.describe(), fingerprint(snap.current) or ABSENT))
+
+    def _revoke(self, store, deadline, result, step, snap, current):
+        if snap is None:
+            snap = store.read(deadline)
+        self._seen(snap.current, snap.previous)
+        if snap.current != current:
+            self._fail(result, "%s changed during the rotation (it now holds fingerprint %s): not revoking; "
+                       "re-run" % (store.describe(), fingerprint(snap.current) or ABSENT))
+        old = snap.previous
+        if old is None:
+            step("revoke", "skipped", "%s holds no previous value" % store.describe())
+            result["stage"] = "revoked" if result["stage"] in ("finished", "unchanged", None) else result["stage"]
+            result["previous_fingerprint"] = None
+            return
+        if self.check_mode:
+            result["changed"] = True
+            result["stage"] = "would_revoke"
+            result["diff"] = self._diff((snap.current, old), (snap.current, None))
+            step("revoke", "skipped", "check mode: %s (fingerprint %s) would be removed" % (store.previous_key,
+                                                                                            fingerprint(old)))
+            return
+        backup = store.write(snap, current, None, deadline)
+        result["changed"] = True
+        if backup:
+            result["backup_files"].append(backup)
+        message = "%s removed from %s" % (store.previous_key, store.describe())
+        if self.revoke is not None:
+            try:
+                message += "; " + self.revoke.call(old, current, deadline)
+            except BackendError as err:
+                step("revoke", "failed", "%s; %s" % (message, err))
+                self._fail(result, "%s. The new value (fingerprint %s) is current and the previous one (fingerprint "
+                           "%s) is no longer in the store; call the revoke endpoint again (re-run with "
+                           "revoke_previous)" % (err, fingerprint(current), fingerprint(old)))
+        step("revoke", "ok", message)
+        result["revoked_fingerprint"] = fingerprint(old)
+        result["previous_fingerprint"] = None
+        result["stage"] = "revoked"
+        result["diff"] = self._diff((current, old), (current, None))
+
+        if self.test is None:
+            return
+        ok, detail, dummy = self.test.wait_for(current, accepted=True)
+        if not ok:
+            step("retest", "failed", "after the revocation the new value is refused: %s" % detail)
+            if self.revoke is None:
+                self._rollback(store, snap, result, step, deadline)
+                self._fail(result, "after the revocation the test %s refused the current value (fingerprint %s): "
+                           "%s. Rolled back: %s holds the previous value (fingerprint %s) again next to the current "
+                           "one. Check the consumer, then re-run with revoke_previous."
+                           % (self.test.describe(), fingerprint(current), detail, store.describe(),
+                              fingerprint(old)))
+            self._fail(result, "after the revocation the test %s refused the current value (fingerprint %s): %s. "
+                       "The previous value was revoked at the endpoint, so it is not put back; check the consumer "
+                       "(backups: %s)" % (self.test.describe(), fingerprint(current), detail,
+                                          ", ".join(result["backup_files"]) or "none"))
+        if self.test.old_must_fail:
+            refused, detail_old, dummy = self.test.wait_for(old, accepted=False)
+            if not refused:
+                step("retest", "failed", "the revoked value is still accepted: %s" % detail_old)
+                self._fail(result, "the revoked value (fingerprint %s) is still accepted by %s: the consumer has not "
+                           "dropped it (does it re-read %s, or does it need a reload handler?). The new value "
+                           "(fingerprint %s) is current and works; reload the consumer and re-run with "
+                           "revoke_previous" % (fingerprint(old), self.test.describe(), store.describe(),
+                                                fingerprint(current)))
+            step("retest", "ok", "the current value is accepted and the revoked one refused: %s" % detail_old)
+        else:
+            step("retest", "ok", "the current value is accepted: %s" % detail)

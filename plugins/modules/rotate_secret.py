@@ -1,0 +1,468 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) tradeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: rotate_secret
+short_description: Rotate a secret in stages, tested, with rollback; never returns a value
+version_added: 0.1.0
+description:
+  - "A staged rotation, as AWS Secrets Manager does it: B(1. create) the pending value (generated or
+    given); B(2. set) it where the consumers read it (O(store)), the current value kept under
+    O(store.previous_key) so that consumers that accept both keep working during the cutover;
+    B(3. test) it with a user-defined HTTP request (O(test)); B(4. finish): it is current, and the
+    previous value is kept for rollback."
+  - With O(revoke_previous=true) the previous value is then removed from the store (and sent to the
+    O(revoke) endpoint, if any), and the test is run again - the current value must be accepted and,
+    by default, the revoked one refused.
+  - When the test refuses the new value, the store is put back B(exactly) as it was (the same bytes,
+    mode and owner for a file) and the task fails saying why. A working credential is never lost.
+  - Values never appear in results, messages or diffs; a fingerprint does (the first 12 hex digits of
+    the sha256 of the value).
+  - File writes are atomic (a temp file in the same directory, renamed over the file) and keep the
+    file's mode and owner. With O(backup=true) the file is copied to a mode 0600 backup before every
+    write; RV(backup_files) lists them. Backups hold secrets, so remove them once the rotation is proven.
+author:
+  - tradeops SRE team (@tradeops)
+extends_documentation_fragment:
+  - tradeops.remediation.attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reads the store and reports what would change. Nothing is generated, written, tested or revoked.
+  diff_mode:
+    support: full
+    details:
+      - The diff shows the fingerprints of O(store.key) and O(store.previous_key) before and after, never values.
+  idempotent:
+    support: partial
+    details:
+      - Rotation is a change by nature; a run with O(generate) always rotates.
+      - A run with O(value) equal to the current value reports C(changed=false) (unless
+        O(revoke_previous=true) finds a previous value to revoke).
+options:
+  store:
+    description:
+      - Where the consumers read the secret. O(store.type) selects the backend; the other options
+        apply to the types named at the start of their description.
+    type: dict
+    required: true
+    suboptions:
+      type:
+        description:
+          - V(env_file) - a C(KEY=value) file; other lines, comments and the order are kept.
+          - V(json) or V(yaml) - a file holding a mapping; O(store.key) is a dotted path. The file is
+            re-serialised, so a YAML file loses its comments.
+          - V(kubernetes) - a key of a Secret's C(data).
+          - V(vault_kv2) - a key of a HashiCorp Vault KV version 2 secret, through C(hvac). Other keys are kept.
+        type: str
+        required: true
+        choices: [env_file, json, yaml, kubernetes, vault_kv2]
+      key:
+        description:
+          - Where the current value is, for example V(ADMIN_TOKEN) (env_file, kubernetes, vault_kv2) or
+            V(engine.admin_token) (json, yaml).
+        type: str
+        required: true
+      previous_key:
+        description:
+          - Where the previous value is kept during the cutover, until O(revoke_previous).
+          - Default O(store.key) with V(_PREVIOUS) appended when its last part is upper case, else V(_previous).
+        type: str
+      path:
+        description:
+          - (env_file, json, yaml) Absolute path of the file on the host the module runs on. It must exist.
+            A symlink is followed.
+          - (vault_kv2) Path of the secret under O(store.mount_point), for example V(trading/engine).
+        type: str
+      namespace:
+        description: (kubernetes) Namespace of the Secret. Default V(default).
+        type: str
+      name:
+        description: (kubernetes) Name of the Secret. It must exist.
+        type: str
+      kubeconfig:
+        description: (kubernetes) Path of a kubeconfig file. Default the usual kubeconfig lookup.
+        type: path
+      context:
+        description: (kubernetes) The kubeconfig context to use.
+        type: str
+      api_url:
+        description: (kubernetes) The API server URL, instead of a kubeconfig.
+        type: str
+      api_key:
+        description: (kubernetes) A bearer token for O(store.api_url).
+        type: str
+      url:
+        description: (vault_kv2) The Vault URL, for example C(https://vault.internal:8200).
+        type: str
+      mount_point:
+        description: (vault_kv2) Where the KV v2 engine is mounted.
+        type: str
+        default: secret
+      token:
+        description: (vault_kv2) A Vault token with read, create and update capabilities on the secret.
+        type: str
+      validate_certs:
+        description: (kubernetes, vault_kv2) Validate TLS certificates.
+        type: bool
+        default: true
+      ca_path:
+        description: (vault_kv2) A CA bundle to validate TLS certificates with.
+        type: path
+  value:
+    description:
+      - The new value. Mutually exclusive with O(generate); without either, a value is generated with
+        the defaults of O(generate).
+      - When it equals the current value nothing is written and C(changed=false).
+    type: str
+  generate:
+    description: Generate the new value with Python's C(secrets) module.
+    type: dict
+    suboptions:
+      length:
+        description: Number of characters, at least 16.
+        type: int
+        default: 32
+      alphabet:
+        description: V(hex) (0-9a-f), V(urlsafe) (letters, digits, C(-) and C(_)) or V(alnum) (letters and digits).
+        type: str
+        default: urlsafe
+        choices: [hex, urlsafe, alnum]
+  test:
+    description:
+      - A request that proves a value works, sent with the value in O(test.header). It is polled every
+        O(test.interval) seconds until the answer is as expected or O(test.timeout) runs out, so that
+        consumers have time to reload.
+      - Without it the new value is not proven, and a bad value is not rolled back.
+    type: dict
+    suboptions:
+      url:
+        description: The URL, for example C(http://engine:8001/api/v1/admin/whoami).
+        type: str
+        required: true
+      method:
+        description: The HTTP method.
+        type: str
+        default: GET
+      header:
+        description: The header that carries the value.
+        type: str
+        default: X-Admin-Token
+      prefix:
+        description: Text put before the value in O(test.header), for example V(Bearer ).
+        type: str
+        default: ''
+      status:
+        description: The status codes that mean the value is accepted.
+        type: list
+        elements: int
+        default: [200]
+      old_must_fail:
+        description:
+          - After O(revoke_previous), the revoked value must be refused (any other status, or no answer).
+          - Default V(true) with O(revoke_previous=true). It cannot be set without it, because until then the
+            previous value is kept on purpose and still works.
+        type: bool
+      timeout:
+        description: Seconds to wait for the expected answer.
+        type: float
+        default: 10.0
+      interval:
+        description: Seconds between two tries.
+        type: float
+        default: 0.5
+      validate_certs:
+        description: Validate TLS certificates.
+        type: bool
+        default: true
+      ca_path:
+        description: A CA bundle to validate TLS certificates with.
+        type: path
+  revoke_previous:
+    description:
+      - After the rotation is finished and tested, remove the previous value from the store, call
+        O(revoke) if given, and test again (see O(test.old_must_fail)).
+      - If the current value is refused after the revocation, the previous value is put back in the
+        store (unless O(revoke) already revoked it) and the task fails.
+    type: bool
+    default: false
+  revoke:
+    description:
+      - A revoke endpoint, called with O(revoke_previous=true) once the previous value is out of the store.
+      - The previous value is sent in the field O(revoke.body_field) of a JSON body.
+    type: dict
+    suboptions:
+      url:
+        description: The revoke URL.
+        type: str
+        required: true
+      method:
+        description: The HTTP method.
+        type: str
+        default: POST
+      header:
+        description: The header that authenticates the call.
+        type: str
+        default: X-Admin-Token
+      prefix:
+        description: Text put before the token in O(revoke.header).
+        type: str
+        default: ''
+      token:
+        description: The token that authenticates the call. Default the new value.
+        type: str
+      body_field:
+        description: The JSON body field that carries the value to revoke.
+        type: str
+        default: token
+      status:
+        description: The status codes that mean the value was revoked.
+        type: list
+        elements: int
+        default: [200, 201, 202, 204]
+      validate_certs:
+        description: Validate TLS certificates.
+        type: bool
+        default: true
+      ca_path:
+        description: A CA bundle to validate TLS certificates with.
+        type: path
+  backup:
+    description: (env_file, json, yaml) Copy the file to a mode 0600 backup next to it before every write.
+    type: bool
+    default: true
+  timeout:
+    description: Deadline in seconds for the store operations of each step (the test has O(test.timeout)).
+    type: float
+    default: 30.0
+notes:
+  - Runs on the host the task runs on; file stores are files of that host. The V(kubernetes) store needs
+    the Python library C(kubernetes) and the V(vault_kv2) store C(hvac) there.
+  - The consumers must accept both O(store.key) and O(store.previous_key) (or re-read the store on change,
+    or be notified by a handler) for a rotation without failed calls.
+  - A Vault KV v2 write is a new version with check-and-set, and so is a rollback, which writes the old data
+    back as the newest version. A Kubernetes write is a patch guarded by the Secret's resourceVersion.
+requirements:
+  - hvac (for the vault_kv2 store)
+  - kubernetes (for the kubernetes store)
+seealso:
+  - module: tradeops.remediation.health_check
+  - name: community.hashi_vault.vault_kv2_write
+    description: Writes KV v2 secrets; the vault_kv2 store follows it (hvac, check-and-set).
+    link: https://docs.ansible.com/ansible/latest/collections/community/hashi_vault/vault_kv2_write_module.html
+"""
+
+EXAMPLES = r"""
+- name: Rotate the engines' admin token in their env file, tested, then revoke the old one
+  tradeops.remediation.rotate_secret:
+    store:
+      type: env_file
+      path: /etc/trading/engine.env
+      key: ADMIN_TOKEN
+    generate:
+      length: 48
+      alphabet: urlsafe
+    test:
+      url: http://10.0.0.11:8001/api/v1/admin/whoami
+      header: X-Admin-Token
+      status: [200]
+    revoke_previous: true
+  register: rotation
+  notify: Reload engines
+
+- name: Set a provided value in a Kubernetes Secret (changed=false if it already holds it)
+  tradeops.remediation.rotate_secret:
+    store:
+      type: kubernetes
+      namespace: trading
+      name: engine-secrets
+      key: admin-token
+    value: "{{ new_admin_token }}"
+
+- name: Rotate a database password kept in Vault KV v2
+  tradeops.remediation.rotate_secret:
+    store:
+      type: vault_kv2
+      url: https://vault.internal:8200
+      token: "{{ vault_token }}"
+      mount_point: secret
+      path: trading/engine
+      key: db_password
+    generate:
+      length: 32
+      alphabet: alnum
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+stage:
+  description:
+    - V(finished) (rotated and, with O(test), proven), V(revoked) (and the previous value revoked),
+      V(unchanged) (O(value) already current), V(would_rotate) or V(would_revoke) (check mode),
+      or V(rolled_back) (on failure).
+  returned: always
+  type: str
+  sample: revoked
+fingerprint:
+  description: Fingerprint (first 12 hex digits of the sha256) of the current value in the store.
+  returned: always
+  type: str
+  sample: 3f0a9c1be27d
+previous_fingerprint:
+  description: Fingerprint of the value kept under O(store.previous_key), or V(null) when there is none.
+  returned: always
+  type: str
+  sample: 9b1c0e4f2a77
+pending_fingerprint:
+  description: Fingerprint of the value this run set, or V(null) (nothing rotated, or generated in check mode).
+  returned: always
+  type: str
+  sample: 3f0a9c1be27d
+revoked_fingerprint:
+  description: Fingerprint of the value revoked by O(revoke_previous), or V(null).
+  returned: always
+  type: str
+  sample: 9b1c0e4f2a77
+rolled_back:
+  description: Whether the store was put back as it was after a failed test.
+  returned: always
+  type: bool
+  sample: false
+store:
+  description: The store, as C(type), C(location), C(key) and C(previous_key).
+  returned: always
+  type: dict
+  sample: {type: env_file, location: env_file /etc/trading/engine.env, key: ADMIN_TOKEN,
+           previous_key: ADMIN_TOKEN_PREVIOUS}
+steps:
+  description:
+    - One entry per step (V(create), V(set), V(test), V(finish), V(rollback), V(revoke), V(retest)),
+      each with C(step), C(status) (V(ok), V(failed) or V(skipped)) and C(message).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{step: test, status: ok, message: "the new value is accepted: GET http://engine/whoami answered HTTP 200"}]
+backup_files:
+  description: The 0600 backups made before each write (file stores with O(backup=true)).
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/trading/engine.env.20250101T120000.000001.4242.bak]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError, ValidationError
+from ansible_collections.tradeops.remediation.plugins.module_utils._secrets import (
+    STORE_TYPES,
+    RotationFailed,
+    RotationService,
+    build_store,
+)
+
+STORE_SPEC = dict(
+    type=dict(type="str", required=True, choices=list(STORE_TYPES)),
+    key=dict(type="str", required=True, no_log=False),
+    previous_key=dict(type="str", no_log=False),
+    path=dict(type="str"),
+    # kubernetes
+    namespace=dict(type="str"),
+    name=dict(type="str"),
+    kubeconfig=dict(type="path"),
+    context=dict(type="str"),
+    api_url=dict(type="str"),
+    api_key=dict(type="str", no_log=True),
+    # vault_kv2
+    url=dict(type="str"),
+    mount_point=dict(type="str", default="secret"),
+    token=dict(type="str", no_log=True),
+    validate_certs=dict(type="bool", default=True),
+    ca_path=dict(type="path"),
+)
+
+TEST_SPEC = dict(
+    url=dict(type="str", required=True),
+    method=dict(type="str", default="GET"),
+    header=dict(type="str", default="X-Admin-Token"),
+    prefix=dict(type="str", default=""),
+    status=dict(type="list", elements="int", default=[200]),
+    old_must_fail=dict(type="bool"),
+    timeout=dict(type="float", default=10.0),
+    interval=dict(type="float", default=0.5),
+    validate_certs=dict(type="bool", default=True),
+    ca_path=dict(type="path"),
+)
+
+REVOKE_SPEC = dict(
+    url=dict(type="str", required=True),
+    method=dict(type="str", default="POST"),
+    header=dict(type="str", default="X-Admin-Token"),
+    prefix=dict(type="str", default=""),
+    token=dict(type="str", no_log=True),
+    body_field=dict(type="str", default="token"),
+    status=dict(type="list", elements="int", default=[200, 201, 202, 204]),
+    validate_certs=dict(type="bool", default=True),
+    ca_path=dict(type="path"),
+)
+
+ARGUMENT_SPEC = dict(
+    store=dict(type="dict", required=True, options=STORE_SPEC),
+    value=dict(type="str", no_log=True),
+    generate=dict(type="dict", options=dict(
+        length=dict(type="int", default=32),
+        alphabet=dict(type="str", default="urlsafe", choices=["hex", "urlsafe", "alnum"]),
+    )),
+    test=dict(type="dict", options=TEST_SPEC),
+    revoke_previous=dict(type="bool", default=False),
+    revoke=dict(type="dict", options=REVOKE_SPEC),
+    backup=dict(type="bool", default=True),
+    timeout=dict(type="float", default=30.0),
+)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                           mutually_exclusive=[("value", "generate")])
+    p = module.params
+    service = None
+    try:
+        store = build_store(p["store"], backup=p["backup"])
+        service = RotationService(
+            store,
+            value=p["value"],
+            generate=p["generate"],
+            test=p["test"],
+            revoke_previous=p["revoke_previous"],
+            revoke=p["revoke"],
+            timeout=p["timeout"],
+            check_mode=module.check_mode,
+        )
+        result = service.run()
+    except ValidationError as err:
+        module.fail_json(msg="rotate_secret: %s. Nothing was changed: fix the options and re-run." % err)
+    except RotationFailed as err:
+        # every value seen is masked in the output too, as a second line of defence
+        module.no_log_values.update(service.secret_values())
+        failed = err.result
+        failed.pop("diff", None)
+        failed["msg"] = "rotate_secret: %s" % err
+        module.fail_json(**failed)
+    except TradeopsError as err:
+        module.fail_json(msg="rotate_secret: %s" % err)
+
+    module.no_log_values.update(service.secret_values())
+    diff = result.pop("diff", None)
+    if module._diff and diff:
+        result["diff"] = diff
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
