@@ -201,6 +201,9 @@ class InventoryModule(BaseInventoryPlugin):
              "password": rd.get("password"), "timeout": 3, "component": "redis"},
         ])
         restart_argv = state.get("restart_argv") or ["tradeops", "lab", "restart", "--dir", lab_dir]
+        # `tradeops lab` as an argv prefix, for roles that drive the lab (isolate)
+        lab_cli = restart_argv[:restart_argv.index("lab") + 1] if "lab" in restart_argv else ["tradeops", "lab"]
+        self.inventory.set_variable(GROUP, "tradeops_lab_cli", lab_cli)
 
         # Evidence is captured once, on the machine that runs the lab, not 200 times over.
         self.inventory.add_group(EVIDENCE_GROUP)

@@ -645,6 +645,7 @@ class HttpTest:
             raise ValidationError("test.url must start with http:// or https://, got %r" % (self.url,))
         self.method = (spec.get("method") or "GET").upper()
         self.header = spec.get("header") or "X-Admin-Token"
+        self.extra_headers = dict(spec.get("headers") or {})
         self.prefix = spec.get("prefix") or ""
         self.status = list(spec.get("status") or [200])
         self.timeout = float(spec.get("timeout") if spec.get("timeout") is not None else 10.0)
@@ -661,7 +662,9 @@ class HttpTest:
     def attempt(self, value, deadline):
         """(accepted, what happened) for one request."""
         try:
-            resp = _http.request(self.url, self.method, headers={self.header: self.prefix + value},
+            headers = dict(self.extra_headers)
+            headers[self.header] = self.prefix + value
+            resp = _http.request(self.url, self.method, headers=headers,
                                  timeout=deadline.call_timeout(cap=5.0), validate_certs=self.validate_certs,
                                  ca_path=self.ca_path)
         except BackendError as err:

@@ -155,6 +155,10 @@ options:
         description: The header that carries the value.
         type: str
         default: X-Admin-Token
+      headers:
+        description: Other request headers (never the value itself), for example a source or routing header.
+        type: dict
+        default: {}
       prefix:
         description: Text put before the value in O(test.header), for example V(Bearer ).
         type: str
@@ -391,6 +395,7 @@ TEST_SPEC = dict(
     url=dict(type="str", required=True),
     method=dict(type="str", default="GET"),
     header=dict(type="str", default="X-Admin-Token"),
+    headers=dict(type="dict", default={}),
     prefix=dict(type="str", default=""),
     status=dict(type="list", elements="int", default=[200]),
     old_must_fail=dict(type="bool"),
