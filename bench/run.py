@@ -33,7 +33,8 @@ def env_for(lab_dir: Path) -> dict[str, str]:
 
 def time_halt_trading(lab_dir: Path, report: Path) -> dict:
     started = time.time()
-    proc = subprocess.run(["ansible-playbook", "playbooks/p0_outage.yml", "-e", f"halt_trading_report_path={report}",
+    proc = subprocess.run(["ansible-playbook", "playbooks/p0_outage.yml", "--tags", "contain",
+                           "-e", f"halt_trading_report_path={report}",
                            "-e", "halt_trading_quiesce_seconds=0"], cwd=ROOT, env=env_for(lab_dir),
                           capture_output=True, text=True, check=False)
     result = json.loads(report.read_text())["result"]
