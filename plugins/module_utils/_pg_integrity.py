@@ -57,6 +57,7 @@ import time
 import uuid
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _postgres
+from ansible_collections.tradeops.remediation.plugins.module_utils._redact import REDACTED, redact  # noqa: F401
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,
@@ -147,7 +148,6 @@ QUARANTINE_COLUMNS = ("quarantined_at", "source_table", "check_name", "reason", 
 RECONCILE_COLUMNS = ("reconciled_at", "source_table", "old_quantity", "new_quantity", "incident_id", "batch_id",
                      "source_ctid")
 QUERY_TEXT_CHARS = 200
-REDACTED = "********"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _CHECK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
@@ -312,21 +312,6 @@ def single_statement(text, where):
     if not statement.strip():
         raise ValidationError("%s: sql is empty" % where)
     return statement
-
-
-def redact(value, secrets):
-    """Replace every secret in ``value`` (str, or the str values of dicts and lists)."""
-    if not secrets or value is None:
-        return value
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, REDACTED)
-        return value
-    if isinstance(value, dict):
-        return dict((k, redact(v, secrets)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return [redact(v, secrets) for v in value]
-    return value
 
 
 def plain(value):

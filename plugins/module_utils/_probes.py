@@ -29,6 +29,7 @@ from ansible.module_utils.common.text.formatters import human_to_bytes
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _postgres
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, fan_out
+from ansible_collections.tradeops.remediation.plugins.module_utils._redact import REDACTED, redact  # noqa: F401
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,
@@ -50,7 +51,6 @@ SAFE_HTTP_METHODS = ("GET", "HEAD", "OPTIONS")
 # the timeout is the contract, whatever a library did with it.
 OVERRUN_GRACE = 0.25
 ABANDON_GRACE = 0.5
-REDACTED = "********"
 MEMINFO = "/proc/meminfo"
 
 
@@ -99,21 +99,6 @@ def _http_url(spec, option, where):
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ValidationError("%s: %s must start with http:// or https://, got %r" % (where, option, url))
     return url
-
-
-def redact(text, secrets):
-    """Replace every secret in ``text`` (str, or str values of a dict/list) by ``********``."""
-    if not secrets or text is None:
-        return text
-    if isinstance(text, str):
-        for secret in secrets:
-            text = text.replace(secret, REDACTED)
-        return text
-    if isinstance(text, dict):
-        return dict((k, redact(v, secrets)) for k, v in text.items())
-    if isinstance(text, (list, tuple)):
-        return [redact(v, secrets) for v in text]
-    return text
 
 
 def _json_number(value):

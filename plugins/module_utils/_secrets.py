@@ -31,6 +31,7 @@ import time
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _k8s
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline
+from ansible_collections.tradeops.remediation.plugins.module_utils._redact import REDACTED, redact  # noqa: F401
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,
@@ -44,7 +45,6 @@ ALPHABETS = {
     "urlsafe": string.ascii_letters + string.digits + "-_",
     "alnum": string.ascii_letters + string.digits,
 }
-REDACTED = "********"
 MIN_LENGTH = 16
 ABSENT = "(absent)"
 NEW_VALUE = "(a new generated value)"
@@ -74,22 +74,6 @@ def default_previous_key(key):
     """``API_TOKEN`` -> ``API_TOKEN_PREVIOUS``; ``db.password`` -> ``db.password_previous``."""
     last = key.rsplit(".", 1)[-1]
     return key + ("_PREVIOUS" if last.isupper() else "_previous")
-
-
-def redact(text, values):
-    """Replace every value in ``text`` (a str, or the str leaves of dicts and lists) by ``********``."""
-    values = [v for v in values if v]
-    if not values or text is None:
-        return text
-    if isinstance(text, str):
-        for value in sorted(values, key=len, reverse=True):
-            text = text.replace(value, REDACTED)
-        return text
-    if isinstance(text, dict):
-        return dict((k, redact(v, values)) for k, v in text.items())
-    if isinstance(text, (list, tuple)):
-        return [redact(v, values) for v in text]
-    return text
 
 
 class RotationFailed(BackendError):
