@@ -57,7 +57,7 @@ import time
 import uuid
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _postgres
-from ansible_collections.tradeops.remediation.plugins.module_utils._redact import REDACTED, redact  # noqa: F401
+from ansible_collections.tradeops.remediation.plugins.module_utils._redact import REDACTED, redact
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,

@@ -29,7 +29,7 @@ from ansible.module_utils.common.text.formatters import human_to_bytes
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _postgres
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, fan_out
-from ansible_collections.tradeops.remediation.plugins.module_utils._redact import REDACTED, redact  # noqa: F401
+from ansible_collections.tradeops.remediation.plugins.module_utils._redact import redact
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,

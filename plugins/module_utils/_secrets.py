@@ -31,7 +31,7 @@ import time
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _k8s
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline
-from ansible_collections.tradeops.remediation.plugins.module_utils._redact import REDACTED, redact  # noqa: F401
+from ansible_collections.tradeops.remediation.plugins.module_utils._redact import redact
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,
