@@ -3,10 +3,16 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Staged secret rotation (create, set, test, finish, then revoke), as AWS Secrets Manager does it.
 
-A :class:`Store` holds the current value under ``key`` and, during a cutover, the previous one
-under ``previous_key``, so that consumers that accept both keep working. :class:`RotationService`
-runs the steps; a failed test restores the store exactly as it was, so a working credential is
-never lost.
+A :class:`Store` holds up to three values: the current one under ``key`` (what clients send), the
+previous one under ``previous_key`` (still accepted during a cutover) and a pending one under
+``pending_key`` (accepted by the servers that verify the secret, not yet sent by any client).
+
+With ``staging="pending"`` (the default) the new value is first written to ``pending_key`` only;
+servers that verify the secret accept it while clients keep sending the current value. Once the
+test proves every server accepts it, it is promoted to ``key`` (the old one to ``previous_key``),
+so a client that switches never meets a server that refuses it. With ``staging="direct"`` the new
+value goes straight to ``key`` (for verifiers that cannot read a pending slot). A failed test
+restores the store exactly as it was, so a working credential is never lost.
 
 Values never leave this module: results carry fingerprints (the first 12 hex digits of the
 sha256), messages name stores, keys and fingerprints only, and every message is scrubbed of
@@ -30,7 +36,7 @@ import tempfile
 import time
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _k8s
-from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._redact import redact
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
@@ -70,10 +76,23 @@ def generate(length=32, alphabet="urlsafe"):
 generate_value = generate  # for the code whose ``generate`` argument hides the function
 
 
+def _suffixed(key, suffix):
+    last = key.rsplit(".", 1)[-1]
+    return key + ("_" + suffix.upper() if last.isupper() else "_" + suffix.lower())
+
+
 def default_previous_key(key):
     """``API_TOKEN`` -> ``API_TOKEN_PREVIOUS``; ``db.password`` -> ``db.password_previous``."""
-    last = key.rsplit(".", 1)[-1]
-    return key + ("_PREVIOUS" if last.isupper() else "_previous")
+    return _suffixed(key, "previous")
+
+
+def default_pending_key(key):
+    """``API_TOKEN`` -> ``API_TOKEN_PENDING``; ``db.password`` -> ``db.password_pending``."""
+    return _suffixed(key, "pending")
+
+
+SLOTS = ("current", "previous", "pending")
+STAGINGS = ("pending", "direct")
 
 
 class RotationFailed(BackendError):
@@ -118,7 +137,11 @@ def atomic_write(path, data, mode, uid, gid):
     the rename, so the file never exists with other permissions or another owner.
     """
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".%s.tradeops-" % os.path.basename(path), dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".%s.tradeops-" % os.path.basename(path), dir=directory)
+    except OSError as err:
+        raise BackendError("cannot write %s: cannot create a temp file in %s: %s; nothing was changed"
+                           % (path, directory, err.strerror or err))
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -148,16 +171,27 @@ def atomic_write(path, data, mode, uid, gid):
 
 
 class Snapshot:
-    """What a store held before a write: the two values, plus what it takes to restore it exactly."""
+    """What a store held before a write: the values by slot, plus what it takes to restore it exactly."""
 
-    def __init__(self, current, previous, state):
-        self.current = current
-        self.previous = previous
+    def __init__(self, values, state):
+        self.values = dict((slot, values.get(slot)) for slot in SLOTS)
         self.state = state
+
+    @property
+    def current(self):
+        return self.values["current"]
+
+    @property
+    def previous(self):
+        return self.values["previous"]
+
+    @property
+    def pending(self):
+        return self.values["pending"]
 
 
 class Store:
-    """A place that holds a secret under ``key`` (current) and ``previous_key`` (previous)."""
+    """A place that holds a secret under ``key`` (current), ``previous_key`` and ``pending_key``."""
 
     type = None
     backs_up = False
@@ -168,8 +202,11 @@ class Store:
         if not self.key or not isinstance(self.key, str):
             raise ValidationError("store.key is required")
         self.previous_key = spec.get("previous_key") or default_previous_key(self.key)
-        if self.previous_key == self.key:
-            raise ValidationError("store.previous_key must differ from store.key (%s)" % self.key)
+        self.pending_key = spec.get("pending_key") or default_pending_key(self.key)
+        if len(set((self.key, self.previous_key, self.pending_key))) != 3:
+            raise ValidationError("store.key (%s), store.previous_key (%s) and store.pending_key (%s) must all differ"
+                                  % (self.key, self.previous_key, self.pending_key))
+        self.keys = {"current": self.key, "previous": self.previous_key, "pending": self.pending_key}
 
     def describe(self):
         raise NotImplementedError
@@ -178,8 +215,8 @@ class Store:
         """A :class:`Snapshot` of the store."""
         raise NotImplementedError
 
-    def write(self, snapshot, current, previous, deadline):
-        """Set ``key`` to ``current`` and ``previous_key`` to ``previous`` (None removes it).
+    def write(self, snapshot, values, deadline):
+        """Set each slot (``current``, ``previous``, ``pending``) of ``values``; None removes it.
 
         ``snapshot`` is what :meth:`read` returned just before. Returns a backup path or None.
         """
@@ -224,12 +261,11 @@ class FileStore(Store):
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ValidationError("%s is not UTF-8 text" % self.path)
-        current, previous = self.parse(text)
-        return Snapshot(current, previous, {"raw": raw, "text": text, "mode": st.st_mode & 0o7777,
-                                            "uid": st.st_uid, "gid": st.st_gid})
+        return Snapshot(self.parse(text), {"raw": raw, "text": text, "mode": st.st_mode & 0o7777,
+                                           "uid": st.st_uid, "gid": st.st_gid})
 
-    def write(self, snapshot, current, previous, deadline):
-        data = self.render(snapshot.state["text"], current, previous).encode("utf-8")
+    def write(self, snapshot, values, deadline):
+        data = self.render(snapshot.state["text"], values).encode("utf-8")
         backup = backup_file(self.path, snapshot.state["raw"]) if self.backup else None
         atomic_write(self.path, data, snapshot.state["mode"], snapshot.state["uid"], snapshot.state["gid"])
         return backup
@@ -239,9 +275,11 @@ class FileStore(Store):
         atomic_write(self.path, st["raw"], st["mode"], st["uid"], st["gid"])
 
     def parse(self, text):
+        """The values by slot."""
         raise NotImplementedError
 
-    def render(self, text, current, previous):
+    def render(self, text, values):
+        """``text`` with each slot of ``values`` set (None: removed)."""
         raise NotImplementedError
 
 
@@ -267,7 +305,7 @@ class EnvFileStore(FileStore):
             m = ENV_LINE.match(line)
             if m:
                 found.setdefault(m.group(2), []).append(i)
-        for key in (self.key, self.previous_key):
+        for key in self.keys.values():
             if len(found.get(key, [])) > 1:
                 raise ValidationError("%s sets %s %d times: keep one line and re-run"
                                       % (self.path, key, len(found[key])))
@@ -298,9 +336,9 @@ class EnvFileStore(FileStore):
                 return None
             return self._unquote(ENV_LINE.match(lines[index[key]]).group(4))
 
-        return value(self.key), value(self.previous_key)
+        return dict((slot, value(key)) for slot, key in self.keys.items())
 
-    def render(self, text, current, previous):
+    def render(self, text, values):
         lines, index = self._lines(text)
 
         def line_for(key, value, old_line=None):
@@ -311,19 +349,23 @@ class EnvFileStore(FileStore):
 
         if lines and not lines[-1].endswith("\n"):
             lines[-1] += "\n"
-        if self.key in index:
-            lines[index[self.key]] = line_for(self.key, current, lines[index[self.key]])
-        else:
-            lines.append(line_for(self.key, current))
-            index[self.key] = len(lines) - 1
-        if previous is None:
-            if self.previous_key in index:
-                lines[index[self.previous_key]] = None
-        elif self.previous_key in index:
-            lines[index[self.previous_key]] = line_for(self.previous_key, previous, lines[index[self.previous_key]])
-        else:
-            lines.insert(index[self.key] + 1, line_for(self.previous_key, previous))
-        return "".join(line for line in lines if line is not None)
+        # new lines go right after the current key's line (or at the end), previous before pending
+        slots = [slot for slot in SLOTS if slot in values]
+        anchor = index.get(self.key)
+        added = {}
+        for slot in slots:
+            key, value = self.keys[slot], values[slot]
+            if key in index:
+                lines[index[key]] = None if value is None else line_for(key, value, lines[index[key]])
+            elif value is not None:
+                added.setdefault(anchor if slot != "current" else None, []).append(line_for(key, value))
+        out = []
+        for i, line in enumerate(lines):
+            if line is not None:
+                out.append(line)
+            out.extend(added.get(i, []))
+        out.extend(added.get(None, []))
+        return "".join(out)
 
 
 class DocumentStore(FileStore):
@@ -372,12 +414,13 @@ class DocumentStore(FileStore):
 
     def parse(self, text):
         doc = self._document(text)
-        return self._get(doc, self.key), self._get(doc, self.previous_key)
+        return dict((slot, self._get(doc, key)) for slot, key in self.keys.items())
 
-    def render(self, text, current, previous):
+    def render(self, text, values):
         doc = self._document(text)
-        self._set(doc, self.key, current)
-        self._set(doc, self.previous_key, previous)
+        for slot in SLOTS:
+            if slot in values:
+                self._set(doc, self.keys[slot], values[slot])
         return self._dump(doc, text)
 
 
@@ -445,7 +488,7 @@ class KubernetesSecretStore(Store):
         if not self.name:
             raise ValidationError("store.name (the Secret) is required for store type kubernetes")
         self.namespace = spec.get("namespace") or "default"
-        for key in (self.key, self.previous_key):
+        for key in self.keys.values():
             if not re.match(r"^[-._a-zA-Z0-9]+$", key):
                 raise ValidationError("%r is not a valid key of a Secret's data ([-._a-zA-Z0-9]+)" % key)
         if spec.get("api_url") and not str(spec["api_url"]).startswith(("http://", "https://")):
@@ -485,16 +528,17 @@ class KubernetesSecretStore(Store):
         secret = self._call(deadline, lambda api, t: api.read_namespaced_secret(
             self.name, self.namespace, _request_timeout=t))
         data = dict(secret.data or {})
-        return Snapshot(self._decode(data, self.key), self._decode(data, self.previous_key),
+        return Snapshot(dict((slot, self._decode(data, key)) for slot, key in self.keys.items()),
                         {"data": data, "resource_version": secret.metadata.resource_version})
 
     @staticmethod
     def _b64(value):
         return None if value is None else base64.b64encode(value.encode("utf-8")).decode("ascii")
 
-    def write(self, snapshot, current, previous, deadline):
+    def write(self, snapshot, values, deadline):
+        # a merge patch: a key set to null is removed
         body = {"metadata": {"resourceVersion": snapshot.state["resource_version"]},
-                "data": {self.key: self._b64(current), self.previous_key: self._b64(previous)}}
+                "data": dict((self.keys[slot], self._b64(value)) for slot, value in values.items())}
         self._call(deadline, lambda api, t: api.patch_namespaced_secret(
             self.name, self.namespace, body, _request_timeout=t))
         return None
@@ -570,19 +614,20 @@ class VaultKv2Store(Store):
             return dict(resp["data"]["data"] or {}), int(resp["data"]["metadata"]["version"])
 
         data, version = self._call(deadline, read)
-        current, previous = data.get(self.key), data.get(self.previous_key)
-        for key, value in ((self.key, current), (self.previous_key, previous)):
+        values = dict((slot, data.get(key)) for slot, key in self.keys.items())
+        for slot, value in values.items():
             if value is not None and not isinstance(value, str):
-                raise ValidationError("%s: %s holds a %s, not a string" % (self.describe(), key, type(value).__name__))
-        return Snapshot(current, previous, {"data": data, "version": version})
+                raise ValidationError("%s: %s holds a %s, not a string"
+                                      % (self.describe(), self.keys[slot], type(value).__name__))
+        return Snapshot(values, {"data": data, "version": version})
 
-    def write(self, snapshot, current, previous, deadline):
+    def write(self, snapshot, values, deadline):
         data = dict(snapshot.state["data"])
-        data[self.key] = current
-        if previous is None:
-            data.pop(self.previous_key, None)
-        else:
-            data[self.previous_key] = previous
+        for slot, value in values.items():
+            if value is None:
+                data.pop(self.keys[slot], None)
+            else:
+                data[self.keys[slot]] = value
         self._call(deadline, lambda kv, exc: kv.create_or_update_secret(
             path=self.path, secret=data, cas=snapshot.state["version"], mount_point=self.mount_point))
         return None
@@ -620,13 +665,23 @@ def build_store(spec, backup=True):
 
 
 class HttpTest:
-    """An HTTP request carrying a value in a header; accepted when the status is one of ``status``."""
+    """An HTTP request carrying a value in a header, sent to every URL of the test.
+
+    A value is accepted when every URL answers with one of ``status``, refused when none does.
+    """
 
     def __init__(self, spec):
         spec = spec or {}
-        self.url = spec.get("url")
-        if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
-            raise ValidationError("test.url must start with http:// or https://, got %r" % (self.url,))
+        urls = list(spec.get("urls") or [])
+        if spec.get("url"):
+            urls.insert(0, spec["url"])
+        if not urls:
+            raise ValidationError("test.url or test.urls is required")
+        for url in urls:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValidationError("test.url and test.urls must start with http:// or https://, got %r" % (url,))
+        self.urls = list(dict.fromkeys(urls))
+        self.url = self.urls[0]
         self.method = (spec.get("method") or "GET").upper()
         self.header = spec.get("header") or "X-Admin-Token"
         self.extra_headers = dict(spec.get("headers") or {})
@@ -636,35 +691,58 @@ class HttpTest:
         self.interval = float(spec.get("interval") if spec.get("interval") is not None else 0.5)
         if self.timeout <= 0 or self.interval <= 0:
             raise ValidationError("test.timeout and test.interval must be positive")
+        self.concurrency = int(spec.get("concurrency") or 32)
         self.validate_certs = spec.get("validate_certs") is not False
         self.ca_path = spec.get("ca_path")
         self.old_must_fail = spec.get("old_must_fail")
 
     def describe(self):
-        return "%s %s" % (self.method, self.url)
+        if len(self.urls) == 1:
+            return "%s %s" % (self.method, self.url)
+        return "%s %s (and %d more URLs)" % (self.method, self.url, len(self.urls) - 1)
 
-    def attempt(self, value, deadline):
-        """(accepted, what happened) for one request."""
+    def _one(self, url, value, deadline):
         try:
             headers = dict(self.extra_headers)
             headers[self.header] = self.prefix + value
-            resp = _http.request(self.url, self.method, headers=headers,
+            resp = _http.request(url, self.method, headers=headers,
                                  timeout=deadline.call_timeout(cap=5.0), validate_certs=self.validate_certs,
                                  ca_path=self.ca_path)
         except BackendError as err:
             return False, str(err)
-        return resp.status in self.status, "%s answered HTTP %d" % (self.describe(), resp.status)
+        return resp.status in self.status, "%s %s answered HTTP %d" % (self.method, url, resp.status)
+
+    def attempt(self, value, deadline, urls=None):
+        """{url: (accepted, what happened)} for one request to each URL, sent concurrently."""
+        urls = list(self.urls if urls is None else urls)
+        if len(urls) == 1:
+            return {urls[0]: self._one(urls[0], value, deadline)}
+        budget = max(0.1, min(deadline.remaining(), 5.0))
+        results = fan_out(urls, lambda url, d: self._one(url, value, d), min(self.concurrency, len(urls)), budget,
+                          lambda url, elapsed, exc: (False, "%s %s: %s" % (
+                              self.method, url, "no answer in %.1fs" % budget if exc is None else exc)))
+        return dict((url, results[i]) for i, url in enumerate(urls))
 
     def wait_for(self, value, accepted):
-        """Poll until the value is accepted (or refused, with ``accepted=False``) or the test times out."""
+        """Poll until every URL accepts the value (or refuses it, with ``accepted=False``) or the test
+        times out. A URL that has answered as wanted is not asked again. Returns (ok, detail, tries)."""
         deadline = Deadline(self.timeout)
+        waiting = list(self.urls)
         tries = 0
+        last = {}
         while True:
             tries += 1
-            ok, detail = self.attempt(value, deadline)
-            if ok == accepted:
+            answers = self.attempt(value, deadline, waiting)
+            last.update(answers)
+            waiting = [url for url in waiting if answers[url][0] != accepted]
+            if not waiting:
+                detail = last[self.url][1] if len(self.urls) == 1 else "all %d URLs: %s" % (
+                    len(self.urls), "accepted" if accepted else "refused")
                 return True, detail, tries
             if deadline.remaining() <= self.interval:
+                detail = "; ".join(last[url][1] for url in waiting[:3])
+                if len(waiting) > 3:
+                    detail += "; and %d more URLs" % (len(waiting) - 3)
                 return False, detail, tries
             time.sleep(self.interval)
 
@@ -702,14 +780,27 @@ class RotationService:
     """create -> set -> test -> finish, then optionally revoke and re-test. See the module doc."""
 
     def __init__(self, store, value=None, generate=None, test=None, revoke_previous=False, revoke=None,
-                 timeout=30.0, check_mode=False):
+                 timeout=30.0, check_mode=False, staging="pending", revoke_grace=0.0, revoke_only=False,
+                 sleep=time.sleep):
         self.store = store
+        self.revoke_only = bool(revoke_only)
+        if self.revoke_only:
+            if value is not None or generate:
+                raise ValidationError("revoke_only revokes the previous value and creates none: drop value and generate")
+            revoke_previous = True
+        if staging not in STAGINGS:
+            raise ValidationError("staging must be one of %s, got %r" % (", ".join(STAGINGS), staging))
+        self.staging = staging
+        self.revoke_grace = float(revoke_grace or 0.0)
+        if self.revoke_grace < 0:
+            raise ValidationError("revoke_grace cannot be negative")
+        self._sleep = sleep
         self.value = value
         self.generate_spec = generate or {}
         if value is not None:
             if not isinstance(value, str) or value == "":
                 raise ValidationError("value must be a non-empty string")
-        else:
+        elif not self.revoke_only:
             generate_length = self.generate_spec.get("length")
             generate_alphabet = self.generate_spec.get("alphabet")
             # validated now, before anything is read or written
@@ -743,7 +834,10 @@ class RotationService:
             return NEW_VALUE if value is NEW_VALUE else (fingerprint(value) or ABSENT)
 
         def render(pair):
-            return "%s: %s\n%s: %s\n" % (self.store.key, show(pair[0]), self.store.previous_key, show(pair[1]))
+            text = "%s: %s\n%s: %s\n" % (self.store.key, show(pair[0]), self.store.previous_key, show(pair[1]))
+            if len(pair) > 2 and pair[2] is not None:
+                text += "%s: %s\n" % (self.store.pending_key, show(pair[2]))
+            return text
 
         where = self.store.describe()
         return {"before": render(before), "after": render(after),
@@ -761,7 +855,7 @@ class RotationService:
         result = {
             "changed": False,
             "store": {"type": store.type, "location": store.describe(), "key": store.key,
-                      "previous_key": store.previous_key},
+                      "previous_key": store.previous_key, "pending_key": store.pending_key},
             "fingerprint": None,
             "previous_fingerprint": None,
             "pending_fingerprint": None,
@@ -796,9 +890,22 @@ class RotationService:
     def _run(self, store, deadline, result, step):
         snap = store.read(deadline)
         old, prev = snap.current, snap.previous
-        self._seen(old, prev)
+        self._seen(old, prev, snap.pending)
         result["fingerprint"] = fingerprint(old)
         result["previous_fingerprint"] = fingerprint(prev)
+
+        if self.revoke_only:
+            # the second pass of a routine rotation: the new value is current, the old one previous
+            step("create", "skipped", "revoke_only: no new value")
+            if prev is not None and self.revoke_grace > 0 and not self.check_mode:
+                step("grace", "ok", "waited %.1fs for clients to switch to the current value before revoking"
+                     % self.revoke_grace)
+                self._sleep(self.revoke_grace)
+            result["stage"] = "unchanged"
+            self._revoke(store, deadline, result, step, None if prev is not None else snap, old)
+            if not result["changed"]:
+                result["diff"] = self._diff((old, prev), (old, prev))
+            return result
 
         if self.value is not None and old is not None and self.value == old:
             step("create", "skipped", "%s already holds this value (fingerprint %s)"
@@ -821,19 +928,30 @@ class RotationService:
             result["changed"] = True
             result["stage"] = "would_rotate"
             after = (NEW_VALUE if pending is None else pending, None if self.revoke_previous else keep)
-            result["diff"] = self._diff((old, prev), after)
+            result["diff"] = self._diff((old, prev, snap.pending), after)
             step("create", "skipped", "check mode: a new value would be %s" % (
                 "generated" if self.value is None else "set"))
             return result
         step("create", "ok", "pending value created (fingerprint %s)" % fingerprint(pending))
 
-        # 2. set it where the consumers read it, the current one kept as previous
-        backup = store.write(snap, pending, keep, deadline)
+        # 2. set it: staged in the pending slot, which the servers accept and no client sends yet
+        #    (or, with staging=direct, straight in as current with the old one kept as previous)
+        if self.staging == "pending":
+            if snap.pending is not None:
+                step("set", "ok", "%s: replacing a stale %s (fingerprint %s) left by an unfinished rotation"
+                     % (store.describe(), store.pending_key, fingerprint(snap.pending)))
+            backup = store.write(snap, {"current": old, "previous": prev, "pending": pending}, deadline)
+            where = "%s holds the pending value; %s (fingerprint %s) is untouched and still what clients send" % (
+                store.pending_key, store.key, fingerprint(old) or ABSENT)
+        else:
+            backup = store.write(snap, {"current": pending, "previous": keep, "pending": None}, deadline)
+            where = "%s set to the pending value, %s keeps the previous one (fingerprint %s)" % (
+                store.key, store.previous_key, fingerprint(keep) or ABSENT)
         result["changed"] = True
+        result["stage"] = "set"
         if backup:
             result["backup_files"].append(backup)
-        step("set", "ok", "%s: %s set to the pending value, %s keeps the previous one (fingerprint %s)"
-             % (store.describe(), store.key, store.previous_key, fingerprint(keep) or ABSENT))
+        step("set", "ok", "%s: %s" % (store.describe(), where))
 
         # 3. test it
         if self.test is not None:
@@ -848,14 +966,20 @@ class RotationService:
                     still = (" The consumer accepts the previous value again (%s)." % detail_old if ok_old else
                              " Warning: the consumer does not accept the previous value either (%s): check it."
                              % detail_old)
+                hint = ("Make the servers that verify it accept %s from %s (or notify them through a handler), "
+                        "or use staging=direct for a verifier that only reads %s, and re-run."
+                        % (store.pending_key, store.describe(), store.key) if self.staging == "pending" else
+                        "Make the consumer read %s (or notify it through a handler) and re-run." % store.describe())
                 self._fail(result, "the test %s refused the new value (fingerprint %s): %s. Rolled back: %s is "
-                           "exactly as before (fingerprint %s).%s Make the consumer read %s (or notify it "
-                           "through a handler) and re-run."
+                           "exactly as before (fingerprint %s).%s %s"
                            % (self.test.describe(), fingerprint(pending), detail, store.describe(),
-                              fingerprint(old) or ABSENT, still, store.describe()))
+                              fingerprint(old) or ABSENT, still, hint))
             step("test", "ok", "the new value is accepted: %s" % detail)
         else:
             step("test", "skipped", "no test given: the new value is not proven")
+
+        if self.staging == "pending":
+            self._promote(store, snap, old, keep, pending, result, step, deadline)
 
         # 4. finish: the pending value is the current one, the previous kept for rollback
         result["fingerprint"] = fingerprint(pending)
@@ -863,12 +987,37 @@ class RotationService:
         result["stage"] = "finished"
         step("finish", "ok", "promoted: current %s, previous %s kept for rollback"
              % (fingerprint(pending), fingerprint(keep) or ABSENT))
-        result["diff"] = self._diff((old, prev), (pending, keep))
+        result["diff"] = self._diff((old, prev, snap.pending), (pending, keep))
 
         if self.revoke_previous:
+            if self.revoke_grace > 0 and keep is not None:
+                # clients re-read the store on their own schedule: let them switch before the old one goes
+                step("grace", "ok", "waited %.1fs for clients to switch to the new value before revoking"
+                     % self.revoke_grace)
+                self._sleep(self.revoke_grace)
             self._revoke(store, deadline, result, step, None, pending)
-            result["diff"] = self._diff((old, prev), (pending, None))
+            result["diff"] = self._diff((old, prev, snap.pending), (pending, None))
         return result
+
+    def _promote(self, store, snap, old, keep, pending, result, step, deadline):
+        """Finish for staging=pending: the pending value becomes current, the current one previous."""
+        try:
+            now = store.read(deadline)
+            self._seen(now.current, now.previous, now.pending)
+            if (now.current, now.pending) != (old, pending):
+                raise BackendError("%s changed during the rotation (%s is now %s, %s %s)" % (
+                    store.describe(), store.key, fingerprint(now.current) or ABSENT, store.pending_key,
+                    fingerprint(now.pending) or ABSENT))
+            backup = store.write(now, {"current": pending, "previous": keep, "pending": None}, deadline)
+        except TradeopsError as err:
+            step("finish", "failed", str(err))
+            self._rollback(store, snap, result, step, Deadline(max(self.timeout, 5.0)))
+            self._fail(result, "the new value (fingerprint %s) passed its test but could not be promoted: %s. "
+                       "Rolled back: %s is exactly as before (fingerprint %s), which clients still send and the "
+                       "servers still accept. Fix the store and re-run."
+                       % (fingerprint(pending), err, store.describe(), fingerprint(old) or ABSENT))
+        if backup:
+            result["backup_files"].append(backup)
 
     def _rollback(self, store, snap, result, step, deadline):
         try:
@@ -877,12 +1026,18 @@ class RotationService:
             back = store.read(Deadline(max(self.timeout, 5.0)))
         except TradeopsError as err:
             step("rollback", "failed", str(err))
-            self._fail(result, "the rotation failed and so did the rollback: %s. %s now holds the new value "
-                       "(fingerprint %s) under %s and the previous one (fingerprint %s) under %s: restore it from "
-                       "the backup %s" % (err, store.describe(), result["pending_fingerprint"], store.key,
-                                          result["fingerprint"] or ABSENT, store.previous_key,
-                                          ", ".join(result["backup_files"]) or "(none)"))
-        if (back.current, back.previous) != (snap.current, snap.previous):
+            if self.staging == "pending" and result["stage"] == "set":
+                where = ("the new value (fingerprint %s) under %s next to the current one (fingerprint %s) under "
+                         "%s, which clients still send and the servers still accept; remove %s or restore"
+                         % (result["pending_fingerprint"], store.pending_key, result["fingerprint"] or ABSENT,
+                            store.key, store.pending_key))
+            else:
+                where = ("the new value (fingerprint %s) under %s and the previous one (fingerprint %s) under %s, "
+                         "both accepted; restore" % (result["pending_fingerprint"], store.key,
+                                                     result["fingerprint"] or ABSENT, store.previous_key))
+            self._fail(result, "the rotation failed and so did the rollback: %s. %s may hold %s it from the backup "
+                       "%s" % (err, store.describe(), where, ", ".join(result["backup_files"]) or "(none)"))
+        if back.values != snap.values:
             step("rollback", "failed", "read back after the restore does not match")
             self._fail(result, "%s did not read back as before after the rollback: check it; the backup is %s"
                        % (store.describe(), ", ".join(result["backup_files"]) or "(none)"))
@@ -914,7 +1069,7 @@ class RotationService:
             step("revoke", "skipped", "check mode: %s (fingerprint %s) would be removed" % (store.previous_key,
                                                                                             fingerprint(old)))
             return
-        backup = store.write(snap, current, None, deadline)
+        backup = store.write(snap, {"previous": None}, deadline)
         result["changed"] = True
         if backup:
             result["backup_files"].append(backup)

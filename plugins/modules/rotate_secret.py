@@ -13,10 +13,14 @@ short_description: Rotate a secret in stages, tested, with rollback; never retur
 version_added: 0.1.0
 description:
   - "A staged rotation, as AWS Secrets Manager does it: B(1. create) the pending value (generated or
-    given); B(2. set) it where the consumers read it (O(store)), the current value kept under
-    O(store.previous_key) so that consumers that accept both keep working during the cutover;
-    B(3. test) it with a user-defined HTTP request (O(test)); B(4. finish): it is current, and the
-    previous value is kept for rollback."
+    given); B(2. set) it in the store (O(store)) under O(store.pending_key), where the servers that verify
+    the secret accept it while clients keep sending O(store.key); B(3. test) it with a user-defined HTTP
+    request against every server (O(test)); B(4. finish): promote it to O(store.key), the old value kept
+    under O(store.previous_key) for rollback. A client that switches to the new value only ever meets
+    servers that already accept it, so a rotation costs no failed call."
+  - With O(staging=direct), step 2 writes the new value straight to O(store.key) (the old one under
+    O(store.previous_key)), for verifiers that cannot read a pending slot. Clients that re-read the store
+    may then switch before every server accepts the new value.
   - With O(revoke_previous=true) the previous value is then removed from the store (and sent to the
     O(revoke) endpoint, if any), and the test is run again - the current value must be accepted and,
     by default, the revoked one refused.
@@ -39,7 +43,8 @@ attributes:
   diff_mode:
     support: full
     details:
-      - The diff shows the fingerprints of O(store.key) and O(store.previous_key) before and after, never values.
+      - The diff shows the fingerprints of O(store.key), O(store.previous_key) (and O(store.pending_key) when
+        set) before and after, never values.
   idempotent:
     support: partial
     details:
@@ -74,6 +79,13 @@ options:
         description:
           - Where the previous value is kept during the cutover, until O(revoke_previous).
           - Default O(store.key) with V(_PREVIOUS) appended when its last part is upper case, else V(_previous).
+        type: str
+      pending_key:
+        description:
+          - Where the pending value is staged (O(staging=pending)) until it is tested and promoted. The servers
+            that verify the secret must accept it; clients must not send it.
+          - Default O(store.key) with V(_PENDING) appended when its last part is upper case, else V(_pending).
+          - A value found there when a rotation starts was left by an unfinished one and is replaced.
         type: str
       path:
         description:
@@ -144,9 +156,20 @@ options:
     type: dict
     suboptions:
       url:
-        description: The URL, for example C(http://engine:8001/api/v1/admin/whoami).
+        description:
+          - The URL, for example C(http://engine:8001/api/v1/admin/whoami). O(test.url) or O(test.urls) is required.
         type: str
-        required: true
+      urls:
+        description:
+          - More URLs, one per server that verifies the secret. A value is accepted when every URL accepts it
+            and refused when every URL refuses it. They are asked concurrently; a URL that has answered as
+            wanted is not asked again.
+        type: list
+        elements: str
+      concurrency:
+        description: How many URLs are asked at once.
+        type: int
+        default: 32
       method:
         description: The HTTP method.
         type: str
@@ -238,6 +261,29 @@ options:
       ca_path:
         description: A CA bundle to validate TLS certificates with.
         type: path
+  staging:
+    description:
+      - V(pending) - step 2 stages the new value under O(store.pending_key); it is promoted to O(store.key)
+        only once O(test) proves every server accepts it.
+      - V(direct) - step 2 writes the new value to O(store.key) and the old one to O(store.previous_key).
+    type: str
+    choices: [pending, direct]
+    default: pending
+  revoke_grace:
+    description:
+      - Seconds to wait between the finish and O(revoke_previous), so that clients that re-read the store on
+        their own schedule switch to the new value before the old one stops working. Set it to the longest
+        client refresh interval for a routine rotation; V(0) in a breach, where the old value is compromised.
+    type: float
+    default: 0
+  revoke_only:
+    description:
+      - Create no new value; only revoke the previous one (as O(revoke_previous) does) after O(revoke_grace),
+        then run the test. The second pass of a routine rotation of many secrets, after one grace period
+        for them all. Nothing changes when the store holds no previous value.
+      - Mutually exclusive with O(value) and O(generate).
+    type: bool
+    default: false
   backup:
     description: (env_file, json, yaml) Copy the file to a mode 0600 backup next to it before every write.
     type: bool
@@ -249,8 +295,9 @@ options:
 notes:
   - Runs on the host the task runs on; file stores are files of that host. The V(kubernetes) store needs
     the Python library C(kubernetes) and the V(vault_kv2) store C(hvac) there.
-  - The consumers must accept both O(store.key) and O(store.previous_key) (or re-read the store on change,
-    or be notified by a handler) for a rotation without failed calls.
+  - For a rotation without failed calls the servers that verify the secret must accept O(store.key),
+    O(store.previous_key) and O(store.pending_key) and re-read the store on change (or be notified by a
+    handler), and O(revoke_grace) must cover the clients' refresh interval.
   - A Vault KV v2 write is a new version with check-and-set, and so is a rollback, which writes the old data
     back as the newest version. A Kubernetes write is a patch guarded by the Secret's resourceVersion.
 requirements:
@@ -274,10 +321,13 @@ EXAMPLES = r"""
       length: 48
       alphabet: urlsafe
     test:
-      url: http://10.0.0.11:8001/api/v1/admin/whoami
+      urls:
+        - http://10.0.0.11:8001/api/v1/admin/whoami
+        - http://10.0.0.12:8001/api/v1/admin/whoami
       header: X-Admin-Token
       status: [200]
     revoke_previous: true
+    revoke_grace: 2
   register: rotation
   notify: Reload engines
 
@@ -340,14 +390,14 @@ rolled_back:
   type: bool
   sample: false
 store:
-  description: The store, as C(type), C(location), C(key) and C(previous_key).
+  description: The store, as C(type), C(location), C(key), C(previous_key) and C(pending_key).
   returned: always
   type: dict
   sample: {type: env_file, location: env_file /etc/trading/engine.env, key: ADMIN_TOKEN,
-           previous_key: ADMIN_TOKEN_PREVIOUS}
+           previous_key: ADMIN_TOKEN_PREVIOUS, pending_key: ADMIN_TOKEN_PENDING}
 steps:
   description:
-    - One entry per step (V(create), V(set), V(test), V(finish), V(rollback), V(revoke), V(retest)),
+    - One entry per step (V(create), V(set), V(test), V(finish), V(rollback), V(grace), V(revoke), V(retest)),
       each with C(step), C(status) (V(ok), V(failed) or V(skipped)) and C(message).
   returned: always
   type: list
@@ -375,6 +425,7 @@ STORE_SPEC = dict(
     type=dict(type="str", required=True, choices=list(STORE_TYPES)),
     key=dict(type="str", required=True, no_log=False),
     previous_key=dict(type="str", no_log=False),
+    pending_key=dict(type="str", no_log=False),
     path=dict(type="str"),
     # kubernetes
     namespace=dict(type="str"),
@@ -392,7 +443,9 @@ STORE_SPEC = dict(
 )
 
 TEST_SPEC = dict(
-    url=dict(type="str", required=True),
+    url=dict(type="str"),
+    urls=dict(type="list", elements="str"),
+    concurrency=dict(type="int", default=32),
     method=dict(type="str", default="GET"),
     header=dict(type="str", default="X-Admin-Token"),
     headers=dict(type="dict", default={}),
@@ -424,9 +477,12 @@ ARGUMENT_SPEC = dict(
         length=dict(type="int", default=32),
         alphabet=dict(type="str", default="urlsafe", choices=["hex", "urlsafe", "alnum"]),
     )),
-    test=dict(type="dict", options=TEST_SPEC),
+    test=dict(type="dict", options=TEST_SPEC, required_one_of=[("url", "urls")]),
     revoke_previous=dict(type="bool", default=False),
     revoke=dict(type="dict", options=REVOKE_SPEC),
+    staging=dict(type="str", default="pending", choices=["pending", "direct"]),
+    revoke_grace=dict(type="float", default=0.0),
+    revoke_only=dict(type="bool", default=False),
     backup=dict(type="bool", default=True),
     timeout=dict(type="float", default=30.0),
 )
@@ -448,6 +504,9 @@ def main():
             revoke=p["revoke"],
             timeout=p["timeout"],
             check_mode=module.check_mode,
+            staging=p["staging"],
+            revoke_grace=p["revoke_grace"],
+            revoke_only=p["revoke_only"],
         )
         result = service.run()
     except ValidationError as err:

@@ -22,7 +22,8 @@ Each engine appends its own events (start, restart, halts, faults, errors; never
 
 Admin auth: every admin call (``POST /admin/orchestrate/halt|unhalt``, ``GET /pnl/status``, ``POST
 /api/v1/emergency/kill_switch|resume``) needs ``X-Admin-Token`` equal to one of the tokens in
-``<lab_dir>/secrets.env`` (``ADMIN_TOKEN``, and ``ADMIN_TOKEN_PREVIOUS`` while present), compared with
+``<lab_dir>/secrets.env`` (``ADMIN_TOKEN``, and ``ADMIN_TOKEN_PREVIOUS`` and ``ADMIN_TOKEN_PENDING`` while
+present: the old token during a cutover, the new one staged by a rotation before clients send it), compared with
 ``hmac.compare_digest``; anything else gets 401. The file is re-read on SIGHUP and when it changes (a
 stat of its mtime/ctime/inode/size at most every 0.5 s); a file that turns unreadable or loses
 ``ADMIN_TOKEN`` keeps the last good set (logged). /health, /health/detailed, /metrics and the trading
@@ -108,6 +109,7 @@ from .state import (
     ORCHESTRATE_API,
     REDIS,
     SECRET_CURRENT,
+    SECRET_PENDING,
     SECRET_PREVIOUS,
     SECRETS_FILE,
     SESSION_FAULTS,
@@ -408,9 +410,9 @@ class AdminTokens:
         if not current:
             return self._failed(f"{self.path} has no {SECRET_CURRENT}")
         names = {SECRET_CURRENT: current}
-        previous = values.get(SECRET_PREVIOUS)
-        if previous:
-            names[SECRET_PREVIOUS] = previous
+        for name in (SECRET_PREVIOUS, SECRET_PENDING):
+            if values.get(name):
+                names[name] = values[name]
         before = dict(self._names)
         self._tokens = tuple(v.encode("utf-8") for v in names.values())
         self._names = {k: fingerprint(v) for k, v in names.items()}

@@ -127,7 +127,8 @@ class Lab:
     @property
     def secrets_path(self) -> Path:
         """``<lab_dir>/secrets.env`` (mode 0600): ``ADMIN_TOKEN=<current>`` and, during a cutover,
-        ``ADMIN_TOKEN_PREVIOUS=<old>``. The engines accept exactly these admin tokens and re-read the file
+        ``ADMIN_TOKEN_PREVIOUS=<old>`` (and ``ADMIN_TOKEN_PENDING=<new>`` while a rotation stages it).
+        The engines accept exactly these admin tokens and re-read the file
         on change (within ~0.5 s) and on ``reload_secrets()`` (SIGHUP). After a rotation it, not
         ``state.json``'s ``admin_token``, holds the current token."""
         return self.lab_dir / SECRETS_FILE

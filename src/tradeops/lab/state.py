@@ -76,6 +76,7 @@ SECRETS_FILE = "secrets.env"  # the admin tokens the engines accept (0600), re-r
 FIREWALL_FILE = "firewall.json"  # the engines' firewall settings, kept across engine (and process) restarts
 SECRET_CURRENT = "ADMIN_TOKEN"
 SECRET_PREVIOUS = "ADMIN_TOKEN_PREVIOUS"
+SECRET_PENDING = "ADMIN_TOKEN_PENDING"  # staged by rotate_secret: accepted, not yet sent by clients
 
 # The lab firewall (see engines.py): the "source" of a request is simulated with this header, since every
 # caller is on 127.0.0.1. Absent, the caller is "public"; "management" is always allowed.

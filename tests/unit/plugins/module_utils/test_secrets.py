@@ -96,14 +96,14 @@ class Consumer(_Server):
         self.source = lambda: set(tokens)
 
     def read_env(self, path, key):
-        """Accept KEY and KEY_PREVIOUS, read from the env file on every request."""
+        """Accept KEY, KEY_PREVIOUS and KEY_PENDING, read from the env file on every request."""
 
         def tokens():
             values = set()
             with open(path) as fh:
                 for line in fh:
                     m = re.match(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line.rstrip("\n"))
-                    if m and m.group(1) in (key, key + "_PREVIOUS"):
+                    if m and m.group(1) in (key, key + "_PREVIOUS", key + "_PENDING"):
                         values.add(m.group(2).strip("'\""))
             return values
 
@@ -268,12 +268,12 @@ def test_env_file_keeps_other_lines_comments_order_and_quotes(tmp_path):
     store = EnvFileStore({"path": str(path), "key": "ADMIN_TOKEN"}, backup=False)
     snap = store.read(None)
     assert (snap.current, snap.previous) == ("old value", None)
-    store.write(snap, "n3w-Token_x", "old value", None)
+    store.write(snap, {"current": "n3w-Token_x", "previous": "old value"}, None)
     assert path.read_text() == ("# engine secrets\nexport DB_URL=postgres://x\nADMIN_TOKEN=n3w-Token_x\n"
                                 "ADMIN_TOKEN_PREVIOUS='old value'\n\nOTHER=1 # not a comment\nLAST=z\n")
     snap = store.read(None)
     assert (snap.current, snap.previous) == ("n3w-Token_x", "old value")
-    store.write(snap, "n3w-Token_x", None, None)
+    store.write(snap, {"current": "n3w-Token_x", "previous": None}, None)
     assert "ADMIN_TOKEN_PREVIOUS" not in path.read_text()
     # a missing key is appended; a duplicated key is refused, naming the key, never the values
     path.write_text("A=1\nA=2\n")
@@ -281,7 +281,7 @@ def test_env_file_keeps_other_lines_comments_order_and_quotes(tmp_path):
         EnvFileStore({"path": str(path), "key": "A"}).read(None)
     path.write_text("B=1")
     store = EnvFileStore({"path": str(path), "key": "A"}, backup=False)
-    store.write(store.read(None), "x" * 20, None, None)
+    store.write(store.read(None), {"current": "x" * 20, "previous": None}, None)
     assert path.read_text() == "B=1\nA=" + "x" * 20 + "\n"
 
 
@@ -315,7 +315,8 @@ def test_json_and_yaml_rotate_at_a_dotted_path(tmp_path, kind, consumer):
     assert result["stage"] == "finished" and result["fingerprint"] == fingerprint(new)
     assert result["previous_fingerprint"] == fingerprint(CANARY)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o604
-    [backup] = result["backup_files"]
+    backup = result["backup_files"][0]  # one before the set, one before the finish
+    assert len(result["backup_files"]) == 2
     assert open(backup, "rb").read() == before and stat.S_IMODE(os.stat(backup).st_mode) == 0o600
     assert CANARY not in json.dumps(result) and new not in json.dumps(result)
 
@@ -360,7 +361,7 @@ def test_revoke_removes_the_previous_value_and_the_old_token_is_refused(tmp_path
     store = build_store({"type": "env_file", "path": str(path), "key": "ADMIN_TOKEN"})
     result = rotate(store, consumer, revoke_previous=True, revoke={"url": consumer.url + "/revoke"})
     assert result["stage"] == "revoked" and result["revoked_fingerprint"] == fingerprint(CANARY)
-    assert result["previous_fingerprint"] is None and len(result["backup_files"]) == 2
+    assert result["previous_fingerprint"] is None and len(result["backup_files"]) == 3
     new = re.search(r"^ADMIN_TOKEN=(.*)$", path.read_text(), re.M).group(1)
     assert path.read_text() == f"ADMIN_TOKEN={new}\n"
     assert consumer.works(new) and not consumer.works(CANARY) and consumer.revoked == {CANARY}
@@ -370,7 +371,8 @@ def test_revoke_removes_the_previous_value_and_the_old_token_is_refused(tmp_path
 def test_old_token_still_accepted_after_revoke_fails_but_keeps_the_new_one(tmp_path, consumer):
     path = env_file(tmp_path, f"ADMIN_TOKEN={CANARY}\n")
     store = build_store({"type": "env_file", "path": str(path), "key": "ADMIN_TOKEN"})
-    consumer.source = lambda: {CANARY, re.search(r"^ADMIN_TOKEN=(.*)$", path.read_text(), re.M).group(1)}
+    # a server that never drops the old token: it accepts the old one and whatever the file holds now
+    consumer.source = lambda: {CANARY, *re.findall(r"^ADMIN_TOKEN(?:_PENDING)?=(.*)$", path.read_text(), re.M)}
     with pytest.raises(RotationFailed, match="still accepted") as err:
         rotate(store, consumer, revoke_previous=True)
     new = re.search(r"^ADMIN_TOKEN=(.*)$", path.read_text(), re.M).group(1)
@@ -432,14 +434,15 @@ def test_vault_kv2_rotate_keeps_other_keys_and_rolls_back_as_a_new_version(vault
     consumer.source = lambda: {v for k, v in vault.current("trading/engine").items() if k.startswith("admin")}
     result = rotate(build_store(spec), consumer)
     data = vault.current("trading/engine")
-    assert len(vault.versions["trading/engine"]) == 2
-    assert data["db"] == "keep" and data["admin_token_previous"] == CANARY
+    assert len(vault.versions["trading/engine"]) == 3  # the set (pending), the finish (promoted)
+    assert data["db"] == "keep" and data["admin_token_previous"] == CANARY and "admin_token_pending" not in data
     assert result["fingerprint"] == fingerprint(data["admin_token"])
 
     consumer.accept(data["admin_token"])
     with pytest.raises(RotationFailed, match="Rolled back") as err:
         rotate(build_store(spec), consumer)
-    assert vault.current("trading/engine") == data and len(vault.versions["trading/engine"]) == 4
+    # the failed run wrote the pending version, then the rollback a new version holding the old data
+    assert vault.current("trading/engine") == data and len(vault.versions["trading/engine"]) == 5
     assert CANARY not in str(err.value) + json.dumps(err.value.result)
 
 
@@ -453,3 +456,136 @@ def test_vault_kv2_bad_token_and_new_secret_rollback(vault, consumer):
     with pytest.raises(RotationFailed, match="Rolled back"):
         rotate(build_store(spec), consumer)
     assert "p" not in vault.versions
+
+
+# ---------------------------------------------------------------------------- staging: pending vs direct
+
+
+class LaggingServer:
+    """What a server that re-reads the store on its own schedule accepts: the store as it was ONE write
+    ago (the worst case for a client that re-reads at once). Records, after every write, whether the
+    token a client reads now (the current key) is accepted by that lagging view."""
+
+    def __init__(self, store):
+        self.store = store
+        self.view = None
+        self.refused = []
+        real_write = store.write
+
+        def write(snapshot, values, deadline):
+            self.view = store.read(None).values  # the server still sees what was there before this write
+            out = real_write(snapshot, values, deadline)
+            client = store.read(None).current
+            if client not in {v for v in self.view.values() if v}:
+                self.refused.append(sorted(values))
+            return out
+
+        store.write = write
+
+    def accepted(self):
+        """What the server accepts once it has caught up (when the test probes it)."""
+        return {v for v in self.store.read(None).values.values() if v}
+
+
+@pytest.mark.parametrize("staging", ["pending", "direct"])
+def test_pending_staging_means_a_client_never_sends_a_token_a_server_does_not_accept_yet(tmp_path, consumer, staging):
+    path = env_file(tmp_path, f"ADMIN_TOKEN={CANARY}\n")
+    store = build_store({"type": "env_file", "path": str(path), "key": "ADMIN_TOKEN"})
+    server = LaggingServer(store)
+    consumer.source = server.accepted
+    result = rotate(store, consumer, staging=staging, revoke_previous=True)
+    assert result["stage"] == "revoked"
+    if staging == "pending":
+        # set (pending only), finish (promote), revoke: the client's token was accepted after each write
+        assert server.refused == []
+        assert [s["step"] for s in result["steps"]] == ["create", "set", "test", "finish", "revoke", "retest"]
+    else:
+        # direct: right after the set, clients read the new token that the lagging server does not know yet
+        assert server.refused == [["current", "pending", "previous"]]
+
+
+def test_a_stale_pending_value_is_replaced_and_said(tmp_path, consumer):
+    path = env_file(tmp_path, f"ADMIN_TOKEN={CANARY}\nADMIN_TOKEN_PENDING=stale-pending-value-0123\n")
+    consumer.read_env(str(path), "ADMIN_TOKEN")
+    result = rotate(build_store({"type": "env_file", "path": str(path), "key": "ADMIN_TOKEN"}), consumer)
+    text = path.read_text()
+    assert "stale-pending-value" not in text and "ADMIN_TOKEN_PENDING" not in text
+    assert f"ADMIN_TOKEN_PREVIOUS={CANARY}" in text
+    assert any("stale ADMIN_TOKEN_PENDING" in s["message"] for s in result["steps"])
+    assert "stale-pending-value" not in json.dumps(result)
+
+
+def test_a_failed_promotion_rolls_back_and_the_old_token_still_works(tmp_path, consumer):
+    path = env_file(tmp_path, f"ADMIN_TOKEN={CANARY}\nX=1\n", mode=0o600)
+    before = path.read_bytes()
+    consumer.read_env(str(path), "ADMIN_TOKEN")
+    store = build_store({"type": "env_file", "path": str(path), "key": "ADMIN_TOKEN"})
+    real_write, writes = store.write, []
+
+    def write(snapshot, values, deadline):  # the second write (the promotion) fails, as a full disk would
+        writes.append(values)
+        if len(writes) == 2:
+            raise _secrets.BackendError(f"cannot write {path}: No space left on device")
+        return real_write(snapshot, values, deadline)
+
+    store.write = write
+    with pytest.raises(RotationFailed, match="could not be promoted.*No space left.*Rolled back") as err:
+        rotate(store, consumer, revoke_previous=True)
+    assert path.read_bytes() == before and consumer.works(CANARY)
+    assert [s["step"] for s in err.value.result["steps"]] == ["create", "set", "test", "finish", "rollback"]
+    assert err.value.result["rolled_back"] is True and CANARY not in str(err.value)
+
+
+def test_revoke_grace_waits_before_the_old_value_goes(tmp_path, consumer):
+    path = env_file(tmp_path, f"ADMIN_TOKEN={CANARY}\n")
+    consumer.read_env(str(path), "ADMIN_TOKEN")
+    slept = []
+
+    def sleep(seconds):  # at the moment of the grace the old token is still in the store, as previous
+        slept.append((seconds, f"ADMIN_TOKEN_PREVIOUS={CANARY}" in path.read_text()))
+
+    result = RotationService(build_store({"type": "env_file", "path": str(path), "key": "ADMIN_TOKEN"}),
+                             test={"url": consumer.url + "/whoami", "timeout": 1.0, "interval": 0.05},
+                             revoke_previous=True, revoke_grace=2.5, sleep=sleep).run()
+    assert slept == [(2.5, True)] and result["stage"] == "revoked"
+    assert [s["step"] for s in result["steps"]] == ["create", "set", "test", "finish", "grace", "revoke", "retest"]
+    with pytest.raises(ValidationError, match="revoke_grace"):
+        RotationService(build_store({"type": "env_file", "path": str(path), "key": "ADMIN_TOKEN"}), revoke_grace=-1)
+
+
+def test_every_test_url_must_accept_the_new_value(tmp_path, consumer):
+    path = env_file(tmp_path, f"ADMIN_TOKEN={CANARY}\n")
+    before = path.read_bytes()
+    consumer.read_env(str(path), "ADMIN_TOKEN")
+    laggard = Consumer()
+    try:
+        laggard.accept(CANARY)  # a second server that never reloads
+        test = {"urls": [consumer.url + "/whoami", laggard.url + "/whoami"], "timeout": 1.0, "interval": 0.05}
+        with pytest.raises(RotationFailed, match=r"\(and 1 more URLs\) refused the new value") as err:
+            rotate(build_store({"type": "env_file", "path": str(path), "key": "ADMIN_TOKEN"}), test=test)
+        assert laggard.url in str(err.value) and consumer.url + "/whoami answered" not in str(err.value)
+        assert path.read_bytes() == before
+        laggard.read_env(str(path), "ADMIN_TOKEN")
+        result = rotate(build_store({"type": "env_file", "path": str(path), "key": "ADMIN_TOKEN"}), test=test)
+        assert result["stage"] == "finished" and "all 2 URLs: accepted" in result["steps"][2]["message"]
+    finally:
+        laggard.close()
+
+
+def test_revoke_only_is_the_second_pass_after_one_grace(tmp_path, consumer):
+    path = env_file(tmp_path, f"ADMIN_TOKEN={CANARY}\n")
+    consumer.read_env(str(path), "ADMIN_TOKEN")
+    store = build_store({"type": "env_file", "path": str(path), "key": "ADMIN_TOKEN"})
+    first = rotate(store, consumer)
+    assert first["stage"] == "finished" and f"ADMIN_TOKEN_PREVIOUS={CANARY}" in path.read_text()
+    slept = []
+    second = RotationService(store, test={"url": consumer.url + "/whoami", "timeout": 1.0, "interval": 0.05},
+                             revoke_only=True, revoke_grace=1.5, sleep=slept.append).run()
+    assert slept == [1.5] and second["stage"] == "revoked" and second["changed"] is True
+    assert second["revoked_fingerprint"] == fingerprint(CANARY) and second["fingerprint"] == first["fingerprint"]
+    assert "ADMIN_TOKEN_PREVIOUS" not in path.read_text() and not consumer.works(CANARY)
+    # nothing left to revoke: no change, no wait
+    third = RotationService(store, revoke_only=True, revoke_grace=1.5, sleep=slept.append).run()
+    assert third["changed"] is False and slept == [1.5]
+    with pytest.raises(ValidationError, match="revoke_only"):
+        RotationService(store, revoke_only=True, value="x" * 20)

@@ -87,7 +87,8 @@ def test_env_file_rotation_promotes_and_returns_only_fingerprints(capsys, tmp_pa
     # atomic write kept mode and owner; the backup is 0600 and holds the file as it was
     st2 = os.stat(path)
     assert stat.S_IMODE(st2.st_mode) == 0o640 and (st2.st_uid, st2.st_gid) == (st.st_uid, st.st_gid)
-    [backup] = out["backup_files"]
+    assert len(out["backup_files"]) == 2  # before the set (pending) and before the finish (promote)
+    backup = out["backup_files"][0]
     assert stat.S_IMODE(os.stat(backup).st_mode) == 0o600 and open(backup, "rb").read() == before
     # the diff shows fingerprints only
     assert out["diff"]["before"] == f"ADMIN_TOKEN: {fp(CANARY)}\nADMIN_TOKEN_PREVIOUS: (absent)\n"
@@ -126,7 +127,7 @@ def test_revoke_previous_makes_the_old_token_refused(capsys, tmp_path, consumer)
     assert "ADMIN_TOKEN_PREVIOUS" not in path.read_text()
     assert consumer.works(new) and not consumer.works(CANARY)
     assert out["stage"] == "revoked" and out["revoked_fingerprint"] == fp(CANARY)
-    assert out["previous_fingerprint"] is None and len(out["backup_files"]) == 2
+    assert out["previous_fingerprint"] is None and len(out["backup_files"]) == 3
     assert [s["status"] for s in out["steps"]] == ["ok"] * 6
     assert_no_secret(out, new)
 
@@ -197,8 +198,8 @@ def test_vault_kv2_store_through_main_and_a_failure_path(capsys, consumer):
         vault.versions["trading/engine"] = [{"admin_token": CANARY, "other": "x"}]
         store = {"type": "vault_kv2", "url": vault.url, "token": "vault-root-CANARY", "path": "trading/engine",
                  "key": "admin_token"}
-        consumer.source = lambda: {vault.current("trading/engine").get(k) for k in ("admin_token",
-                                                                                   "admin_token_previous")}
+        consumer.source = lambda: {vault.current("trading/engine").get(k) for k in (
+            "admin_token", "admin_token_previous", "admin_token_pending")}
         out = run_module(capsys, {"store": store, "value": NEW_CANARY, "_ansible_diff": True,
                                   "test": {"url": consumer.url + "/whoami", "timeout": 2, "interval": 0.05}})
         assert out["_rc"] == 0, out
