@@ -10,10 +10,19 @@ PYTEST_ARGS ?=
 # (/tmp/pytest-of-$USER), which would delete the lab (and its halt flags) of another run.
 PYTEST_BASE := --basetemp=$(abspath tests/output/tmp)
 
-.PHONY: setup test unit integration sanity drill lint bench clean
+.PHONY: setup test unit integration sanity drill lint bench clean images molecule
 
 setup:
 	@scripts/setup.sh
+
+## The Molecule drills' images (tradeops/base, tradeops/trading-host), rebuilt only when their inputs change.
+images: setup
+	@scripts/images.sh
+
+## Every Molecule scenario (molecule test -s <scenario>) through pytest; also part of `make test`.
+molecule: setup
+	@mkdir -p tests/output
+	$(BIN)/pytest $(PYTEST_BASE) $(PYTEST_ARGS) tests/molecule
 
 ## Run every test: unit, module, integration (real ansible-playbook against the lab), lint and sanity.
 test: setup
@@ -40,8 +49,10 @@ lint: setup
 	$(BIN)/ruff check src tests bench plugins
 	$(BIN)/ansible-lint
 
+## Benchmarks (issue 8): writes bench/results/<date>.json and .md, then README's Benchmarks section;
+## ~30 min on 2 cores. A shorter run: make bench BENCH_ARGS="--only halt --engines 20 --runs 1".
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	-$(BIN)/tradeops lab down 2>/dev/null

@@ -32,6 +32,40 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# Docker, for the Molecule drills (molecule/, tests/molecule): start dockerd in the background
+# when it is not running. The drills fail (never skip) without it, so setup fails here, naming
+# the problem, unless TRADEOPS_NO_DOCKER=1 says this machine does not run them.
+docker_ok() { timeout 10 docker info >/dev/null 2>&1; }
+if [ "${TRADEOPS_NO_DOCKER:-0}" != "1" ] && ! docker_ok; then
+  dockerd_log=${TRADEOPS_DOCKERD_LOG:-/var/log/tradeops-dockerd.log}
+  if ! command -v dockerd >/dev/null 2>&1; then
+    echo "setup: dockerd is not installed (apt-get install -y docker.io); set TRADEOPS_NO_DOCKER=1 to skip Docker" >&2
+    exit 1
+  elif [ "$(id -u)" -ne 0 ]; then
+    echo "setup: Docker is not running and only root can start it here: sudo dockerd >$dockerd_log 2>&1 &" >&2
+    echo "setup: (or set TRADEOPS_NO_DOCKER=1 on a machine that does not run the Molecule drills)" >&2
+    exit 1
+  fi
+  if pgrep -x dockerd >/dev/null 2>&1; then
+    echo "setup: dockerd is running but not answering yet; waiting"
+  else
+    echo "setup: starting dockerd in the background (log: $dockerd_log)"
+    # its own session, so it outlives this make / CI step
+    setsid dockerd >>"$dockerd_log" 2>&1 </dev/null &
+  fi
+  for _ in $(seq 1 30); do
+    docker_ok && break
+    sleep 1
+  done
+  if ! docker_ok; then
+    echo "setup: ERROR: Docker did not come up within 30 s; the last lines of $dockerd_log:" >&2
+    tail -n 20 "$dockerd_log" >&2 2>/dev/null || true
+    echo "setup: the Molecule drills need a running dockerd (set TRADEOPS_NO_DOCKER=1 to skip Docker)" >&2
+    exit 1
+  fi
+  echo "setup: Docker is up"
+fi
+
 # Python >= 3.11 for the virtualenv.
 PYTHON=${PYTHON:-}
 if [ -z "$PYTHON" ]; then

@@ -18,6 +18,16 @@ if str(COLLECTIONS) not in sys.path:
 VENV_BIN = Path(sys.executable).parent
 
 
+# tests/output holds artifacts (the per-checkout basetemp, molecule logs, copies of the collection
+# with their own tests/): never collect from it.
+collect_ignore_glob = ["output/*"]
+
+
+def pytest_configure(config):
+    # Registered here rather than in pyproject.toml: a pyproject change makes `make setup` reinstall the venv.
+    config.addinivalue_line("markers", "molecule: runs `molecule test -s <scenario>` in real Docker containers")
+
+
 def ansible_env(lab_dir: Path | None = None, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
@@ -102,6 +112,45 @@ def lab_factory(tmp_path_factory):
     yield factory
     for handle in started:
         handle.lab.down()
+
+
+DRILL_IMAGES = {"base": "tradeops/base:current", "trading_host": "tradeops/trading-host:current"}
+IMAGES_TIMEOUT = 1200  # a cold build (debootstrap + apt in docker build) takes about a minute here
+
+
+def docker_problem() -> str | None:
+    """Why Docker cannot run containers here (None when it can): no CLI, or no daemon answering."""
+    try:
+        proc = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                              timeout=30)
+    except FileNotFoundError:
+        return "the docker CLI is not installed (apt-get install docker.io; `make setup` does it)"
+    except subprocess.TimeoutExpired:
+        return "`docker info` did not answer within 30 s"
+    if proc.returncode != 0:
+        return f"no Docker daemon answers: {(proc.stderr or proc.stdout).strip()[-500:]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def drill_images():
+    """The drill images (tradeops/base, tradeops/trading-host), built by scripts/images.sh once per session
+    (about a second when they are up to date). Without Docker this FAILS, naming the cause: the drills and
+    the Docker tests never skip."""
+    problem = docker_problem()
+    if problem:
+        pytest.fail(f"Docker cannot run here: {problem}. The Molecule drills and the Docker tests need it: run "
+                    f"`make setup` as root (it starts dockerd), or start dockerd by hand.", pytrace=False)
+    try:
+        proc = subprocess.run([str(ROOT / "scripts" / "images.sh")], cwd=ROOT, capture_output=True, text=True,
+                              timeout=IMAGES_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"scripts/images.sh did not finish within {IMAGES_TIMEOUT} s:\n{str(exc.stderr or '')[-3000:]}",
+                    pytrace=False)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/images.sh failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}",
+                    pytrace=False)
+    return dict(DRILL_IMAGES)
 
 
 def read_json(path: Path):

@@ -20,9 +20,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import io
 import json
 import os
+import posixpath
 import socket
+import tarfile
 import tempfile
 import time
 
@@ -288,7 +291,13 @@ class RedisMethod(Method):
 
 
 class DockerMethod(Method):
-    """A flag file inside a container (docker exec touch), or stop the container."""
+    """A flag file inside a container (docker exec touch), or stop the container.
+
+    The flag lives in the container's own filesystem, so it survives ``docker restart``. A
+    container that is not running (crashed, stopped) cannot run ``docker exec``: there the flag is
+    copied in and read back through the archive API (what ``docker cp`` does), so a crashed engine
+    is halted before it is restarted and comes back halted.
+    """
 
     type = "docker"
     required = ("container",)
@@ -333,12 +342,38 @@ class DockerMethod(Method):
         result = container.exec_run(argv)
         return result.exit_code
 
+    def _read_stopped(self, container):
+        """Whether the flag exists in a container that is not running (docker cp from it)."""
+        from docker.errors import NotFound
+        try:
+            stream, _stat = container.get_archive(self.flag_path)
+        except NotFound:
+            return False
+        for _chunk in stream:  # drain the response, so the connection is released
+            pass
+        return True
+
+    def _copy_flag(self, container, reason):
+        """Write the flag into a container that is not running (docker cp into it)."""
+        directory, name = posixpath.split(self.flag_path)
+        content = (json.dumps({"reason": reason, "at": time.time(), "by": "tradeops.remediation.halt_trading"})
+                   + "\n").encode("utf-8")
+        info = tarfile.TarInfo(name)
+        info.size = len(content)
+        info.mode = 0o644
+        info.mtime = int(time.time())
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.addfile(info, io.BytesIO(content))
+        if not container.put_archive(directory or "/", archive.getvalue()):
+            raise BackendError("cannot copy %s into %s (%s)" % (self.flag_path, self.container, container.status))
+
     def read_flag(self, deadline):
         def read(container):
             if self.action == "stop":
                 return container.status != "running"
             if container.status != "running":
-                return None
+                return self._read_stopped(container)
             return self._exec(container, ["test", "-e", self.flag_path]) == 0
         return self._call(deadline, read)
 
@@ -347,6 +382,9 @@ class DockerMethod(Method):
             if self.action == "stop":
                 container.stop(timeout=self.stop_timeout)
                 return "stopped"
+            if container.status != "running":
+                self._copy_flag(container, reason)
+                return "flag copied into the %s container" % container.status
             code = self._exec(container, ["touch", self.flag_path])
             if code != 0:
                 raise BackendError("touch %s in %s exited %d" % (self.flag_path, self.container, code))

@@ -36,7 +36,8 @@ How a run goes (each step is optional):
 
    The built-in passes read the heap, never an index (index scans are off for them): an index
    may be what is corrupt. ``export`` streams the offending rows inside the same snapshot.
-3. ``quarantine`` then ``reconcile``, each in ONE read-write transaction on the write session,
+3. ``reindex`` (the btree indexes amcheck found corrupt are rebuilt from their tables and checked
+   again), then ``quarantine`` then ``reconcile``, each in ONE read-write transaction on the write session,
    with the source tables locked ``SHARE ROW EXCLUSIVE`` (readers go on, writers wait), counts
    verified before COMMIT; anything unexpected rolls the whole transaction back.
 4. ``read_only: false`` last (resume the writes), and only when nothing errored.
@@ -91,7 +92,7 @@ BUILTIN_CHECKS = ROW_CHECKS + SERVER_CHECKS
 # the row defects first, duplicates last, so that the copy kept of a duplicated key is a good row.
 QUARANTINABLE = ("null_prices", "invalid_status", "non_positive_quantity", "future_timestamps", "orphan_trades",
                  "duplicate_ids")
-ACTIONS = ("export", "quarantine", "reconcile")
+ACTIONS = ("export", "reindex", "quarantine", "reconcile")
 SESSION_MODES = ("wait", "terminate")
 TABLE_ROLES = ("positions", "trades", "accounts")
 
@@ -717,7 +718,7 @@ class IntegrityService:
                 if not out["errors"] and (self.checks or self.custom):
                     self._scan()
                 if not out["errors"]:
-                    for action in ("quarantine", "reconcile"):
+                    for action in ("reindex", "quarantine", "reconcile"):
                         if action in self.actions:
                             self._action(getattr(self, action))
                 if self.read_only is False:
@@ -1062,6 +1063,65 @@ class IntegrityService:
         action["message"] = "moved %d row(s) to %s in one transaction (batch %s): %s" % (
             sum(t["moved"] for t in action["tables"]), self.quarantine_schema, batch,
             ", ".join("%s on %s: %d" % (m["check"], m["table"], m["moved"]) for m in action["moved"]))
+        return action
+
+    # -- reindex --------------------------------------------------------------------------------
+    def reindex(self):
+        """REINDEX INDEX each index the amcheck pass found corrupt (its sample, up to sample_size), then
+        bt_index_check it again, all in ONE read-write transaction: committed only when every rebuilt index
+        checks clean, else rolled back. An index holds no data of its own (it is rebuilt from its table), so
+        no row is touched. REINDEX blocks the table's writers (SHARE lock) until COMMIT; readers go on."""
+        action = {"action": "reindex", "changed": False, "status": OK, "indexes": []}
+        names = []
+        for result in self._corrupt_results(("amcheck",)):
+            for entry in result.get("sample") or []:
+                if isinstance(entry, dict) and entry.get("index") and entry["index"] not in names:
+                    names.append(entry["index"])
+        if not names:
+            action["message"] = "no corrupt index to rebuild"
+            return action
+        if self.check_mode:
+            action.update(changed=True, indexes=names,
+                          message="would REINDEX %s and check it again (check mode)" % ", ".join(names))
+            return action
+        conn = self.writer()
+        conn.autocommit = False
+        try:
+            cur = conn.cursor()
+            cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE")
+            cur.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                        "WHERE e.extname = 'amcheck'")
+            row = cur.fetchone()
+            if row is None:
+                raise _Rollback("the amcheck extension is gone: the rebuilt indexes could not be checked")
+            check = sql.SQL("SELECT {}(%s::regclass)").format(sql.Identifier(row[0], "bt_index_check"))
+            for name in names:
+                cur.execute("SELECT c.oid, n.nspname, c.relname FROM pg_class c "
+                            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::regclass "
+                            "AND c.relkind = 'i'", (name,))
+                found = cur.fetchone()
+                if found is None:
+                    raise _Rollback("%s is not an index" % name)
+                oid, schema, relname = found
+                cur.execute(sql.SQL("REINDEX INDEX {}").format(sql.Identifier(schema, relname)))
+                cur.execute(check, (oid,))  # raises if the rebuilt index is still corrupt: all rolled back
+                action["indexes"].append(name)
+            conn.commit()
+            action["changed"] = True
+        except _Rollback as err:
+            conn.rollback()
+            action.update(status=ERROR, changed=False, indexes=[],
+                          message="reindex rolled back, nothing was rebuilt: %s" % err)
+            return action
+        except psycopg2.Error as err:
+            conn.rollback()
+            action.update(status=ERROR, changed=False, indexes=[],
+                          message="reindex rolled back, nothing was rebuilt: %s" % self._db_error(err))
+            return action
+        finally:
+            conn.autocommit = True
+        action["message"] = "rebuilt %d index(es) in one transaction, each checked clean by bt_index_check: %s" % (
+            len(action["indexes"]), ", ".join(action["indexes"]))
         return action
 
     # -- reconcile ------------------------------------------------------------------------------

@@ -183,6 +183,8 @@ options:
             description:
               - (docker) V(flag) touches O(targets[].methods[].flag_path) inside the container; V(stop) stops it.
                 Default V(flag).
+              - (docker) A container that is not running (crashed, stopped) gets the flag copied into its
+                filesystem, as C(docker cp) does, so that it comes back halted when it is started again.
             type: str
           flag_path:
             description: (docker) Flag file inside the container. Default V(/tmp/EMERGENCY_STOP).

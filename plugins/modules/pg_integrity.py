@@ -49,7 +49,7 @@ description:
     else the worst of V(corrupt), V(warn) and V(ok). Corruption alone fails the task only with
     O(fail_on_corruption=true).
   - "The optional changes run in this order: O(read_only=true) first (contain the writes), the scan, then
-    O(actions) (C(export) inside the scan's snapshot, C(quarantine), C(reconcile)), and O(read_only=false) last
+    O(actions) (C(export) inside the scan's snapshot, C(reindex), C(quarantine), C(reconcile)), and O(read_only=false) last
     (resume the writes), which is skipped when a step failed or when O(fail_on_corruption=true) found corruption.
     Nothing after a failed step is done."
   - "O(read_only): C(ALTER DATABASE ... SET default_transaction_read_only) on an autocommit session. Sessions
@@ -67,6 +67,11 @@ description:
     copied and deleted must agree before COMMIT, else everything is rolled back. Nothing is deleted outright.
     Duplicates keep their first copy (lowest ctid) and move the others; they are moved last, so that the copy kept
     is a good row."
+  - "C(reindex): rebuilds, in one transaction, every btree index the V(amcheck) check found corrupt (the indexes of its
+    sample, up to O(sample_size)) with C(REINDEX INDEX), and checks each one again with C(bt_index_check); anything
+    still corrupt rolls the whole transaction back. An index holds no data of its own, so no row is touched;
+    C(REINDEX) blocks the table's writers (readers go on) until COMMIT. It needs the V(amcheck) check in O(checks)
+    and the ownership of the tables."
   - "C(reconcile): rewrites, in one transaction, the quantity of every mismatched position that is the only row
     of its (account, symbol) from the sum of its filled trades, after recording the old rows in
     C(<quarantine_schema>.<positions table>__reconciled). An (account, symbol) with filled trades but no position
@@ -95,7 +100,7 @@ attributes:
   idempotent:
     support: full
     details:
-      - A second run with the same arguments finds nothing left to quarantine or reconcile, the database already
+      - A second run with the same arguments finds nothing left to rebuild, quarantine or reconcile, the database already
         in the O(read_only) state and the export file already holding the same rows, and reports no change.
 options:
   checks:
@@ -286,11 +291,12 @@ options:
   actions:
     description:
       - Changes to make after the scan, in this order; never in check mode, and only when no check errored.
-      - V(export) writes the offending rows to O(export_path). V(quarantine) moves them to O(quarantine_schema).
-        V(reconcile) rewrites mismatched position quantities from their filled trades.
+      - V(export) writes the offending rows to O(export_path). V(reindex) rebuilds the indexes V(amcheck) found
+        corrupt. V(quarantine) moves the offending rows to O(quarantine_schema). V(reconcile) rewrites mismatched
+        position quantities from their filled trades.
     type: list
     elements: str
-    choices: [export, quarantine, reconcile]
+    choices: [export, reindex, quarantine, reconcile]
     default: []
   export_path:
     description:
@@ -473,8 +479,10 @@ warned:
   type: list
   elements: str
   sample: [long_queries]
-skipped:
-  description: The names of the V(skipped) checks.
+skipped_checks:
+  description:
+    - The names of the V(skipped) checks.
+    - Not C(skipped), which Ansible reserves for the task status (a non-empty list would mark the task skipped).
   returned: always
   type: list
   elements: str
@@ -488,10 +496,12 @@ errors:
 actions:
   description:
     - What each change did (or, in check mode, would do), in order. Every item has C(action) (V(read_only),
-      V(create_extension), V(export), V(quarantine) or V(reconcile)), C(status), C(changed) and C(message).
+      V(create_extension), V(export), V(reindex), V(quarantine) or V(reconcile)), C(status), C(changed) and
+      C(message).
     - V(read_only) adds C(before), C(after), C(verified), C(stale_sessions) and C(terminated); V(quarantine) adds
       C(schema), C(batch_id), C(moved) (per check - C(found_in_scan), C(found), C(moved)) and C(tables);
-      V(reconcile) adds C(reconciled), C(unreconciled) and C(table); V(export) adds C(path) and C(checks).
+      V(reconcile) adds C(reconciled), C(unreconciled) and C(table); V(export) adds C(path) and C(checks);
+      V(reindex) adds C(indexes) (the ones rebuilt).
   returned: always
   type: list
   elements: dict
@@ -584,6 +594,8 @@ def main():
     except TradeopsError as err:
         module.fail_json(msg="pg_integrity: %s" % err)
 
+    # `skipped` is Ansible's own task status: a non-empty list there would mark the task skipped
+    result["skipped_checks"] = result.pop("skipped", [])
     diff = result.pop("diff", None)
     if module._diff and diff is not None:
         result["diff"] = diff

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.integration.test_p0_outage import recap
+
 pytestmark = pytest.mark.integration
 
 # Independent of the module: the seed 002 checks written out by hand.
@@ -79,6 +81,26 @@ def test_data_corruption_ends_clean_writable_and_halted_until_approval(lab_facto
     assert lab.query("SELECT count(*) FROM pg_database WHERE datname LIKE '%%_verify_%%'")[0][0] == 0
     report = json.loads(sorted(tmp_path.glob("data-corruption-*.json"))[-1].read_text())
     assert report["resume"] == "skipped_not_approved"
+
+
+def test_an_index_corrupted_on_disk_is_rebuilt_and_a_clean_rerun_with_skip_if_clean_changes_nothing(
+        lab_factory, tmp_path):
+    lab = lab_factory(engines=2)
+    lab.lab.inject("corrupt-rows")
+    fault = lab.lab.inject("index-corruption")
+    assert fault["amcheck"]["status"] == "corrupt"
+    proc = run(lab, tmp_path, "-e", "db_integrity_skip_if_clean=true")
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert all(v == 0 for v in counts(lab).values()), counts(lab)
+    # REINDEX gave the index a new file, and amcheck passes on it
+    assert lab.query("SELECT pg_relation_filepath('trades_id_idx')")[0][0] != fault["relation_file"]
+    assert lab.query("SELECT true FROM (SELECT bt_index_check('trades_id_idx'::regclass)) c")[0][0] is True
+    assert read_only(lab) == "off" and trading(lab) == []
+    # the same playbook again: nothing to repair, so no read-only switch, no backup, no change
+    again = run(lab, tmp_path, "-e", "db_integrity_skip_if_clean=true")
+    assert again.returncode == 0, again.stdout[-5000:]
+    assert len(list((tmp_path / "backups").glob("*.pgc"))) == 1
+    assert all(c["changed"] == 0 for c in recap(again.stdout).values()), again.stdout[-3000:]
 
 
 def test_a_failed_repair_leaves_the_database_read_only_and_trading_halted(lab_factory, tmp_path):

@@ -633,6 +633,10 @@ class Engine:
         self.faults: set[str] = set(spec.get("faults") or [])
         self.flag_path = self.dir / EMERGENCY_STOP_FILE
         self.elog = EngineLog(self.dir / ENGINE_LOG)
+        # Where it listens: the loopback and a port the OS picks, unless the spec says otherwise (a lab node
+        # in a container listens on its network address and a fixed port: ``bind``, ``port``).
+        self.bind_host: str = spec.get("bind") or LOOPBACK
+        self._want_port = int(spec.get("port") or 0)
         self.port = 0
         self.restarts = 0
         self.started_at: float | None = None  # when it last started serving (None: crashed since launch)
@@ -798,7 +802,7 @@ class Engine:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((LOOPBACK, port))
+            sock.bind((self.bind_host, port))
             sock.setblocking(False)
         except OSError:
             sock.close()
@@ -811,7 +815,7 @@ class Engine:
     async def bind(self) -> None:
         """Take a port from the OS; serve on it unless the engine starts crashed."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        sock = self._new_socket(0)
+        sock = self._new_socket(self._want_port)
         self.port = int(sock.getsockname()[1])
         faults = ",".join(f for f in FAULTS if f in self.faults) or "none"
         if self.crashed:
@@ -823,7 +827,7 @@ class Engine:
             # Only in the engine's own log: 200 of these would drown the shared one.
             self.elog.write(
                 logging.INFO,
-                f"started on {LOOPBACK}:{self.port} (halt methods {','.join(self.methods)}; faults {faults})",
+                f"started on {self.bind_host}:{self.port} (halt methods {','.join(self.methods)}; faults {faults})",
             )
 
     def _stop(self) -> list[asyncio.Task[Any]]:
@@ -1279,7 +1283,8 @@ class EngineHost:
             log.error("cannot remove the disk-pressure ballast: %s", exc)
         await asyncio.to_thread(self.writer.stop, 10.0)
         try:
-            await self.redis.aclose()
+            # redis-py >= 5 has aclose(); the 4.x of Debian bookworm (the drill images) only close()
+            await getattr(self.redis, "aclose", self.redis.close)()
         except (RedisError, OSError):
             pass
         (self.lab_dir / ENGINES_RUNTIME_FILE).unlink(missing_ok=True)

@@ -212,9 +212,15 @@ def connect(info: dict[str, Any], dbname: str | None = None, **kwargs: Any) -> p
 class PostgresServer:
     """Creates, starts and stops the lab's PostgreSQL cluster."""
 
-    def __init__(self, lab_dir: Path, bindir: Path | None = None) -> None:
+    def __init__(
+        self, lab_dir: Path, bindir: Path | None = None, listen: str = LOOPBACK, port: int | None = None
+    ) -> None:
+        """``listen`` and ``port``: the lab listens on the loopback on a free port; a lab node in a container
+        (``tradeops.lab.node``) listens on its network (``0.0.0.0``, password auth from anywhere) on a fixed port."""
         self.lab_dir = Path(lab_dir)
         self.bindir = bindir or find_bindir()
+        self.listen = listen
+        self.fixed_port = port
         self.log_path = self.lab_dir / POSTGRES_LOG
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -247,10 +253,14 @@ class PostgresServer:
         if on_progress:
             on_progress(dict(info))
         self._initdb(datadir, base, password, run_as)
+        if self.listen != LOOPBACK:
+            with open(datadir / "pg_hba.conf", "a", encoding="utf-8") as fh:
+                fh.write("\n# tradeops lab node: password auth from the network\n"
+                         "host all all 0.0.0.0/0 scram-sha-256\n")
         socket_dir = str(base) if len(str(base)) <= SOCKET_PATH_MAX else ""
         last_log = ""
         for _attempt in range(3):
-            port = free_port()
+            port = self.fixed_port or free_port()
             self._write_conf(datadir, port, socket_dir)
             info["port"] = port
             started, last_log = self._launch(datadir, base, run_as, info)
@@ -259,7 +269,7 @@ class PostgresServer:
             if started:
                 self._create_database(info)
                 return info
-            if "could not bind" not in last_log and "already in use" not in last_log:
+            if self.fixed_port or ("could not bind" not in last_log and "already in use" not in last_log):
                 break
         raise LabError(f"PostgreSQL did not start; last lines of {self.log_path}:\n{last_log}")
 
@@ -308,7 +318,7 @@ class PostgresServer:
             "\n".join(
                 [
                     f"port = {port}",
-                    f"listen_addresses = '{LOOPBACK}'",
+                    f"listen_addresses = '{self.listen}'",
                     f"unix_socket_directories = '{socket_dir}'",
                     "fsync = off",
                     "synchronous_commit = off",

@@ -54,14 +54,15 @@ class RedisServer:
         self.pidfile = self.dir / "redis.pid"
         self.logfile = self.dir / "redis.log"
 
-    def start(self, password: str) -> dict[str, Any]:
-        """Start redis-server on a free loopback port; returns the state-file ``redis`` entry."""
+    def start(self, password: str, listen: str = LOOPBACK, port: int | None = None) -> dict[str, Any]:
+        """Start redis-server on a free loopback port (or on ``listen``:``port``, as a lab node in a container
+        does); returns the state-file ``redis`` entry (its ``host`` is the loopback either way)."""
         exe = find_redis_server()
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         last = ""
         for _attempt in range(3):
-            port = free_port()
-            self._write_conf(port, password)
+            port_now = port or free_port()
+            self._write_conf(port_now, password, listen)
             self.pidfile.unlink(missing_ok=True)
             try:
                 res = subprocess.run(
@@ -73,7 +74,7 @@ class RedisServer:
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 raise LabError(f"cannot run redis-server: {exc}") from exc
-            info = {"host": LOOPBACK, "port": port, "db": 0, "password": password, "pid": None}
+            info = {"host": LOOPBACK, "port": port_now, "db": 0, "password": password, "pid": None}
             if res.returncode == 0:
                 pid = self._wait_ready(info)
                 if pid:
@@ -81,16 +82,16 @@ class RedisServer:
                     return info
             last = (res.stdout + res.stderr).decode("utf-8", "replace") + tail(self.logfile, 20)
             self.stop(info)
-            if "in use" not in last:
+            if port or "in use" not in last:
                 break
         raise LabError(f"redis-server did not start:\n{last}")
 
-    def _write_conf(self, port: int, password: str) -> None:
+    def _write_conf(self, port: int, password: str, listen: str = LOOPBACK) -> None:
         if any(c in password for c in '"\\\n '):
             raise LabError("the redis password must not contain quotes, backslashes or spaces")
         text = "\n".join(
             [
-                f"bind {LOOPBACK}",
+                f"bind {listen}",
                 f"port {port}",
                 "protected-mode yes",
                 f'requirepass "{password}"',

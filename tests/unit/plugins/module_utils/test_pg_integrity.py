@@ -561,6 +561,43 @@ def test_quarantine_moves_every_bad_row_in_one_transaction_and_keeps_them_all(db
     assert db.scalar("SELECT count(*) FROM tradeops_quarantine.trades") == 6
 
 
+# A btree whose comparison function changed after it was built (as in the amcheck test): bt_index_check
+# finds its items out of order; REINDEX rebuilds it with the function as it is now.
+FLIPPED_INDEX = """
+CREATE FUNCTION pgi_cmp(int8, int8) RETURNS int4 LANGUAGE sql IMMUTABLE AS 'SELECT btint8cmp($1, $2)';
+CREATE OPERATOR CLASS pgi_ops FOR TYPE int8 USING btree AS OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =,
+    OPERATOR 4 >=, OPERATOR 5 >, FUNCTION 1 pgi_cmp(int8, int8);
+CREATE INDEX trades_corrupt_idx ON trades (id pgi_ops);
+CREATE OR REPLACE FUNCTION pgi_cmp(int8, int8) RETURNS int4 LANGUAGE sql IMMUTABLE AS 'SELECT btint8cmp($2, $1)';
+"""
+
+
+def test_reindex_rebuilds_only_the_corrupt_index_in_a_read_only_database_and_keeps_every_row(db):
+    db.execute(FLIPPED_INDEX)
+    trades = rows(db, "trades", TRADE_COLUMNS)
+    oid_before = db.scalar("SELECT pg_relation_filenode('trades_id_idx')")
+    assert run(db, checks=["amcheck"], allow_create_extension=True)["status"] == "corrupt"
+    planned = IntegrityService(db.params(checks=["amcheck"], actions=["reindex"]), check_mode=True).run()
+    assert planned["actions"][-1]["message"] == "would REINDEX trades_corrupt_idx and check it again (check mode)"
+    assert planned["changed"] is True
+    assert run(db, checks=["amcheck"])["status"] == "corrupt"  # check mode rebuilt nothing
+
+    out = run(db, read_only=True, read_only_sessions="terminate", checks=["amcheck"], actions=["reindex"])
+    action = out["actions"][-1]
+    assert action["action"] == "reindex" and action["status"] == "ok" and action["changed"] is True, action
+    assert action["indexes"] == ["trades_corrupt_idx"]
+    assert out["status"] == "corrupt"  # what the scan saw before the rebuild
+    assert db.scalar("SHOW default_transaction_read_only") == "on"  # rebuilt all the same, in its own transaction
+    after = run(db, checks=["amcheck"])
+    assert by_check(after)[("amcheck", None)]["status"] == "ok", after["checks"]
+    assert rows(db, "trades", TRADE_COLUMNS) == trades  # not a row touched
+    assert db.scalar("SELECT pg_relation_filenode('trades_id_idx')") == oid_before  # the good indexes were left alone
+
+    again = run(db, checks=["amcheck"], actions=["reindex"])
+    assert again["changed"] is False and again["actions"][-1]["message"] == "no corrupt index to rebuild"
+    run(db, read_only=False)
+
+
 def test_quarantine_checks_limit_what_is_moved(db):
     db.execute(QUARANTINE_INJECTION)
     out = run(db, actions=["quarantine"], quarantine_checks=["orphan_trades"], checks=["orphan_trades"],

@@ -4,8 +4,9 @@
 - postgres and redis: the lab's real PostgreSQL and Redis;
 - disk, memory and load: this machine, with thresholds that force GO and NO-GO;
 - kubernetes: a FAKE of the Kubernetes API (k8s_fake.py), because no real API server can run here;
-- docker: a real daemon when one answers at the default socket (there is none on this machine,
-  so that test skips); the "daemon unreachable" path is always tested, and the running / healthy
+- docker: a real daemon at the default socket, running a container of the drill base image
+  (tradeops/base, built by scripts/images.sh; the test FAILS when no daemon answers: `make setup`
+  starts dockerd); the "daemon unreachable" path is always tested, and the running / healthy
   logic is tested against a FAKE Docker Engine API on a unix socket, speaking the wire format the
   docker SDK uses;
 - wait_for / stable_for: local HTTP servers that flip or flap on a schedule, and a lab engine
@@ -563,29 +564,18 @@ def test_docker_probe_daemon_unreachable_is_nogo(tmp_path):
     assert elapsed < 3
 
 
-def _real_docker():
-    if not os.path.exists("/var/run/docker.sock"):
-        return None
+def test_docker_probe_against_a_real_container(drill_images):
+    import docker
+
+    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=30)
+    name = f"tradeops-probe-test-{os.getpid()}"
     try:
-        import docker
-
-        client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=5)
-        client.ping()
-        return client
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def test_docker_probe_against_a_real_container():
-    client = _real_docker()
-    if client is None:
-        pytest.skip("no Docker daemon answers at unix:///var/run/docker.sock on this machine")
-    images = [i for i in client.images.list() if i.tags]
-    if not images:
-        pytest.skip("the Docker daemon has no local image to run (no registry is reachable here)")
-    container = client.containers.run(images[0].tags[0], ["sleep", "60"], detach=True, name="tradeops-probe-test")
+        client.containers.get(name).remove(force=True)  # a leftover of an interrupted run
+    except docker.errors.NotFound:
+        pass
+    container = client.containers.run(drill_images["base"], ["sleep", "60"], detach=True, name=name)
     try:
-        probe = {"name": "c", "type": "docker", "container": "tradeops-probe-test"}
+        probe = {"name": "c", "type": "docker", "container": name}
         assert one(probe)[1]["status"] == GO
         container.stop(timeout=1)
         r = one(probe)[1]
