@@ -1,0 +1,222 @@
+"""The Markdown table of a results JSON, the targets, and the README's Benchmarks section."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+README_START = "<!-- bench:start (written by `make bench`; edit bench/report.py instead) -->"
+README_END = "<!-- bench:end -->"
+
+
+def fmt(s: dict[str, Any] | None, unit: str = "", digits: int = 2) -> str:
+    """``median [min–max]`` of a summary dict."""
+    if not s or s.get("median") is None:
+        return "—"
+
+    def f(x: float) -> str:
+        return f"{x:.{digits}f}"
+
+    if s.get("n", 0) <= 1 or s["min"] == s["max"]:
+        return f"{f(s['median'])}{unit}"
+    return f"{f(s['median'])}{unit} [{f(s['min'])}–{f(s['max'])}]"
+
+
+def num(x: float | None, digits: int = 2, unit: str = "") -> str:
+    return "—" if x is None else f"{x:.{digits}f}{unit}"
+
+
+def load(sec: dict[str, Any] | None) -> str:
+    """The 1-min load average at a section's start and end (the machine is shared: read noisy figures so)."""
+    if not sec or "loadavg_start" not in sec:
+        return ""
+    return f" Load average (1 min) {sec['loadavg_start'][0]} at its start, {sec['loadavg_end'][0]} at its end."
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, goal: str, value: float | None, ok: bool | None, shown: str | None = None) -> None:
+        out.append({"target": name, "goal": goal, "value": value, "shown": shown if shown is not None else
+                    num(value), "met": ok})
+
+    halt = res.get("halt", {}).get("by_engines", {}).get("200")
+    if halt:
+        r = halt["ratios"]
+        add("halt N=200: a/e", "≤ 7", r.get("a/e"), None if r.get("a/e") is None else r["a/e"] <= 7)
+        add("halt N=200: c/a", "≥ 25", r.get("c/a"), None if r.get("c/a") is None else r["c/a"] >= 25)
+        a = halt["paths"].get("a", {})
+        wall = (a.get("wall_s") or {}).get("median")
+        add("halt N=200: contain phase (a) done, process start to exit", "≤ 2.5 s", wall,
+            None if wall is None else wall <= 2.5, num(wall, 2, " s"))
+        last = (a.get("time_to_last_halt_s") or {}).get("median")
+        add("halt N=200: contain (a), process start to last engine halted", "≤ 2.5 s", last,
+            None if last is None else last <= 2.5, num(last, 2, " s"))
+    for rows, sec in res.get("pg", {}).get("by_rows", {}).items():
+        label = f"{int(rows) // 1_000_000}M" if int(rows) >= 1_000_000 else rows
+        r = sec["ratios"]
+        add(f"pg_integrity {label}: a/c", "≤ 1.5", r.get("a/c"), None if r.get("a/c") is None else r["a/c"] <= 1.5)
+        add(f"pg_integrity {label}: b/a", "≥ 2", r.get("b/a"), None if r.get("b/a") is None else r["b/a"] >= 2)
+        w = sec.get("writer")
+        if w:
+            x = w["ratio_p99_with_over_without"]
+            add(f"pg_integrity {label}: writer p99 with scan / without", "< 2×", x, None if x is None else x < 2,
+                num(x, 2, "×"))
+    mttr = res.get("mttr")
+    if mttr:
+        m = mttr["mttr_s"]["median"]
+        add("P0 drill MTTR (fault to all GO)", "≤ 60 s", m, None if m is None else m <= 60, num(m, 1, " s"))
+    rot = res.get("rotate")
+    if rot:
+        t = rot["rotation_s"]["median"]
+        add("rotate 20 secrets: time", "≤ 10 s", t, None if t is None else t <= 10, num(t, 2, " s"))
+        f = rot["failed_calls"]["max"]
+        add("rotate 20 secrets: failed authenticated calls (worst run)", "0", f, None if f is None else f == 0,
+            num(f, 0))
+    return out
+
+
+def markdown(res: dict[str, Any], heading: str = "##") -> str:
+    h3 = heading + "#"
+    m = res["machine"]
+    lines = [
+        f"{heading} Benchmarks",
+        "",
+        f"`make bench`, {res['date']} (`bench/results/{res['date']}.json`). {m.get('cpus')} CPUs, "
+        f"{m.get('ansible_core') or 'ansible-core ?'}, Python {m.get('python')}; load average (1/5/15 min) "
+        f"{'/'.join(str(x) for x in res['loadavg_start'])} at the start, "
+        f"{'/'.join(str(x) for x in res['loadavg_end'])} at the end; {res['duration_s'] / 60:.1f} min in all. "
+        f"Each figure is the median [min–max] of {res['options']['runs']} runs unless stated. "
+        "Other jobs share this machine: compare the ratios, measured in the same run, more than the absolute times.",
+        "",
+    ]
+    halt = res.get("halt")
+    if halt:
+        ns = list(halt["by_engines"])
+        lines += [f"{h3} Time to halt", "",
+                  "Seconds from process start to the last engine's own record of its halt (`halt requested via` "
+                  "in its `engine.log`, ms stamps); every engine checked halted through the lab's control API "
+                  "after each run, fresh engines (restarted, trading again) before each run."
+                  + "".join(f" N={n}:{load(halt['by_engines'][n])}" for n in ns), "",
+                  "| path | " + " | ".join(f"N={n}" for n in ns) + " |",
+                  "| --- | " + " | ".join("---:" for _ in ns) + " |"]
+        paths = list(dict.fromkeys(p for n in ns for p in halt["by_engines"][n]["paths"]))
+        for p in paths:
+            label = next(halt["by_engines"][n]["paths"][p]["label"] for n in ns if p in halt["by_engines"][n]["paths"])
+            cells = []
+            for n in ns:
+                entry = halt["by_engines"][n]["paths"].get(p)
+                if entry is None:
+                    cells.append("—")
+                    continue
+                cell = fmt(entry["time_to_last_halt_s"])
+                k = entry["time_to_last_halt_s"].get("n", 0)
+                if k != res["options"]["runs"]:
+                    cell += f" ({k} runs)"
+                if entry.get("failed_runs"):
+                    cell += f" **{entry['failed_runs']} failed**"
+                cells.append(cell)
+            lines.append(f"| {p}. {label} | " + " | ".join(cells) + " |")
+        for key, label in (("a/e", "a/e (target ≤ 7 at N=200)"), ("b/a", "b/a"), ("c/a", "c/a (target ≥ 25 at N=200)"),
+                           ("d/a", "d/a")):
+            lines.append(f"| ratio {label} | " + " | ".join(num(halt["by_engines"][n]["ratios"].get(key)) for n in ns)
+                         + " |")
+        lines.append("| a: contain phase, process start to exit (incl. the role's 2 s quiesce and the orders proof) | "
+                     + " | ".join(fmt(halt["by_engines"][n]["paths"].get("a", {}).get("wall_s")) for n in ns) + " |")
+        lines.append("| a: halt_trading module call (all engines, each read back) | "
+                     + " | ".join(fmt(halt["by_engines"][n]["paths"].get("a", {}).get("module_elapsed_s"))
+                                  for n in ns) + " |")
+        lines.append("")
+    pg = res.get("pg")
+    if pg:
+        sizes = list(pg["by_rows"])
+
+        def col(key: str, sub: str | None = None) -> str:
+            cells = []
+            for s in sizes:
+                v = pg["by_rows"][s].get(key)
+                if sub and isinstance(v, dict):
+                    v = v.get(sub)
+                cells.append(fmt(v, "", 3) if isinstance(v, dict) else num(v))
+            return " | ".join(cells)
+
+        lines += [f"{h3} pg_integrity (warm cache)", "",
+                  f"Seconds. Trades rows: {', '.join(f'{int(s):,}' for s in sizes)}; lab schema and settings "
+                  f"({pg['server']['version'].split(' on ')[0]}, shared_buffers {pg['server']['shared_buffers']}, "
+                  f"{pg['server']['max_parallel_workers_per_gather']} parallel workers per gather). The writer runs "
+                  "single-row INSERTs for a fixed window, alone and while the module's full built-in scan runs back "
+                  "to back in another process."
+                  + "".join(f" {int(s):,} rows:{load(pg['by_rows'][s])}" for s in sizes), "",
+                  "| figure | " + " | ".join(f"{int(s):,} rows" for s in sizes) + " |",
+                  "| --- | " + " | ".join("---:" for _ in sizes) + " |",
+                  f"| c. floor: `SELECT count(*) FROM trades` | {col('count_s')} |",
+                  "| c'. `count(*)` that reads every column (`WHERE created_at IS NULL`) | "
+                  f"{col('count_all_columns_s')} |",
+                  f"| a. the module's one-pass scan (trades: 3 checks, FILTER clauses) | {col('one_pass_s')} |",
+                  f"| b. one query per check (same 3 checks) | {col('per_check_s')} |",
+                  "| ratio a/c (target ≤ 1.5) | " + " | ".join(num(pg["by_rows"][s]["ratios"]["a/c"]) for s in sizes)
+                  + " |",
+                  "| ratio b/a (target ≥ 2) | " + " | ".join(num(pg["by_rows"][s]["ratios"]["b/a"]) for s in sizes)
+                  + " |",
+                  f"| every built-in check (module, one call) | {col('full_scan_s')} |"]
+        if any("writer" in pg["by_rows"][s] for s in sizes):
+            cells_q, cells_b, cells_r = [], [], []
+            for s in sizes:
+                w = pg["by_rows"][s].get("writer")
+                cells_q.append(fmt(w["p99_ms_without_scan"], " ms", 3) if w else "—")
+                cells_b.append(fmt(w["p99_ms_with_scan"], " ms", 3) if w else "—")
+                cells_r.append(num(w["ratio_p99_with_over_without"], 2, "×") if w else "—")
+            lines += ["| writer: INSERT p99, no scan | " + " | ".join(cells_q) + " |",
+                      "| writer: INSERT p99, full scan running back to back | " + " | ".join(cells_b) + " |",
+                      "| writer p99 ratio (target < 2×) | " + " | ".join(cells_r) + " |"]
+        lines.append("| dataset build, once (not timed above) | " + " | ".join(
+            f"{pg['by_rows'][s]['dataset']['build_s']} s ({pg['by_rows'][s]['dataset']['table_size']} + "
+            f"{pg['by_rows'][s]['dataset']['index_size']} indexes)" for s in sizes) + " |")
+        lines.append("")
+    mttr = res.get("mttr")
+    if mttr:
+        lines += [f"{h3} P0 drill MTTR", "",
+                  f"`tradeops drill p0` on {mttr['engines']} engines, 3 crashed and 1 hung; seconds. "
+                  f"Runs: {len(mttr['runs'])}, failed: {mttr['failed_runs']}.{load(mttr)}", "",
+                  "| phase | seconds |", "| --- | ---: |"]
+        for k, v in mttr["phases_s"].items():
+            lines.append(f"| {k.replace('_', ' ')} | {fmt(v)} |")
+        lines.append(f"| **MTTR, fault to all GO** (target ≤ 60 s) | **{fmt(mttr['mttr_s'], '', 1)}** |")
+        lines.append("")
+    rot = res.get("rotate")
+    if rot:
+        lines += [f"{h3} rotate_secret", "", rot.get("summary", "") + load(rot), "",
+                  "| figure | value |", "| --- | ---: |",
+                  f"| rotation of {rot['secrets']} secrets, seconds (target ≤ 10 s) | {fmt(rot['rotation_s'])} |",
+                  "| failed authenticated calls of the polling consumer (target 0) | "
+                  f"{fmt(rot['failed_calls'], '', 0)} |",
+                  f"| consumer calls during the rotation | {fmt(rot['calls'], '', 0)} |"]
+        for k, v in rot.get("task_s", {}).items():
+            lines.append(f"| task: {k.replace('|', '—')} | {fmt(v)} |")
+        ctl = rot.get("control_direct_staging")
+        if ctl:
+            lines.append(f"| control, 1 run, staging=direct: failed calls | {ctl['failed_calls']} of {ctl['calls']} |")
+        lines.append("")
+    tg = res.get("targets") or []
+    if tg:
+        lines += [f"{h3} Targets", "", "| target | goal | measured | met |", "| --- | --- | ---: | :---: |"]
+        for t in tg:
+            met = "—" if t["met"] is None else ("yes" if t["met"] else "**no**")
+            lines.append(f"| {t['target']} | {t['goal']} | {t['shown']} | {met} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_readme(readme: Path, table_md: str) -> None:
+    """Replace (or add, before ``## Development``) the README's Benchmarks section."""
+    text = readme.read_text(encoding="utf-8")
+    block = f"{README_START}\n{table_md.rstrip()}\n{README_END}"
+    if README_START in text and README_END in text:
+        text = re.sub(re.escape(README_START) + r".*?" + re.escape(README_END), lambda _m: block, text,
+                      flags=re.S)
+    elif "\n## Development" in text:
+        text = text.replace("\n## Development", "\n" + block + "\n\n## Development", 1)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(text, encoding="utf-8")
