@@ -204,6 +204,10 @@ class InventoryModule(BaseInventoryPlugin):
         # `tradeops lab` as an argv prefix, for roles that drive the lab (isolate)
         lab_cli = restart_argv[:restart_argv.index("lab") + 1] if "lab" in restart_argv else ["tradeops", "lab"]
         self.inventory.set_variable(GROUP, "tradeops_lab_cli", lab_cli)
+        # Each engine writes an order every order_interval seconds: an engine that still trades after its
+        # halt shows up in the orders table within a few intervals, so the halt proof need not wait longer.
+        interval = float(state.get("order_interval") or 0.2)
+        self.inventory.set_variable(GROUP, "tradeops_lab_order_interval", interval)
 
         # Evidence is captured once, on the machine that runs the lab, not 200 times over.
         self.inventory.add_group(EVIDENCE_GROUP)

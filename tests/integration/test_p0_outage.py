@@ -153,3 +153,19 @@ def test_resume_brings_order_flow_back(lab_factory, tmp_path):
         assert lab.orders_after(t["name"], t["resumed_at"]) > 0, f"{t['name']} did not trade after resume"
     assert all(row["orders_after"] > 0 for row in report["orders"])
     assert lab.lab.redis_client().keys("emergency_halt*") == []
+
+
+def test_a_wrong_role_variable_stops_the_run_before_any_halt(lab_factory, tmp_path):
+    """The playbooks skip Ansible's per-host role check (rolespec_validate: false, 5 s per role at 200 engines)
+    and each role checks its meta/argument_specs.yml once: a wrong type must still stop the run, naming the
+    variable, before the kill switch is touched."""
+    lab = lab_factory(engines=3)
+    proc, report = run_p0(lab, tmp_path, "-e", '{"halt_trading_timeout": "soon"}', name="bad.json")
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "Validation of arguments failed" in proc.stdout, proc.stdout[-3000:]
+    assert "halt_trading_timeout" in proc.stdout
+    assert report is None, "the halt report was written: the role ran past its argument check"
+    # nothing was halted: every engine still trades
+    counts = lab.wait_for_orders(lab.engines(), since=time.time())
+    assert all(counts.values()), counts
+    assert not any(e["halted"] for e in lab.lab.engines()), lab.lab.engines()

@@ -268,6 +268,7 @@ class Lab:
             for spec in specs:
                 Path(spec["dir"]).mkdir(parents=True, exist_ok=True)
             write_secrets_env(self.secrets_path, {SECRET_CURRENT: st["admin_token"]})
+            st["order_interval"] = order_interval  # the inventory derives halt_trading_quiesce_seconds from it
             write_json_atomic(
                 self.lab_dir / ENGINES_CONFIG_FILE,
                 {
