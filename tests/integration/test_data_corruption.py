@@ -115,6 +115,12 @@ def test_a_failed_repair_leaves_the_database_read_only_and_trading_halted(lab_fa
     assert read_only(lab) == "on"
     time.sleep(1)
     assert trading(lab) == []
+    # the report was written before the run stopped, and names the failed phase
+    written = sorted(tmp_path.glob("data-corruption-*.json"))
+    assert len(written) == 1, written
+    report = json.loads(written[0].read_text())
+    assert report["verdict"] == "FAILED IN REPAIR, TRADING HALTED" and report["failure"]["phase"] == "repair"
+    assert "READ-ONLY" in report["failure"]["reason"], report["failure"]
 
 
 def test_pg_integrity_catches_the_lab_index_corruption_and_the_lock_and_long_query(lab_factory):

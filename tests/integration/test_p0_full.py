@@ -71,6 +71,16 @@ def test_a_component_that_cannot_be_repaired_leaves_every_engine_halted(lab_fact
     time.sleep(1)
     assert all_halted(lab) == {}
     assert all(lab.orders_after(n, time.time() - 3) == 0 for n in lab.engines())
+    # the run stopped, and the incident report was written before it did, naming the failure
+    written = reports(tmp_path)
+    assert len(written) == 1, written
+    report = json.loads(written[0].read_text())
+    assert report["verdict"] == "FAILED IN REPAIR, TRADING HALTED", report["verdict"]
+    assert report["failure"]["phase"] == "repair" and "engine-002" in report["failure"]["reason"], report["failure"]
+    assert report["resume"] == "not_run"
+    assert [h["phase"] for h in report["halts"]] == ["contain"]
+    md = written[0].with_suffix(".md").read_text()
+    assert "stopped in the repair phase" in md and "Trading stays halted" in md
 
 
 def test_resume_never_happens_without_approval(lab_factory, tmp_path):
