@@ -18,6 +18,16 @@ Values never leave this module: results carry fingerprints (the first 12 hex dig
 sha256), messages name stores, keys and fingerprints only, and every message is scrubbed of
 every value seen before it is raised or returned. :meth:`RotationService.secret_values` gives
 the boundary the values to mask in the module output as well.
+
+Many secrets rotate concurrently in one call (:class:`BatchRotation`), and several of them may live
+in the same file, Secret or Vault path. So every write of a store is a read-modify-write done under
+a lock and merged per key: it re-reads the store, checks that THIS secret's keys are still what the
+rotation read, and changes only those keys. A file is locked by a per-path lock between the threads
+of this process and by ``flock`` on its parent directory between processes (the file itself is
+replaced by a rename, so a lock on it would lock an inode that is about to go). A Kubernetes Secret
+and a Vault KV path are locked per object within the process; between processes, the Secret's
+resourceVersion and Vault's check-and-set detect a concurrent writer, and the write is retried on the
+fresh object when this secret's own keys are unchanged.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -26,6 +36,9 @@ __metaclass__ = type
 
 import base64
 import binascii
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -33,7 +46,9 @@ import re
 import secrets
 import string
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _k8s
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, fan_out
@@ -95,12 +110,88 @@ SLOTS = ("current", "previous", "pending")
 STAGINGS = ("pending", "direct")
 
 
+class StoreConflict(BackendError):
+    """The store changed between the read and the write (HTTP 409, a failed check-and-set)."""
+
+
 class RotationFailed(BackendError):
     """The rotation failed. ``result`` is the (secret-free) result so far, for the module to return."""
 
     def __init__(self, message, result):
         super(RotationFailed, self).__init__(message)
         self.result = result
+
+
+# --------------------------------------------------------------------------------------------
+# locks: every read-modify-write of one store object is serialized
+
+LOCK_WAIT = 30.0  # seconds to wait for a lock when the caller has no deadline
+CONFLICT_RETRIES = 3
+_LOCKS_GUARD = threading.Lock()
+_LOCKS = {}
+
+
+def object_lock(key):
+    """The process-wide lock of one store object (a file path, a Secret, a Vault path)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(key)
+        if lock is None:
+            lock = _LOCKS[key] = threading.Lock()
+        return lock
+
+
+def _wait_for(deadline):
+    return LOCK_WAIT if deadline is None else max(deadline.remaining(), 0.05)
+
+
+@contextlib.contextmanager
+def held(key, deadline, what):
+    """Hold the process-wide lock of ``key`` (another thread of this task may be writing ``what``)."""
+    lock = object_lock(key)
+    wait = _wait_for(deadline)
+    if not lock.acquire(True, wait):
+        raise BackendError("%s stayed locked by another secret of this task for %.1fs; nothing was changed: raise "
+                           "timeout or lower concurrency, and re-run" % (what, wait))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def file_lock(path, deadline):
+    """Serialize every read-modify-write of the file ``path``.
+
+    Between the threads of this process: a lock per path. Between processes (two operators rotating
+    keys of one file): ``flock`` on the parent directory, opened O_RDONLY|O_DIRECTORY. Not on the file:
+    a write replaces it by a rename, so a lock on the file would lock the inode that is going away.
+    """
+    directory = os.path.dirname(path) or "."
+    with held(("file", path), deadline, path):
+        try:
+            dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as err:
+            raise BackendError("cannot lock %s: cannot open its directory %s: %s; nothing was changed"
+                               % (path, directory, err.strerror or err))
+        try:
+            wait = _wait_for(deadline)
+            until = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(dfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise BackendError("cannot lock %s (flock on %s): %s; nothing was changed"
+                                           % (path, directory, err.strerror or err))
+                if time.monotonic() >= until:
+                    raise BackendError("%s stayed locked (flock on %s) by another process for %.1fs: another "
+                                       "rotation is writing it; nothing was changed: re-run once it is done"
+                                       % (path, directory, wait))
+                time.sleep(0.005)
+            yield
+        finally:
+            os.close(dfd)  # releases the flock
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,13 +309,27 @@ class Store:
     def write(self, snapshot, values, deadline):
         """Set each slot (``current``, ``previous``, ``pending``) of ``values``; None removes it.
 
-        ``snapshot`` is what :meth:`read` returned just before. Returns a backup path or None.
+        ``snapshot`` is what :meth:`read` returned before. Under the store's lock, the store is read
+        again; if this secret's keys no longer hold what ``snapshot`` holds, nothing is written
+        (:class:`BackendError`); else only this secret's keys change, whatever else changed meanwhile.
+        Returns a backup path or None.
         """
         raise NotImplementedError
 
     def restore(self, snapshot, deadline):
-        """Put the store back exactly as it was in ``snapshot``."""
+        """Put this secret's keys back as they were in ``snapshot`` (the rest of the store as it is now)."""
         raise NotImplementedError
+
+    def check_unchanged(self, snapshot, now):
+        """Raise when this secret's keys in ``now`` differ from ``snapshot`` (another writer of this secret)."""
+        if now.values == snapshot.values:
+            return
+        changed = [self.keys[slot] for slot in SLOTS if now.values[slot] != snapshot.values[slot]]
+        raise BackendError("%s changed during the rotation (%s now %s): another rotation of this secret is "
+                           "running; this write was not made: re-run once it is done"
+                           % (self.describe(), ", ".join(changed),
+                              ", ".join("fingerprint %s" % (fingerprint(now.values[slot]) or ABSENT)
+                                        for slot in SLOTS if now.values[slot] != snapshot.values[slot])))
 
 
 class FileStore(Store):
@@ -244,6 +349,12 @@ class FileStore(Store):
         # a symlink is followed, so that the link stays a link and its target is rotated
         self.path = os.path.realpath(path)
         self.backup = backup
+        # what this store's own writes did, for an exact restore: the bytes before its first write and
+        # after its last, and whether every write started from the bytes of the one before (nobody
+        # else wrote the file in between)
+        self._base = None
+        self._written = None
+        self._chain = True
 
     def describe(self):
         return "%s %s" % (self.type, self.path)
@@ -265,14 +376,33 @@ class FileStore(Store):
                                            "uid": st.st_uid, "gid": st.st_gid})
 
     def write(self, snapshot, values, deadline):
-        data = self.render(snapshot.state["text"], values).encode("utf-8")
-        backup = backup_file(self.path, snapshot.state["raw"]) if self.backup else None
-        atomic_write(self.path, data, snapshot.state["mode"], snapshot.state["uid"], snapshot.state["gid"])
+        with file_lock(self.path, deadline):
+            # the file as it is now: other secrets of this file may have been written since ``snapshot``
+            now = self.read(deadline)
+            self.check_unchanged(snapshot, now)
+            st = now.state
+            data = self.render(st["text"], values).encode("utf-8")
+            backup = backup_file(self.path, st["raw"]) if self.backup else None
+            atomic_write(self.path, data, st["mode"], st["uid"], st["gid"])
+            if self._written is None:
+                self._base = st["raw"]
+            elif st["raw"] != self._written:
+                self._chain = False
+            self._written = data
         return backup
 
     def restore(self, snapshot, deadline):
-        st = snapshot.state
-        atomic_write(self.path, st["raw"], st["mode"], st["uid"], st["gid"])
+        with file_lock(self.path, deadline):
+            now = self.read(deadline)
+            st = now.state
+            if self._written is not None and self._chain and st["raw"] == self._written:
+                # nobody else wrote the file since this rotation's first write: the same bytes as before it
+                data = self._base
+            else:
+                # other secrets of this file were written meanwhile: put back this secret's keys only
+                data = self.render(st["text"], snapshot.values).encode("utf-8")
+            atomic_write(self.path, data, st["mode"], st["uid"], st["gid"])
+            self._base, self._written, self._chain = None, None, True
 
     def parse(self, text):
         """The values by slot."""
@@ -497,6 +627,11 @@ class KubernetesSecretStore(Store):
     def describe(self):
         return "kubernetes secret %s/%s" % (self.namespace, self.name)
 
+    def _lock_key(self):
+        spec = self.spec
+        return ("kubernetes", spec.get("api_url") or spec.get("kubeconfig"), spec.get("context"), self.namespace,
+                self.name)
+
     def _call(self, deadline, fn):
         spec = self.spec
         api, api_client = _k8s.core_v1_api(spec.get("api_url"), spec.get("api_key"),
@@ -510,7 +645,7 @@ class KubernetesSecretStore(Store):
             if getattr(err, "status", None) == 404:
                 raise ValidationError("%s does not exist: create it first" % self.describe())
             if getattr(err, "status", None) == 409:
-                raise BackendError("%s changed while rotating (HTTP 409 Conflict): re-run" % self.describe())
+                raise StoreConflict("%s changed while rotating (HTTP 409 Conflict): re-run" % self.describe())
             raise BackendError("%s: %s" % (self.describe(), _k8s.api_error(err)))
         finally:
             api_client.close()
@@ -536,27 +671,55 @@ class KubernetesSecretStore(Store):
         return None if value is None else base64.b64encode(value.encode("utf-8")).decode("ascii")
 
     def write(self, snapshot, values, deadline):
-        # a merge patch: a key set to null is removed
-        body = {"metadata": {"resourceVersion": snapshot.state["resource_version"]},
-                "data": dict((self.keys[slot], self._b64(value)) for slot, value in values.items())}
-        self._call(deadline, lambda api, t: api.patch_namespaced_secret(
-            self.name, self.namespace, body, _request_timeout=t))
+        # other keys of this Secret may be rotated by other threads of this task (the lock) or by another
+        # process (the resourceVersion of the fresh read guards the patch; on a conflict, read and retry)
+        with held(self._lock_key(), deadline, self.describe()):
+            for attempt in range(CONFLICT_RETRIES):
+                now = self.read(deadline)
+                self.check_unchanged(snapshot, now)
+                # a merge patch of this secret's keys only: a key set to null is removed
+                body = {"metadata": {"resourceVersion": now.state["resource_version"]},
+                        "data": dict((self.keys[slot], self._b64(value)) for slot, value in values.items())}
+                try:
+                    self._call(deadline, lambda api, t, body=body: api.patch_namespaced_secret(
+                        self.name, self.namespace, body, _request_timeout=t))
+                    return None
+                except StoreConflict:
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
         return None
 
     def restore(self, snapshot, deadline):
+        old = snapshot.state["data"]
+
         def put(api, t):
+            # this secret's keys back as they were (the same base64), the other keys as they are now
             secret = api.read_namespaced_secret(self.name, self.namespace, _request_timeout=t)
-            secret.data = dict(snapshot.state["data"]) or None
+            data = dict(secret.data or {})
+            for key in self.keys.values():
+                if old.get(key) is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = old[key]
+            secret.data = data or None
             return api.replace_namespaced_secret(self.name, self.namespace, secret, _request_timeout=t)
 
-        self._call(deadline, put)
+        with held(self._lock_key(), deadline, self.describe()):
+            for attempt in range(CONFLICT_RETRIES):
+                try:
+                    self._call(deadline, put)
+                    return
+                except StoreConflict:
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
 
 
 class VaultKv2Store(Store):
     """A key of a HashiCorp Vault KV v2 secret, through hvac (as community.hashi_vault.vault_kv2_write).
 
-    Every write is a new version with check-and-set on the version read just before, so a
-    concurrent writer is detected, never overwritten. Other keys of the secret are kept.
+    Every write is a new version with check-and-set on the version read just before (under the
+    path's lock), so a concurrent writer is detected, never overwritten; the write is then retried on
+    the fresh version when this secret's keys are unchanged. Other keys of the secret are kept.
     """
 
     type = "vault_kv2"
@@ -573,6 +736,9 @@ class VaultKv2Store(Store):
 
     def describe(self):
         return "vault_kv2 %s/%s" % (self.mount_point, self.path)
+
+    def _lock_key(self):
+        return ("vault_kv2", str(self.spec["url"]).rstrip("/"), self.mount_point, self.path)
 
     def _call(self, deadline, fn):
         try:
@@ -592,7 +758,7 @@ class VaultKv2Store(Store):
                                "%s/data/%s" % (self.describe(), self.mount_point, self.path))
         except hvac_exceptions.InvalidRequest as err:
             if "check-and-set" in str(err):
-                raise BackendError("%s changed while rotating (check-and-set failed): re-run" % self.describe())
+                raise StoreConflict("%s changed while rotating (check-and-set failed): re-run" % self.describe())
             raise BackendError("%s: %s" % (self.describe(), type(err).__name__))
         except hvac_exceptions.VaultError as err:
             raise BackendError("%s: %s" % (self.describe(), type(err).__name__))
@@ -621,28 +787,54 @@ class VaultKv2Store(Store):
                                       % (self.describe(), self.keys[slot], type(value).__name__))
         return Snapshot(values, {"data": data, "version": version})
 
-    def write(self, snapshot, values, deadline):
-        data = dict(snapshot.state["data"])
-        for slot, value in values.items():
-            if value is None:
-                data.pop(self.keys[slot], None)
-            else:
-                data[self.keys[slot]] = value
+    def _put(self, now, data, deadline):
         self._call(deadline, lambda kv, exc: kv.create_or_update_secret(
-            path=self.path, secret=data, cas=snapshot.state["version"], mount_point=self.mount_point))
+            path=self.path, secret=data, cas=now.state["version"], mount_point=self.mount_point))
+
+    def write(self, snapshot, values, deadline):
+        with held(self._lock_key(), deadline, self.describe()):
+            for attempt in range(CONFLICT_RETRIES):
+                # the newest version: other keys of this path may have been written since ``snapshot``
+                now = self.read(deadline)
+                self.check_unchanged(snapshot, now)
+                data = dict(now.state["data"])
+                for slot, value in values.items():
+                    if value is None:
+                        data.pop(self.keys[slot], None)
+                    else:
+                        data[self.keys[slot]] = value
+                try:
+                    self._put(now, data, deadline)
+                    return None
+                except StoreConflict:
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
         return None
 
     def restore(self, snapshot, deadline):
-        now = self.read(deadline)
-        if snapshot.state["version"] == 0:
-            # the secret did not exist: remove it again, with every version written since
-            self._call(deadline, lambda kv, exc: kv.delete_metadata_and_all_versions(
-                path=self.path, mount_point=self.mount_point))
-            return
-        # KV v2 keeps history: the restore is a new version holding exactly the old data
-        self._call(deadline, lambda kv, exc: kv.create_or_update_secret(
-            path=self.path, secret=dict(snapshot.state["data"]), cas=now.state["version"],
-            mount_point=self.mount_point))
+        old = snapshot.state["data"]
+        with held(self._lock_key(), deadline, self.describe()):
+            for attempt in range(CONFLICT_RETRIES):
+                now = self.read(deadline)
+                data = dict(now.state["data"])
+                for key in self.keys.values():
+                    if key in old:
+                        data[key] = old[key]
+                    else:
+                        data.pop(key, None)
+                if snapshot.state["version"] == 0 and not data:
+                    # the secret did not exist and nothing else was written there: remove it again, with
+                    # every version written since
+                    self._call(deadline, lambda kv, exc: kv.delete_metadata_and_all_versions(
+                        path=self.path, mount_point=self.mount_point))
+                    return
+                try:
+                    # KV v2 keeps history: the restore is a new version, this secret's keys as they were
+                    self._put(now, data, deadline)
+                    return
+                except StoreConflict:
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
 
 
 def build_store(spec, backup=True):
@@ -848,11 +1040,11 @@ class RotationService:
         clean = redact(result, self.secret_values())
         raise RotationFailed(redact(message, self.secret_values()), clean)
 
-    def run(self):
+    def _begin(self):
         store = self.store
-        deadline = Deadline(self.timeout)
-        steps = []
-        result = {
+        self._deadline = Deadline(self.timeout)
+        self._plan = None
+        self.result = {
             "changed": False,
             "store": {"type": store.type, "location": store.describe(), "key": store.key,
                       "previous_key": store.previous_key, "pending_key": store.pending_key},
@@ -862,22 +1054,26 @@ class RotationService:
             "revoked_fingerprint": None,
             "stage": None,
             "rolled_back": False,
-            "steps": steps,
+            "steps": [],
             "backup_files": [],
         }
 
-        def step(name, status, message):
-            steps.append({"step": name, "status": status, "message": redact(message, self.secret_values())})
+    def step(self, name, status, message):
+        self.result["steps"].append({"step": name, "status": status,
+                                     "message": redact(message, self.secret_values())})
 
+    def _guarded(self, work, *args):
+        """Run ``work``; any error but :class:`RotationFailed` becomes one that says where it stopped."""
+        store, result = self.store, self.result
         try:
-            return self._run(store, deadline, result, step)
+            return work(*args)
         except RotationFailed:
             raise
         except TradeopsError as err:
             if isinstance(err, ValidationError) and not result["changed"]:
                 raise  # bad input or a store that does not fit it: nothing was written
             # an error before or outside a step that rolls back: say where it stopped
-            step("error", "failed", str(err))
+            self.step("error", "failed", str(err))
             stage = result["stage"]
             if result["changed"] and stage != "finished":
                 self._fail(result, "%s. The store may be half way: check %s" % (err, store.describe()))
@@ -886,6 +1082,44 @@ class RotationService:
                            "and the previous one; re-run with revoke_previous to revoke it"
                            % (err, store.describe(), result["fingerprint"]))
             self._fail(result, "%s. Nothing was changed" % err)
+
+    def run(self):
+        """The whole rotation: :meth:`rotate`, the grace (if any), then :meth:`revoke_previous_value`."""
+        self.rotate()
+        if self.needs_grace():
+            self.note_grace()
+            self._sleep(self.revoke_grace)
+        return self.revoke_previous_value()
+
+    def rotate(self):
+        """create -> set -> test -> finish (or, with revoke_only, nothing yet). Returns the result so far.
+
+        The revocation, if asked for, is left to :meth:`revoke_previous_value`, so that many secrets can
+        share one grace period (:class:`BatchRotation`). Raises :class:`RotationFailed` (rolled back)."""
+        self._begin()
+        return self._guarded(self._run, self.store, self._deadline, self.result, self.step)
+
+    def needs_grace(self):
+        """Whether a grace must be waited before :meth:`revoke_previous_value` (a previous value to revoke)."""
+        return bool(self._plan and self._plan["grace"] and self.revoke_grace > 0 and not self.check_mode)
+
+    def note_grace(self, seconds=None):
+        self.step("grace", "ok", "waited %.1fs for clients to switch to the %s value before revoking"
+                  % (self.revoke_grace if seconds is None else seconds, self._plan["which"]))
+
+    def revoke_previous_value(self):
+        """After :meth:`rotate` (and the grace): revoke the previous value and re-test, if asked for."""
+        plan, self._plan = self._plan, None
+        if plan is None:
+            return self.result
+        # the store operations of this step get a deadline of their own, whatever the grace took
+        deadline = Deadline(self.timeout) if plan["grace"] else self._deadline
+        self._guarded(self._revoke, self.store, deadline, self.result, self.step, plan["snap"], plan["current"])
+        if plan.get("diff_before") is not None:
+            self.result["diff"] = self._diff(plan["diff_before"], (plan["current"], None))
+        if plan.get("unchanged_diff") is not None and not self.result["changed"]:
+            self.result["diff"] = self._diff(plan["unchanged_diff"], plan["unchanged_diff"])
+        return self.result
 
     def _run(self, store, deadline, result, step):
         snap = store.read(deadline)
@@ -897,14 +1131,10 @@ class RotationService:
         if self.revoke_only:
             # the second pass of a routine rotation: the new value is current, the old one previous
             step("create", "skipped", "revoke_only: no new value")
-            if prev is not None and self.revoke_grace > 0 and not self.check_mode:
-                step("grace", "ok", "waited %.1fs for clients to switch to the current value before revoking"
-                     % self.revoke_grace)
-                self._sleep(self.revoke_grace)
             result["stage"] = "unchanged"
-            self._revoke(store, deadline, result, step, None if prev is not None else snap, old)
-            if not result["changed"]:
-                result["diff"] = self._diff((old, prev), (old, prev))
+            # after a grace the store is read again; with nothing to revoke there is no grace
+            self._plan = {"snap": None if prev is not None else snap, "current": old, "grace": prev is not None,
+                          "which": "current", "unchanged_diff": (old, prev)}
             return result
 
         if self.value is not None and old is not None and self.value == old:
@@ -914,7 +1144,8 @@ class RotationService:
                 result["stage"] = "unchanged"
                 result["diff"] = self._diff((old, prev), (old, prev))
                 return result
-            return self._revoke(store, deadline, result, step, snap, old)
+            self._plan = {"snap": snap, "current": old, "grace": False, "which": "current"}
+            return result
 
         # 1. create the pending value
         pending = self.value
@@ -990,13 +1221,9 @@ class RotationService:
         result["diff"] = self._diff((old, prev, snap.pending), (pending, keep))
 
         if self.revoke_previous:
-            if self.revoke_grace > 0 and keep is not None:
-                # clients re-read the store on their own schedule: let them switch before the old one goes
-                step("grace", "ok", "waited %.1fs for clients to switch to the new value before revoking"
-                     % self.revoke_grace)
-                self._sleep(self.revoke_grace)
-            self._revoke(store, deadline, result, step, None, pending)
-            result["diff"] = self._diff((old, prev, snap.pending), (pending, None))
+            # clients re-read the store on their own schedule: let them switch before the old one goes
+            self._plan = {"snap": None, "current": pending, "grace": keep is not None, "which": "new",
+                          "diff_before": (old, prev, snap.pending)}
         return result
 
     def _promote(self, store, snap, old, keep, pending, result, step, deadline):
@@ -1116,3 +1343,118 @@ class RotationService:
             step("retest", "ok", "the current value is accepted and the revoked one refused: %s" % detail_old)
         else:
             step("retest", "ok", "the current value is accepted: %s" % detail)
+
+
+# --------------------------------------------------------------------------------------------
+# many secrets in one call
+
+
+class BatchRotation:
+    """Rotate many secrets concurrently, each through its own :class:`RotationService`.
+
+    ``services`` is a list of ``(name, RotationService)``. Every secret is rotated (create, set, test,
+    finish; rolled back on a failed test) by a bounded thread pool; then, if any secret has a previous
+    value to revoke after a grace, the grace is waited ONCE for them all, counted from the last
+    promotion; then every revocation runs, concurrently again. A failed secret does not stop the others.
+    Secrets of one store object are safe together: every store write is locked and merged per key.
+    """
+
+    def __init__(self, services, concurrency=8, revoke_grace=0.0, check_mode=False, sleep=time.sleep):
+        if not services:
+            raise ValidationError("secrets is empty: give at least one secret")
+        try:
+            self.concurrency = int(concurrency)
+        except (TypeError, ValueError):
+            self.concurrency = 0
+        if self.concurrency < 1:
+            raise ValidationError("concurrency must be at least 1, got %r" % (concurrency,))
+        self.services = list(services)
+        names = [name for name, dummy in self.services]
+        for name in names:
+            if not name or not isinstance(name, str):
+                raise ValidationError("every secret needs a name (a label for results and messages)")
+        dupes = sorted(set(n for n in names if names.count(n) > 1))
+        if dupes:
+            raise ValidationError("secret names must be unique; repeated: %s" % ", ".join(dupes))
+        self._check_no_shared_keys()
+        self.revoke_grace = float(revoke_grace or 0.0)
+        if self.revoke_grace < 0:
+            raise ValidationError("revoke_grace cannot be negative")
+        self.check_mode = check_mode
+        self._sleep = sleep
+
+    def _check_no_shared_keys(self):
+        """Two secrets may share a file, Secret or Vault path, but never a key: they would undo each other."""
+        owner = {}
+        for name, service in self.services:
+            store = service.store
+            for key in store.keys.values():
+                where = (store.type, store.describe(), key)
+                if where in owner:
+                    raise ValidationError("secrets %s and %s both use %s of %s: give each secret its own key, "
+                                          "previous_key and pending_key" % (owner[where], name, key, store.describe()))
+                owner[where] = name
+
+    def secret_values(self):
+        values = []
+        for dummy, service in self.services:
+            values.extend(service.secret_values())
+        return values
+
+    def _each(self, work, services):
+        """``work(name, service)`` for every service, at most ``concurrency`` at once; errors are collected."""
+        if not services:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(services))) as pool:
+            futures = [(name, service, pool.submit(work, name, service)) for name, service in services]
+            for name, service, future in futures:
+                try:
+                    future.result()
+                except RotationFailed as err:
+                    self._failures[name] = (str(err), err.result)
+                except TradeopsError as err:
+                    # raised before anything was written (bad input, a store that does not fit it)
+                    self._failures[name] = (redact("%s. Nothing was changed" % err, service.secret_values()), None)
+                except Exception as err:  # noqa: BLE001 - one secret's bug must not hide the others' results
+                    self._failures[name] = (redact("unexpected %s: %s; check %s" % (
+                        type(err).__name__, err, service.store.describe()), service.secret_values()), None)
+
+    def run(self):
+        """Returns ``(results, diffs, failed)``: one secret-free result per secret, in the order given."""
+        self._failures = {}
+        self._each(lambda name, service: service.rotate(), self.services)
+        waiting = [(n, s) for n, s in self.services if n not in self._failures and s.needs_grace()]
+        if waiting:
+            # one grace for every secret, counted from the last promotion
+            for dummy, service in waiting:
+                service.note_grace(self.revoke_grace)
+            self._sleep(self.revoke_grace)
+        self._each(lambda name, service: service.revoke_previous_value(),
+                   [(n, s) for n, s in self.services if n not in self._failures])
+        results, diffs = [], []
+        for name, service in self.services:
+            failure = self._failures.get(name)
+            base = failure[1] if failure and failure[1] is not None else getattr(service, "result", None)
+            entry = dict(base or {"changed": False, "fingerprint": None, "previous_fingerprint": None,
+                                  "rolled_back": False, "steps": [], "backup_files": []})
+            diff = entry.pop("diff", None)
+            entry.pop("msg", None)
+            entry = dict([("name", name)] + list(entry.items()))
+            entry["failed"] = failure is not None
+            entry["msg"] = failure[0] if failure else self._summary(entry)
+            results.append(redact(entry, service.secret_values()))
+            if diff and failure is None:
+                diff = dict(diff)
+                for side in ("before_header", "after_header"):
+                    diff[side] = "%s: %s" % (name, diff[side])
+                diffs.append(diff)
+        failed = [r for r in results if r["failed"]]
+        return results, diffs, failed
+
+    @staticmethod
+    def _summary(entry):
+        stage = entry.get("stage")
+        text = {"finished": "rotated", "revoked": "rotated and the previous value revoked",
+                "unchanged": "unchanged", "would_rotate": "would be rotated (check mode)",
+                "would_revoke": "the previous value would be revoked (check mode)"}.get(stage, stage or "done")
+        return "%s: fingerprint %s" % (text, entry.get("fingerprint") or ABSENT)

@@ -25,12 +25,24 @@ description:
     O(revoke) endpoint, if any), and the test is run again - the current value must be accepted and,
     by default, the revoked one refused.
   - When the test refuses the new value, the store is put back B(exactly) as it was (the same bytes,
-    mode and owner for a file) and the task fails saying why. A working credential is never lost.
+    mode and owner for a file) and the task fails saying why. A working credential is never lost. When other
+    secrets of the same file, Secret or Vault path were written meanwhile (O(secrets), or another task), this
+    secret's keys are put back as they were and the others' updates are kept.
   - Values never appear in results, messages or diffs; a fingerprint does (the first 12 hex digits of
     the sha256 of the value).
   - File writes are atomic (a temp file in the same directory, renamed over the file) and keep the
     file's mode and owner. With O(backup=true) the file is copied to a mode 0600 backup before every
     write; RV(backup_files) lists them. Backups hold secrets, so remove them once the rotation is proven.
+  - "B(Many secrets in one call:) O(secrets) lists them, each with the options of one rotation. They rotate
+    concurrently (O(concurrency) at a time), each with the same steps and guarantees; with a grace, every
+    secret is rotated first, then O(revoke_grace) is waited B(once), then every previous value is revoked.
+    A secret that fails is rolled back as in the single form and does not stop the others; the task then
+    fails naming each failed secret. RV(results) has one entry per secret."
+  - Several secrets may live in the same file, Secret or Vault path (never under the same key). Every write
+    is a read-modify-write under a lock that changes this secret's keys only, so no update is lost, between
+    the secrets of one task and between two tasks or operators rotating keys of one file at once (a file
+    store takes C(flock) on the file's directory). A write is refused, and that secret rolled back, when its
+    own keys changed since the rotation read them (another rotation of the same secret).
 author:
   - tradeops SRE team (@tradeops)
 extends_documentation_fragment:
@@ -44,11 +56,12 @@ attributes:
     support: full
     details:
       - The diff shows the fingerprints of O(store.key), O(store.previous_key) (and O(store.pending_key) when
-        set) before and after, never values.
+        set) before and after, never values. With O(secrets), one diff per secret, headed by its name.
   idempotent:
     support: partial
     details:
       - Rotation is a change by nature; a run with O(generate) always rotates.
+      - With O(secrets), each secret on its own, as in the single form.
       - A run with O(value) equal to the current value reports C(changed=false) (unless
         O(revoke_previous=true) finds a previous value to revoke).
 options:
@@ -56,9 +69,9 @@ options:
     description:
       - Where the consumers read the secret. O(store.type) selects the backend; the other options
         apply to the types named at the start of their description.
+      - Required, unless O(secrets) is given; mutually exclusive with it.
     type: dict
-    required: true
-    suboptions:
+    suboptions: &store_suboptions
       type:
         description:
           - V(env_file) - a C(KEY=value) file; other lines, comments and the order are kept.
@@ -128,13 +141,13 @@ options:
       ca_path:
         description: (vault_kv2) A CA bundle to validate TLS certificates with.
         type: path
-  value:
+  value: &value
     description:
       - The new value. Mutually exclusive with O(generate); without either, a value is generated with
         the defaults of O(generate).
       - When it equals the current value nothing is written and C(changed=false).
     type: str
-  generate:
+  generate: &generate
     description: Generate the new value with Python's C(secrets) module.
     type: dict
     suboptions:
@@ -147,7 +160,7 @@ options:
         type: str
         default: urlsafe
         choices: [hex, urlsafe, alnum]
-  test:
+  test: &test
     description:
       - A request that proves a value works, sent with the value in O(test.header). It is polled every
         O(test.interval) seconds until the answer is as expected or O(test.timeout) runs out, so that
@@ -220,7 +233,7 @@ options:
         store (unless O(revoke) already revoked it) and the task fails.
     type: bool
     default: false
-  revoke:
+  revoke: &revoke
     description:
       - A revoke endpoint, called with O(revoke_previous=true) once the previous value is out of the store.
       - The previous value is sent in the field O(revoke.body_field) of a JSON body.
@@ -266,14 +279,55 @@ options:
       - V(pending) - step 2 stages the new value under O(store.pending_key); it is promoted to O(store.key)
         only once O(test) proves every server accepts it.
       - V(direct) - step 2 writes the new value to O(store.key) and the old one to O(store.previous_key).
+      - With O(secrets), the default of each secret's O(secrets[].staging).
     type: str
     choices: [pending, direct]
     default: pending
+  secrets:
+    description:
+      - Many secrets to rotate in this one call, concurrently, instead of one O(store). Each item takes the
+        options of the single form (O(store), O(value) or O(generate), O(test), O(staging),
+        O(revoke_previous), O(revoke), O(backup)) plus a O(secrets[].name). O(revoke_grace), O(revoke_only),
+        O(timeout) and O(concurrency) apply to every item.
+      - Mutually exclusive with O(store), O(value), O(generate), O(test) and O(revoke).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: A label for the secret, used in RV(results) and messages. Unique within O(secrets).
+        type: str
+        required: true
+      store:
+        description:
+          - Where the consumers read this secret, as O(store). Secrets may share a file, Secret or Vault
+            path, but not a key.
+        type: dict
+        required: true
+        suboptions: *store_suboptions
+      value: *value
+      generate: *generate
+      test: *test
+      revoke: *revoke
+      staging:
+        description: As O(staging). Default O(staging).
+        type: str
+        choices: [pending, direct]
+      revoke_previous:
+        description: As O(revoke_previous). Default O(revoke_previous).
+        type: bool
+      backup:
+        description: As O(backup). Default O(backup).
+        type: bool
+  concurrency:
+    description: With O(secrets), how many secrets are rotated at once.
+    type: int
+    default: 8
   revoke_grace:
     description:
       - Seconds to wait between the finish and O(revoke_previous), so that clients that re-read the store on
         their own schedule switch to the new value before the old one stops working. Set it to the longest
         client refresh interval for a routine rotation; V(0) in a breach, where the old value is compromised.
+      - With O(secrets), waited once for all of them, after the last one is promoted.
     type: float
     default: 0
   revoke_only:
@@ -285,16 +339,22 @@ options:
     type: bool
     default: false
   backup:
-    description: (env_file, json, yaml) Copy the file to a mode 0600 backup next to it before every write.
+    description:
+      - (env_file, json, yaml) Copy the file to a mode 0600 backup next to it before every write.
+      - With O(secrets), the default of each secret's O(secrets[].backup).
     type: bool
     default: true
   timeout:
-    description: Deadline in seconds for the store operations of each step (the test has O(test.timeout)).
+    description:
+      - Deadline in seconds for the store operations of each step (the test has O(test.timeout)), including
+        the wait for the store's lock while other secrets of the same file, Secret or Vault path are written.
     type: float
     default: 30.0
 notes:
   - Runs on the host the task runs on; file stores are files of that host. The V(kubernetes) store needs
     the Python library C(kubernetes) and the V(vault_kv2) store C(hvac) there.
+  - Two tasks or operators rotating keys of the same file concurrently are serialized by C(flock) on the
+    file's directory, so the directory must be on a file system that supports it (not every NFS does).
   - For a rotation without failed calls the servers that verify the secret must accept O(store.key),
     O(store.previous_key) and O(store.pending_key) and re-read the store on change (or be notified by a
     handler), and O(revoke_grace) must cover the clients' refresh interval.
@@ -353,45 +413,80 @@ EXAMPLES = r"""
       length: 32
       alphabet: alnum
   delegate_to: localhost
+
+- name: Rotate two secrets of different stores, each tested, in one call
+  tradeops.remediation.rotate_secret:
+    secrets:
+      - name: admin token
+        store: {type: env_file, path: /etc/trading/engine.env, key: ADMIN_TOKEN}
+        test:
+          url: http://10.0.0.11:8001/api/v1/admin/whoami
+        revoke_previous: true
+      - name: db password
+        store: {type: vault_kv2, url: "https://vault.internal:8200", token: "{{ vault_token }}",
+                path: trading/engine, key: db_password}
+        generate: {length: 32, alphabet: alnum}
+  register: rotations
 """
 
 RETURN = r"""
+results:
+  description:
+    - With O(secrets), one entry per secret, in the order given, never a value. Besides C(name), C(failed)
+      and C(msg), each entry has the keys the single form returns (RV(stage), RV(fingerprint),
+      RV(previous_fingerprint), RV(pending_fingerprint), RV(revoked_fingerprint), RV(rolled_back), RV(store),
+      RV(steps), RV(backup_files)) and C(changed).
+  returned: with O(secrets)
+  type: list
+  elements: dict
+  sample: [{name: admin token, changed: true, failed: false, msg: "rotated: fingerprint 3f0a9c1be27d",
+            stage: finished, fingerprint: 3f0a9c1be27d, previous_fingerprint: 9b1c0e4f2a77, rolled_back: false}]
+  contains:
+    name:
+      description: The secret's O(secrets[].name).
+      type: str
+    failed:
+      description: Whether this secret failed (it is then rolled back, or its C(msg) says where it stopped).
+      type: bool
+    msg:
+      description: What happened to this secret and, when it failed, what to do next.
+      type: str
 stage:
   description:
     - V(finished) (rotated and, with O(test), proven), V(revoked) (and the previous value revoked),
       V(unchanged) (O(value) already current), V(would_rotate) or V(would_revoke) (check mode),
       or V(rolled_back) (on failure).
-  returned: always
+  returned: without O(secrets)
   type: str
   sample: revoked
 fingerprint:
   description: Fingerprint (first 12 hex digits of the sha256) of the current value in the store.
-  returned: always
+  returned: without O(secrets)
   type: str
   sample: 3f0a9c1be27d
 previous_fingerprint:
   description: Fingerprint of the value kept under O(store.previous_key), or V(null) when there is none.
-  returned: always
+  returned: without O(secrets)
   type: str
   sample: 9b1c0e4f2a77
 pending_fingerprint:
   description: Fingerprint of the value this run set, or V(null) (nothing rotated, or generated in check mode).
-  returned: always
+  returned: without O(secrets)
   type: str
   sample: 3f0a9c1be27d
 revoked_fingerprint:
   description: Fingerprint of the value revoked by O(revoke_previous), or V(null).
-  returned: always
+  returned: without O(secrets)
   type: str
   sample: 9b1c0e4f2a77
 rolled_back:
   description: Whether the store was put back as it was after a failed test.
-  returned: always
+  returned: without O(secrets)
   type: bool
   sample: false
 store:
   description: The store, as C(type), C(location), C(key), C(previous_key) and C(pending_key).
-  returned: always
+  returned: without O(secrets)
   type: dict
   sample: {type: env_file, location: env_file /etc/trading/engine.env, key: ADMIN_TOKEN,
            previous_key: ADMIN_TOKEN_PREVIOUS, pending_key: ADMIN_TOKEN_PENDING}
@@ -399,13 +494,13 @@ steps:
   description:
     - One entry per step (V(create), V(set), V(test), V(finish), V(rollback), V(grace), V(revoke), V(retest)),
       each with C(step), C(status) (V(ok), V(failed) or V(skipped)) and C(message).
-  returned: always
+  returned: without O(secrets)
   type: list
   elements: dict
   sample: [{step: test, status: ok, message: "the new value is accepted: GET http://engine/whoami answered HTTP 200"}]
 backup_files:
   description: The 0600 backups made before each write (file stores with O(backup=true)).
-  returned: always
+  returned: without O(secrets)
   type: list
   elements: str
   sample: [/etc/trading/engine.env.20250101T120000.000001.4242.bak]
@@ -416,6 +511,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError, ValidationError
 from ansible_collections.tradeops.remediation.plugins.module_utils._secrets import (
     STORE_TYPES,
+    BatchRotation,
     RotationFailed,
     RotationService,
     build_store,
@@ -470,44 +566,71 @@ REVOKE_SPEC = dict(
     ca_path=dict(type="path"),
 )
 
-ARGUMENT_SPEC = dict(
-    store=dict(type="dict", required=True, options=STORE_SPEC),
+# The options of ONE secret: the single form's, and each item of ``secrets``.
+SECRET_SPEC = dict(
+    store=dict(type="dict", options=STORE_SPEC),
     value=dict(type="str", no_log=True),
     generate=dict(type="dict", options=dict(
         length=dict(type="int", default=32),
         alphabet=dict(type="str", default="urlsafe", choices=["hex", "urlsafe", "alnum"]),
     )),
     test=dict(type="dict", options=TEST_SPEC, required_one_of=[("url", "urls")]),
+    staging=dict(type="str", default="pending", choices=["pending", "direct"]),
     revoke_previous=dict(type="bool", default=False),
     revoke=dict(type="dict", options=REVOKE_SPEC),
-    staging=dict(type="str", default="pending", choices=["pending", "direct"]),
+    backup=dict(type="bool", default=True),
+)
+# In an item of ``secrets`` these default to the module's option of the same name (a batch-wide default).
+INHERITED = ("staging", "revoke_previous", "backup")
+# Per-secret options that only the single form takes at the top level.
+PER_SECRET = ("store", "value", "generate", "test", "revoke")
+
+
+def _item_spec():
+    spec = dict(name=dict(type="str", required=True))
+    for option, option_spec in SECRET_SPEC.items():
+        option_spec = dict(option_spec)
+        if option in INHERITED:
+            option_spec.pop("default", None)
+        spec[option] = option_spec
+    spec["store"]["required"] = True
+    return spec
+
+
+ARGUMENT_SPEC = dict(
+    SECRET_SPEC,
+    secrets=dict(type="list", elements="dict", options=_item_spec(), no_log=False,
+                 mutually_exclusive=[("value", "generate")]),
+    concurrency=dict(type="int", default=8),
     revoke_grace=dict(type="float", default=0.0),
     revoke_only=dict(type="bool", default=False),
-    backup=dict(type="bool", default=True),
     timeout=dict(type="float", default=30.0),
 )
 
 
-def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
-                           mutually_exclusive=[("value", "generate")])
+def _service(secret, params, check_mode):
+    """A RotationService for one secret's options (``secret``) and the batch-wide ones (``params``)."""
+    store = build_store(secret["store"], backup=secret["backup"])
+    return RotationService(
+        store,
+        value=secret["value"],
+        generate=secret["generate"],
+        test=secret["test"],
+        revoke_previous=secret["revoke_previous"],
+        revoke=secret["revoke"],
+        timeout=params["timeout"],
+        check_mode=check_mode,
+        staging=secret["staging"],
+        revoke_grace=params["revoke_grace"],
+        revoke_only=params["revoke_only"],
+    )
+
+
+def run_single(module):
     p = module.params
     service = None
     try:
-        store = build_store(p["store"], backup=p["backup"])
-        service = RotationService(
-            store,
-            value=p["value"],
-            generate=p["generate"],
-            test=p["test"],
-            revoke_previous=p["revoke_previous"],
-            revoke=p["revoke"],
-            timeout=p["timeout"],
-            check_mode=module.check_mode,
-            staging=p["staging"],
-            revoke_grace=p["revoke_grace"],
-            revoke_only=p["revoke_only"],
-        )
+        service = _service(p, p, module.check_mode)
         result = service.run()
     except ValidationError as err:
         module.fail_json(msg="rotate_secret: %s. Nothing was changed: fix the options and re-run." % err)
@@ -526,6 +649,50 @@ def main():
     if module._diff and diff:
         result["diff"] = diff
     module.exit_json(**result)
+
+
+def run_batch(module):
+    p = module.params
+    services = []
+    try:
+        for i, item in enumerate(p["secrets"]):
+            secret = dict(item)
+            for option in INHERITED:
+                if secret[option] is None:
+                    secret[option] = p[option]
+            try:
+                services.append((item["name"], _service(secret, p, module.check_mode)))
+            except ValidationError as err:
+                raise ValidationError("secrets[%d] (%s): %s" % (i, item["name"], err))
+        batch = BatchRotation(services, concurrency=p["concurrency"], revoke_grace=p["revoke_grace"],
+                              check_mode=module.check_mode)
+    except ValidationError as err:
+        module.fail_json(msg="rotate_secret: %s. Nothing was changed: fix the options and re-run." % err)
+
+    results, diffs, failed = batch.run()
+    # every value seen is masked in the output too, as a second line of defence
+    module.no_log_values.update(batch.secret_values())
+    out = dict(changed=any(r["changed"] for r in results), results=results)
+    if module._diff and diffs:
+        out["diff"] = diffs
+    if failed:
+        done = len(results) - len(failed)
+        module.fail_json(msg="rotate_secret: %d of %d secrets failed (%s); the %d other(s) completed. %s "
+                             "Fix each as its message says, then re-run with only the failed secrets (a re-run "
+                             "of the others would rotate them again)."
+                             % (len(failed), len(results), ", ".join(r["name"] for r in failed), done,
+                                " ".join("[%s] %s" % (r["name"], r["msg"]) for r in failed)), **out)
+    module.exit_json(**out)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                           required_one_of=[("store", "secrets")],
+                           mutually_exclusive=[("value", "generate")] + [(o, "secrets") for o in PER_SECRET])
+    if module.params["secrets"] is None:
+        run_single(module)
+    else:
+        run_batch(module)
 
 
 if __name__ == "__main__":
