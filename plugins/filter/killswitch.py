@@ -58,9 +58,50 @@ def halt_report_lines(result, orders=None):
     return lines
 
 
+def first_halts(targets, previous=None, state="halted"):
+    """Per engine, its first verified halt in this run (epoch seconds), from which the run holds it to
+    "no order"; earlier values are kept. An engine a halt could not verify (crashed, hung) gets no window
+    from that attempt: a hung engine may well trade until the repair restarts it, and its window starts
+    at its first verified halt. A resume clears the resumed engines: orders between a resume and a later
+    halt are legitimate."""
+    out = dict(previous or {})
+    for t in targets or []:
+        name = t.get("name")
+        if name is None:
+            continue
+        if state != "halted":
+            if t.get("status") in ("resumed", "already_resumed"):
+                out.pop(name, None)
+            continue
+        at = t.get("halted_at")
+        if at is None or t.get("status") != "halted":
+            continue
+        at = float(at)
+        out[name] = at if out.get(name) is None else min(float(out[name]), at)
+    return out
+
+
+def orders_since(targets, first=None):
+    """The rows of the orders proof: each engine with the moment to count its orders from. A halted engine
+    is held from its first verified halt in this run, not only from this call, so an engine restarted
+    without its halt after it was verified, and that traded until a later halt, is caught; an engine this
+    call found already halted (no new halted_at) is checked too."""
+    first = first or {}
+    rows = []
+    for t in targets or []:
+        at = t.get("halted_at")
+        earlier = first.get(t.get("name"))
+        if earlier is not None and t.get("status") in ("halted", "already_halted", "unverified", "failed"):
+            at = float(earlier) if at is None else min(float(at), float(earlier))
+        rows.append({"name": t.get("name"), "halted_at": at, "resumed_at": t.get("resumed_at")})
+    return rows
+
+
 class FilterModule(object):
     def filters(self):
         return {
             "killswitch_targets": killswitch_targets,
             "halt_report_lines": halt_report_lines,
+            "first_halts": first_halts,
+            "orders_since": orders_since,
         }
