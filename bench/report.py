@@ -91,6 +91,8 @@ def markdown(res: dict[str, Any], heading: str = "##") -> str:
         "Other jobs share this machine: compare the ratios, measured in the same run, more than the absolute times.",
         "",
     ]
+    for note in res.get("notes") or []:  # set by hand when a section was re-run (bench/run.py --render)
+        lines += [f"Note: {note}", ""]
     halt = res.get("halt")
     if halt:
         ns = list(halt["by_engines"])
