@@ -370,7 +370,9 @@ def test_fault_error_rate_reports_no_go_within_seconds_and_go_after_clear(lab: L
     assert "error-rate" not in engine_view(lab, name)["faults"]
     # The window forgets the old errors: GO again once they are a small enough share (~4 s).
     wait_until(lambda: health(lab, name)["trading_status"] == "GO", 7.0, "/health/detailed to say GO again")
-    assert scrape(lab, name)["error_rate_ratio"] <= 0.05
+    # the gauge is a sliding window read a moment later than the health call: as old successes age out too, it
+    # can sit a hair above 5% for an instant (0.0526 seen under load); it must come down on its own
+    wait_until(lambda: scrape(lab, name)["error_rate_ratio"] <= 0.05, 3.0, "error_rate_ratio to fall to 5% or less")
     print(f"error-rate: NO-GO after {took:.1f}s, GO {time.monotonic() - cleared:.1f}s after clear")
 
 
