@@ -365,6 +365,19 @@ def corrupt_index_page(datadir: str | os.PathLike[str], relation_file: str, bloc
     raise LabError(f"no btree leaf page with int8 keys and 3+ items in {path} ({nblocks} blocks)")
 
 
+def locate_index(conn: psycopg2.extensions.connection, index: str) -> tuple[str, int, str]:
+    """Where ``index`` lives on disk: (its relation file, relative to the data directory; the block size;
+    the data directory)."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_relation_filepath(%s::regclass), current_setting('block_size')::int,"
+            " current_setting('data_directory')",
+            (index,),
+        )
+        relation_file, block_size, data_directory = cur.fetchone()
+    return str(relation_file), int(block_size), str(data_directory)
+
+
 def check_index(conn: psycopg2.extensions.connection, index: str) -> dict[str, Any]:
     """``bt_index_check(index)`` in a transaction that is rolled back (the amcheck extension is created
     for the check only if missing, and not kept). ``{"status": "ok" | "corrupt" | "unavailable",

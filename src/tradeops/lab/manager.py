@@ -659,13 +659,7 @@ class Lab:
                 return {**existing, "already": True, "record": str(path)}
             conn = self.pg_connect()
             try:
-                with conn, conn.cursor() as cur:
-                    cur.execute(
-                        "SELECT pg_relation_filepath(%s::regclass), current_setting('block_size')::int,"
-                        " current_setting('data_directory')",
-                        (index,),
-                    )
-                    relation_file, block_size, data_directory = cur.fetchone()
+                relation_file, block_size, data_directory = dbfaults.locate_index(conn, index)
             except psycopg2.Error as exc:
                 raise LabError(f"index-corruption: cannot locate {index}: {exc}".strip()) from exc
             finally:

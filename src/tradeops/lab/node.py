@@ -129,16 +129,9 @@ def db_corrupt_rows(directory: Path, kinds: str | None, count: int | None) -> di
 def _index_file(info: dict[str, Any], index: str) -> tuple[str, int, str]:
     conn = pg_connect(info["postgres"])
     try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT pg_relation_filepath(%s::regclass), current_setting('block_size')::int,"
-                " current_setting('data_directory')",
-                (index,),
-            )
-            relation_file, block_size, data_directory = cur.fetchone()
+        return dbfaults.locate_index(conn, index)
     finally:
         conn.close()
-    return str(relation_file), int(block_size), str(data_directory)
 
 
 def db_corrupt_index(directory: Path) -> dict[str, Any]:

@@ -45,23 +45,7 @@ def env_values(path):
     return out
 
 
-@pytest.fixture
-def env20(tmp_path):
-    path = tmp_path / "engine.env"
-    path.write_text(HEAD + "".join(f"{k}={old_value(k)}\n" for k in KEYS) + TAIL)
-    os.chmod(path, 0o640)
-    if os.geteuid() == 0:
-        os.chown(path, 4321, 4321)
-    return path
-
-
-@pytest.fixture
-def file_consumer(env20):
-    """A server that accepts any value the file holds now (every key, previous and pending slot)."""
-    c = Consumer()
-    c.source = lambda: set(env_values(env20).values())
-    yield c
-    c.close()
+# env20 and file_consumer: tests/unit/plugins/conftest.py
 
 
 def service(path, key, consumer=None, **kw):
