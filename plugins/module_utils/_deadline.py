@@ -12,12 +12,35 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import math
 import threading
 import time
 
-from ansible_collections.tradeops.remediation.plugins.module_utils._errors import DeadlineExceeded
+from ansible_collections.tradeops.remediation.plugins.module_utils._errors import DeadlineExceeded, ValidationError
 
 MIN_CALL_TIMEOUT = 0.05
+# No timeout in tradeops may exceed one day: a larger one is a typo (or `inf`), and a hung peer
+# would hold a target for longer than any incident lasts.
+MAX_TIMEOUT = 86400.0
+
+
+def check_timeout(value, option, minimum=MIN_CALL_TIMEOUT, maximum=MAX_TIMEOUT):
+    """Validate a timeout option: a finite number of seconds within [minimum, maximum].
+
+    Returns it as a float; raises :class:`ValidationError` naming ``option`` otherwise
+    (``inf``, ``nan``, negative, zero, or beyond a day). ``None`` passes through.
+    """
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValidationError("%s: expected a number of seconds, got %r" % (option, value))
+    if not math.isfinite(number):
+        raise ValidationError("%s: must be a finite number of seconds, got %r" % (option, value))
+    if number < minimum or number > maximum:
+        raise ValidationError("%s: must be between %g and %g seconds, got %g" % (option, minimum, maximum, number))
+    return number
 
 
 class Deadline:
