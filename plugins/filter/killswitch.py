@@ -7,6 +7,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import datetime
+
 from ansible.errors import AnsibleFilterError
 
 
@@ -31,6 +33,46 @@ def _fmt_ms(value):
     return "-" if value is None else "%d ms" % value
 
 
+def _utc(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def hold_summary(target):
+    """How long a halted engine's halt holds, in words: its sources and the earliest expiry among them."""
+    holds = target.get("held_by")
+    if holds is None:
+        return "-"
+    if not holds:
+        return "NO SOURCE HOLDS IT"
+    sources = "+".join(h.get("method") or "?" for h in holds)
+    if target.get("durable"):
+        until = "until the gated resume"
+    elif target.get("expires_at") is not None:
+        until = "LAPSES AT %s" % _utc(target["expires_at"])
+    else:
+        until = "LAPSES ON AN ENGINE RESTART"
+    if target.get("durable") and target.get("expires_at") is not None:
+        until += " (earliest source expiry %s)" % _utc(target["expires_at"])
+    return "%s, %s" % (sources, until)
+
+
+def halt_holds(history):
+    """Per engine, the halt sources read back by the last halt call that halted it in this run, and
+    the earliest expiry among them: ``{engine: {held_by, expires_at, durable, summary}}``. An engine
+    resumed later in the run is left out."""
+    holds = {}
+    for call in history or []:
+        for t in call.get("targets", []):
+            if call.get("state") == "resumed" and t.get("status") in ("resumed", "already_resumed"):
+                holds.pop(t["name"], None)
+            elif call.get("state") == "halted" and "held_by" in t:
+                holds[t["name"]] = {
+                    "held_by": t["held_by"], "expires_at": t.get("expires_at"), "durable": bool(t.get("durable")),
+                    "summary": hold_summary(t),
+                }
+    return holds
+
+
 def halt_report_lines(result, orders=None):
     """Short, human report lines: one per engine with status, method and time to halt."""
     orders_by_name = {}
@@ -38,14 +80,15 @@ def halt_report_lines(result, orders=None):
         orders_by_name[row.get("name")] = row
     lines = []
     width = max([len(t["name"]) for t in result.get("targets", [])] + [6])
-    header = "%-*s  %-15s  %-10s  %-9s  %s" % (width, "engine", "status", "method", "time", "orders after halt")
+    header = "%-*s  %-15s  %-10s  %-9s  %-17s  %s" % (width, "engine", "status", "method", "time",
+                                                      "orders after halt", "held by")
     lines.append(header)
     for t in result.get("targets", []):
         row = orders_by_name.get(t["name"])
         after = "-" if row is None else str(row.get("orders_after"))
         method = t.get("method") or "-"
-        cells = (width, t["name"], t["status"], method, _fmt_ms(t.get("latency_ms")), after)
-        lines.append("%-*s  %-15s  %-10s  %-9s  %s" % cells)
+        cells = (width, t["name"], t["status"], method, _fmt_ms(t.get("latency_ms")), after, hold_summary(t))
+        lines.append("%-*s  %-15s  %-10s  %-9s  %-17s  %s" % cells)
         if t.get("error") and t["status"] in ("failed", "unverified"):
             lines.append("%-*s    error: %s" % (width, "", t["error"]))
         for attempt in t.get("methods_tried", []):
@@ -55,6 +98,9 @@ def halt_report_lines(result, orders=None):
     lines.append("%d/%d engines halted and verified in %s (failed: %s; unverified: %s)" % (
         halted, len(result.get("targets", [])), _fmt_ms(result.get("elapsed_ms")),
         ", ".join(result.get("failed_targets", [])) or "none", ", ".join(result.get("unverified", [])) or "none"))
+    if result.get("not_durable"):
+        lines.append("WARNING: the halt of %s would lapse by itself (it expires, or a restart drops it): give them a "
+                     "durable kill-switch method" % ", ".join(result["not_durable"]))
     return lines
 
 
@@ -102,6 +148,7 @@ class FilterModule(object):
         return {
             "killswitch_targets": killswitch_targets,
             "halt_report_lines": halt_report_lines,
+            "halt_holds": halt_holds,
             "first_halts": first_halts,
             "orders_since": orders_since,
         }

@@ -19,6 +19,7 @@ import time
 
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 from ansible.module_utils.six.moves.urllib.request import HTTPSHandler, Request, build_opener, HTTPHandler
+from ansible.module_utils.six.moves.urllib.parse import urlsplit
 
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, ValidationError
 
@@ -48,6 +49,21 @@ def _ssl_context(validate_certs, ca_path):
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
     return ssl.create_default_context(cafile=ca_path) if ca_path else ssl.create_default_context()
+
+
+def check_url(url, option):
+    """Validate an http(s) URL option: the scheme, a host, and a parse that urllib accepts
+    (``http://[::1`` is refused here, naming the option, not later as an internal error)."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValidationError("%s must start with http:// or https://, got %r" % (option, url))
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as err:
+        raise ValidationError("%s is not a valid URL (%s): %r" % (option, err, url))
+    if not parts.hostname:
+        raise ValidationError("%s has no host: %r" % (option, url))
+    return url
 
 
 def request(url, method="GET", headers=None, body=None, timeout=10.0, validate_certs=True, ca_path=None):

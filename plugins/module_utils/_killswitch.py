@@ -11,9 +11,15 @@ stopped counts as verified. If a method does not verify, the next one in the cha
 Read-back comes in two strengths, reported as ``verified_by``:
 - ``status``: a verify request (an HTTP status endpoint of the engine, method- or target-level)
   shows the halted value. This proves the engine itself reports trading stopped.
-- ``flag``: the method's own state reads back as set (redis key with TTL, flag file, container
+- ``flag``: the method's own state reads back as set (redis key, flag file, container
   flag or stopped container, deployment at zero ready replicas). Used only when no verify
   request is configured for the method or the target.
+
+A verified halt must hold until the gated resume lifts it. Every halted target reports the
+sources that hold it (``held_by``: each with ``expires_at`` and ``survives_restart``), read back
+after the call. With ``hold_until_resumed`` (the default) Redis halt keys carry no expiry, and
+every halt call, including one that finds the target already halted, removes an expiry that a
+runbook or an older call set; without it, every halt call refreshes the key's TTL.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -30,7 +36,7 @@ import tempfile
 import time
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http
-from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import fan_out
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import check_timeout, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,
@@ -43,6 +49,21 @@ RESUMED = "resumed"
 METHOD_TYPES = ("http", "redis", "file", "docker", "kubernetes")
 K8S_REPLICAS_ANNOTATION = "tradeops.io/halted-replicas"
 VERIFY_POLL_INTERVAL = 0.1
+
+
+def _whole(value, option, default, minimum, maximum):
+    """A whole number option within [minimum, maximum] (``default`` when unset), naming the option."""
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValidationError("%s must be a whole number, got %r" % (option, value))
+    if isinstance(value, float) and value != number:
+        raise ValidationError("%s must be a whole number, got %r" % (option, value))
+    if not minimum <= number <= maximum:
+        raise ValidationError("%s must be between %d and %d, got %d" % (option, minimum, maximum, number))
+    return number
 
 
 def _now_ms(start):
@@ -60,6 +81,7 @@ class VerifyRequest:
         self.url = spec.get("url")
         if not self.url:
             raise ValidationError("%s.url is required" % where)
+        _http.check_url(self.url, where + ".url")
         self.method = spec.get("method") or "GET"
         self.field = spec.get("field")
         if not self.field:
@@ -72,9 +94,8 @@ class VerifyRequest:
         self.headers = dict(spec.get("headers") or {})
         if spec.get("token"):
             self.headers[spec.get("token_header") or "X-Admin-Token"] = spec["token"]
-        self.wait = float(spec.get("wait") if spec.get("wait") is not None else 2.0)
-        if self.wait < 0:
-            raise ValidationError("%s.wait must be >= 0, got %s" % (where, self.wait))
+        self.wait = check_timeout(spec.get("wait") if spec.get("wait") is not None else 2.0, where + ".wait",
+                                  minimum=0)
         self.validate_certs = spec.get("validate_certs", True) is not False
         self.ca_path = spec.get("ca_path")
 
@@ -139,6 +160,17 @@ class Method:
     def resume(self, deadline):
         raise NotImplementedError
 
+    def refresh(self, deadline):
+        """Re-assert a flag that is already set (a Redis key's expiry). Returns what was done, or None."""
+        return None
+
+    def hold(self, deadline):
+        """The halt source this method holds right now, or None: a dict with ``source``,
+        ``expires_at`` (epoch seconds, None for never) and ``survives_restart`` (of the engine)."""
+        if self.read_flag(deadline) is not True:
+            return None
+        return {"method": self.type, "source": self.describe(), "expires_at": None, "survives_restart": True}
+
 
 class HttpMethod(Method):
     type = "http"
@@ -146,9 +178,7 @@ class HttpMethod(Method):
 
     def __init__(self, spec, where):
         super(HttpMethod, self).__init__(spec, where)
-        self.url = spec["url"]
-        if not self.url.startswith(("http://", "https://")):
-            raise ValidationError("%s.url must start with http:// or https://, got %r" % (where, self.url))
+        self.url = _http.check_url(spec["url"], where + ".url")
         self.http_method = (spec.get("method") or "POST").upper()
         self.headers = dict(spec.get("headers") or {})
         if spec.get("token"):
@@ -156,6 +186,8 @@ class HttpMethod(Method):
         self.body = spec.get("body")
         self.status_codes = list(spec.get("status_codes") or [200, 201, 202, 204])
         self.resume_url = spec.get("resume_url")
+        if self.resume_url:
+            _http.check_url(self.resume_url, where + ".resume_url")
         self.resume_method = (spec.get("resume_method") or "POST").upper()
         self.resume_body = spec.get("resume_body")
         self.validate_certs = spec.get("validate_certs", True) is not False
@@ -178,6 +210,11 @@ class HttpMethod(Method):
         elif isinstance(body, dict) and "reason" not in body:
             body = dict(body, reason=reason)
         return self._send(self.url, self.http_method, body, deadline)
+
+    def hold(self, deadline):
+        # An engine keeps an API halt in its memory: it cannot be read back by itself, and a restart
+        # of the engine by its supervisor drops it. HaltService reports it when it was applied now.
+        return None
 
     def resume(self, deadline):
         if not self.resume_url:
@@ -239,16 +276,12 @@ class RedisMethod(Method):
     def __init__(self, spec, where):
         super(RedisMethod, self).__init__(spec, where)
         self.key = spec["key"]
-        self.ttl = spec.get("ttl") if spec.get("ttl") is not None else 3600
-        try:
-            self.ttl = int(self.ttl)
-        except (TypeError, ValueError):
-            raise ValidationError("%s.ttl must be a whole number of seconds, got %r" % (where, self.ttl))
-        if self.ttl <= 0:
-            raise ValidationError("%s.ttl must be a positive number of seconds, got %d" % (where, self.ttl))
+        self.ttl = _whole(spec.get("ttl"), where + ".ttl", 3600, 1, 366 * 86400)
+        # Set by HaltService: no expiry on the key while the incident is open (see the module docs).
+        self.hold_until_resumed = True
         self.host = spec.get("host") or "127.0.0.1"
-        self.port = int(spec.get("port") or 6379)
-        self.db = int(spec.get("db") or 0)
+        self.port = _whole(spec.get("port"), where + ".port", 6379, 1, 65535)
+        self.db = _whole(spec.get("db"), where + ".db", 0, 0, 2 ** 31 - 1)
         self.username = spec.get("username")
         self.password = spec.get("password")
         self.tls = bool(spec.get("tls"))
@@ -262,10 +295,14 @@ class RedisMethod(Method):
             import redis
         except ImportError:
             raise MissingLibraryError("redis", "the redis kill-switch method")
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
         timeout = deadline.call_timeout()
+        # No retries: redis-py's default retry makes a refused connection take seconds whatever the
+        # timeout, and the next method of the chain must still get its share of the deadline.
         return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
                            password=self.password, ssl=self.tls, socket_timeout=timeout,
-                           socket_connect_timeout=timeout)
+                           socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
 
     def _call(self, deadline, fn):
         import redis
@@ -282,8 +319,28 @@ class RedisMethod(Method):
 
     def halt(self, reason, deadline):
         value = self.value if self.value is not None else json.dumps({"reason": reason, "at": time.time()})
+        if self.hold_until_resumed:
+            self._call(deadline, lambda c: c.set(self.key, value))
+            return "SET %s (no expiry: held until resumed)" % self.key
         self._call(deadline, lambda c: c.set(self.key, value, ex=self.ttl))
         return "SET %s EX %d" % (self.key, self.ttl)
+
+    def refresh(self, deadline):
+        if self.hold_until_resumed:
+            if self._call(deadline, lambda c: c.persist(self.key)):
+                return "PERSIST %s (its expiry removed: held until resumed)" % self.key
+            return None
+        if self._call(deadline, lambda c: c.expire(self.key, self.ttl)):
+            return "EXPIRE %s %d (TTL refreshed)" % (self.key, self.ttl)
+        return None
+
+    def hold(self, deadline):
+        pttl = self._call(deadline, lambda c: c.pttl(self.key))
+        if pttl is None or pttl == -2:
+            return None
+        expires_at = None if pttl < 0 else round(time.time() + pttl / 1000.0, 3)
+        return {"method": self.type, "source": "redis key %s" % self.key, "expires_at": expires_at,
+                "survives_restart": True}
 
     def resume(self, deadline):
         n = self._call(deadline, lambda c: c.delete(self.key))
@@ -310,7 +367,7 @@ class DockerMethod(Method):
             raise ValidationError("%s.action must be flag or stop, got %r" % (where, self.action))
         self.flag_path = spec.get("flag_path") or "/tmp/EMERGENCY_STOP"
         self.docker_host = spec.get("docker_host") or "unix:///var/run/docker.sock"
-        self.stop_timeout = int(spec.get("stop_timeout") or 10)
+        self.stop_timeout = _whole(spec.get("stop_timeout"), where + ".stop_timeout", 10, 0, 3600)
 
     def describe(self):
         if self.action == "stop":
@@ -572,17 +629,22 @@ class HaltService:
     """Halt or resume many targets concurrently, each verified, each within its deadline."""
 
     def __init__(self, targets, state=HALTED, reason="tradeops emergency halt", timeout=10.0,
-                 concurrency=64, verify=True, check_mode=False, apply_all=False):
+                 concurrency=64, verify=True, check_mode=False, apply_all=False, hold_until_resumed=True):
         if state not in (HALTED, RESUMED):
             raise ValidationError("state must be halted or resumed, got %r" % state)
-        if timeout is None or float(timeout) <= 0:
-            raise ValidationError("timeout must be a positive number of seconds, got %r" % timeout)
+        if timeout is None:
+            raise ValidationError("timeout must be a positive number of seconds, got None")
+        self.timeout = check_timeout(timeout, "timeout")
         if concurrency is None or int(concurrency) < 1:
             raise ValidationError("concurrency must be at least 1, got %r" % concurrency)
         self.targets, self.invalid = build_targets(targets)
+        self.hold_until_resumed = bool(hold_until_resumed)
+        for target in self.targets:
+            for method in target.methods:
+                if isinstance(method, RedisMethod):
+                    method.hold_until_resumed = self.hold_until_resumed
         self.state = state
         self.reason = reason
-        self.timeout = float(timeout)
         self.concurrency = int(concurrency)
         self.verify = verify
         self.check_mode = check_mode
@@ -644,12 +706,15 @@ class HaltService:
                   "verified_by": None, "methods_tried": [], "error": None, "halted_at": None}
         before, how, detail = self._current(target, deadline)
         result["before"] = {True: "halted", False: "trading"}.get(before, "unknown")
-        if before is True and not self.apply_all:
-            result.update(status="already_halted", verified=True, verified_by=how, detail=detail)
+        if self.check_mode:
+            result.update(status="would_halt" if before is not True else "already_halted", changed=before is not True,
+                          verified=before is True, verified_by=how if before is True else None)
             result["latency_ms"] = _now_ms(start)
             return result
-        if self.check_mode:
-            result.update(status="would_halt", changed=before is not True)
+        if before is True and not self.apply_all:
+            result.update(status="already_halted", verified=True, verified_by=how, detail=detail)
+            self._refresh(target, result, deadline)
+            self._holds(target, result, deadline)
             result["latency_ms"] = _now_ms(start)
             return result
         acted = False
@@ -665,8 +730,8 @@ class HaltService:
             try:
                 flag = method.read_flag(share) if self.apply_all else None
                 if flag is True:
-                    # apply_all: this method's durable flag is already in place
-                    attempt.update(action="already set", verified=True, verified_by="flag")
+                    # apply_all: this method's durable flag is already in place (its expiry refreshed)
+                    attempt.update(action=method.refresh(share) or "already set", verified=True, verified_by="flag")
                 elif self.apply_all and flag is None and before is True:
                     attempt["action"] = "skipped: the engine already reports trading halted"
                 else:
@@ -703,8 +768,53 @@ class HaltService:
         if result["status"] in ("failed", "unverified"):
             result["error"] = "; ".join("%s: %s" % (a["type"], a["error"]) for a in result["methods_tried"]
                                         if a["error"]) or "deadline exceeded before any method ran"
+        else:
+            self._holds(target, result, deadline)
         result["latency_ms"] = _now_ms(start)
         return result
+
+    def _refresh(self, target, result, deadline):
+        """An already-halted target: re-assert the expiry of every flag that is set (best effort)."""
+        for index, method in enumerate(target.methods):
+            try:
+                action = method.refresh(deadline.sub(min(2.0, deadline.remaining())))
+            except TradeopsError as err:
+                result["methods_tried"].append({"index": index, "type": method.type, "action": "refresh",
+                                                "error": str(err)})
+                continue
+            if action:
+                result["changed"] = True
+                result["methods_tried"].append({"index": index, "type": method.type, "action": action,
+                                                "error": None})
+
+    def _holds(self, target, result, deadline):
+        """Read back, for a halted target, every source that holds its halt and when each expires.
+
+        ``held_by`` lists them; ``expires_at`` is the earliest expiry among them (None: none
+        expires); ``durable`` says whether one of them survives an engine restart and never expires,
+        i.e. whether the halt holds until the gated resume whatever happens to the engine.
+        """
+        holds, errors = [], []
+        for index, method in enumerate(target.methods):
+            try:
+                hold = method.hold(deadline.sub(min(2.0, deadline.remaining())))
+            except TradeopsError as err:
+                errors.append("%s: %s" % (method.type, err))
+                continue
+            if hold is None and isinstance(method, HttpMethod):
+                applied = any(a["index"] == index and a.get("action") and not a.get("error")
+                              and not str(a["action"]).startswith("skipped") for a in result["methods_tried"])
+                if applied or (result.get("method") == "http" and result["status"] == "halted"):
+                    hold = {"method": method.type, "source": "%s (in the engine's memory)" % method.describe(),
+                            "expires_at": None, "survives_restart": False}
+            if hold is not None:
+                holds.append(hold)
+        expiries = [h["expires_at"] for h in holds if h["expires_at"] is not None]
+        result["held_by"] = holds
+        result["expires_at"] = min(expiries) if expiries else None
+        result["durable"] = any(h["survives_restart"] and h["expires_at"] is None for h in holds)
+        if errors:
+            result["hold_errors"] = errors
 
     def _resume_one(self, target, deadline):
         start = time.monotonic()
@@ -798,6 +908,10 @@ class HaltService:
         }
         if self.check_mode:
             out[would_key] = by_status.get(would_key, [])
+        if self.state == HALTED and not self.check_mode:
+            # Halted targets whose halt would lapse: by expiry, or by a restart of the engine.
+            out["not_durable"] = [r["name"] for r in results
+                                  if r["status"] in ("halted", "already_halted") and not r.get("durable")]
         after = HALTED if self.state == HALTED else "trading"
         out["diff"] = {
             "before": dict((r["name"], r.get("before", "unknown")) for r in results),

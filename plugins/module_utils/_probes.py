@@ -28,7 +28,7 @@ import time
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _postgres
-from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, fan_out
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import MAX_TIMEOUT, Deadline, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._redact import redact
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
@@ -79,8 +79,8 @@ def _number(spec, option, where, integer=False, minimum=None, maximum=None, abov
             raise ValueError(value)
     except (TypeError, ValueError):
         raise ValidationError("%s%s must be %s, got %r" % (where, option, kind, value))
-    if not integer and math.isnan(number):
-        raise ValidationError("%s%s must be %s, got NaN" % (where, option, kind))
+    if not integer and not math.isfinite(number):
+        raise ValidationError("%s%s must be a finite number, got %s" % (where, option, value))
     if above is not None and not number > above:
         raise ValidationError("%s%s must be greater than %s, got %s" % (where, option, above, value))
     if minimum is not None and number < minimum:
@@ -95,10 +95,7 @@ def _port(spec, option, where, default=None):
 
 
 def _http_url(spec, option, where):
-    url = spec.get(option)
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ValidationError("%s: %s must start with http:// or https://, got %r" % (where, option, url))
-    return url
+    return _http.check_url(spec.get(option), "%s: %s" % (where, option))
 
 
 def _json_number(value):
@@ -282,7 +279,7 @@ class Probe:
         for option in self.required:
             if _missing(spec.get(option)):
                 raise ValidationError("%s: %s is required for the %s probe" % (self.where, option, self.type))
-        self.timeout = _number(spec, "timeout", self.where, above=0, default=DEFAULT_TIMEOUT)
+        self.timeout = _number(spec, "timeout", self.where, above=0, maximum=MAX_TIMEOUT, default=DEFAULT_TIMEOUT)
         self.severity = spec.get("severity") or CRITICAL
         if self.severity not in SEVERITIES:
             raise ValidationError("%s: severity must be critical or warning, got %r" % (self.where, self.severity))
@@ -832,9 +829,10 @@ class ProbeService:
     """Run probes concurrently, in rounds, until GO (and stable) or the deadline."""
 
     def __init__(self, probes, wait_for=0.0, interval=1.0, stable_for=0.0, concurrency=32):
-        self.wait_for = _number({"wait_for": wait_for}, "wait_for", None, minimum=0, default=0.0)
-        self.interval = _number({"interval": interval}, "interval", None, above=0, default=1.0)
-        self.stable_for = _number({"stable_for": stable_for}, "stable_for", None, minimum=0, default=0.0)
+        self.wait_for = _number({"wait_for": wait_for}, "wait_for", None, minimum=0, maximum=MAX_TIMEOUT, default=0.0)
+        self.interval = _number({"interval": interval}, "interval", None, above=0, maximum=MAX_TIMEOUT, default=1.0)
+        self.stable_for = _number({"stable_for": stable_for}, "stable_for", None, minimum=0, maximum=MAX_TIMEOUT,
+                                  default=0.0)
         self.concurrency = _number({"concurrency": concurrency}, "concurrency", None, integer=True,
                                    minimum=1, default=32)
         if self.wait_for and self.stable_for > self.wait_for:

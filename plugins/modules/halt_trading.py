@@ -168,7 +168,9 @@ options:
             description: (redis) The halt key, for example V(emergency_halt).
             type: str
           ttl:
-            description: (redis) Expiry of the halt key in seconds; must be positive. Default V(3600), as in the runbooks.
+            description:
+              - (redis) Expiry of the halt key in seconds, 1 to 366 days' worth. Default V(3600), as in the runbooks.
+              - Used only with O(hold_until_resumed=false); by default the key has no expiry.
             type: int
           value:
             description: (redis) Value stored in the key. Default a JSON document with the reason and time.
@@ -277,6 +279,17 @@ options:
         engine's memory does not survive one.
     type: bool
     default: false
+  hold_until_resumed:
+    description:
+      - A verified halt must hold until the gated resume lifts it, never lapse by itself. With V(true)
+        Redis halt keys are set B(without expiry), and every halt call, including one that finds the
+        target already halted, removes an expiry a runbook or an older call set (C(PERSIST)).
+      - With V(false) the keys expire after O(targets[].methods[].ttl) (the runbooks' 3600 s) and every
+        halt call, including one that finds the target already halted, sets the TTL back to the full
+        O(targets[].methods[].ttl). Then trading resumes by itself when the key expires, unless another
+        source holds the halt; RV(targets[].expires_at) says when.
+    type: bool
+    default: true
   verify:
     description:
       - Read the state back after each method. With V(false) a method that answers is trusted,
@@ -284,6 +297,15 @@ options:
     type: bool
     default: true
 notes:
+  - Every halted target reports the sources that hold its halt (RV(targets[].held_by)) and whether one
+    of them survives an engine restart and never expires (RV(targets[].durable)). An API halt lives in
+    the engine's memory and is lost when its supervisor restarts it: give every target a durable
+    method (flag file, Redis key, container flag) and apply the whole chain (O(apply_all=true)), as
+    the playbooks' contain phase does. Targets whose halt is not durable are listed in
+    RV(not_durable) and warned about.
+  - O(state=resumed) runs through the module's action plugin on the controller, which refuses it
+    unless M(tradeops.remediation.health_check) reported the whole stack GO earlier in the same
+    C(ansible-playbook) run (a record only that run can write; no variable can supply it).
   - Runs on the host it is delegated to (normally the controller). The C(redis), C(docker) and
     C(kubernetes) methods need the Python libraries C(redis), C(docker) and C(kubernetes) there.
 seealso:
@@ -376,6 +398,22 @@ targets:
     halted_at:
       description: Epoch time at which the halt was verified.
       type: float
+    held_by:
+      description:
+        - For halted targets, every source that holds the halt, read back after the call: C(method),
+          C(source), C(expires_at) (epoch seconds, null when it never expires) and C(survives_restart)
+          (false for an API halt held in the engine's memory).
+      type: list
+      elements: dict
+      returned: state=halted, not in check mode
+    expires_at:
+      description: The earliest expiry among RV(targets[].held_by), epoch seconds; null when none expires.
+      type: float
+      returned: state=halted, not in check mode
+    durable:
+      description: Whether one of RV(targets[].held_by) survives an engine restart and never expires.
+      type: bool
+      returned: state=halted, not in check mode
     error:
       description: What went wrong, for failed and unverified targets.
       type: str
@@ -419,6 +457,13 @@ failed_targets:
 unverified:
   description: Targets on which a method was applied but the state never read back as requested.
   returned: always
+  type: list
+  elements: str
+not_durable:
+  description:
+    - Halted targets whose halt would lapse by itself (every source expires, or only the engine's
+      memory holds it). Give them a durable method and O(apply_all=true).
+  returned: state=halted, not in check mode
   type: list
   elements: str
 elapsed_ms:
@@ -506,6 +551,7 @@ ARGUMENT_SPEC = dict(
     concurrency=dict(type="int", default=64),
     verify=dict(type="bool", default=True),
     apply_all=dict(type="bool", default=False),
+    hold_until_resumed=dict(type="bool", default=True),
 )
 
 
@@ -522,6 +568,7 @@ def main():
             verify=p["verify"],
             check_mode=module.check_mode,
             apply_all=p["apply_all"],
+            hold_until_resumed=p["hold_until_resumed"],
         )
         result = service.run()
     except TradeopsError as err:
@@ -533,6 +580,10 @@ def main():
     if not p["verify"] and result["unverified"]:
         module.warn("verify=false: %d targets were not read back: %s"
                     % (len(result["unverified"]), ", ".join(result["unverified"])))
+    if result.get("not_durable"):
+        module.warn("the halt of %d targets would lapse by itself (it expires, or only the engine's memory holds "
+                    "it, lost on a restart): %s. Give them a durable method (file, redis, docker flag) and "
+                    "apply_all=true." % (len(result["not_durable"]), ", ".join(result["not_durable"])))
     message = HaltService.failure_message(result, verify=p["verify"])
     if message:
         module.fail_json(msg=message, **result)

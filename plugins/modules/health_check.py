@@ -265,6 +265,16 @@ options:
         and why. Off by default, so that the module can be used to assess; turn it on for a gate.
     type: bool
     default: false
+  gate:
+    description:
+      - This call is the health gate that a resume depends on. When the overall status is V(GO) (and not in
+        check mode), the module's action plugin records the result, with every probed component's status, in
+        the controller temp directory of this C(ansible-playbook) process; any other outcome erases an
+        earlier record. M(tradeops.remediation.halt_trading) with O(tradeops.remediation.halt_trading#module:state=resumed)
+        refuses every target that this record does not show V(GO).
+      - The record lives only as long as the run, and no variable can supply it.
+    type: bool
+    default: false
 notes:
   - "Run it once, on the controller (C(run_once: true), C(delegate_to: localhost)), to probe the whole stack
     in one round trip; run it on each host for the V(disk), V(memory) and V(load) probes of that host."
@@ -359,6 +369,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+gate_recorded:
+  description: With O(gate=true), whether this run's health gate record now says V(GO) (written by the action plugin).
+  returned: when O(gate=true) and not in check mode
+  type: bool
 status:
   description: V(GO) when no critical probe failed (and, with O(stable_for), stayed so long enough); else V(NO-GO).
   returned: always
@@ -515,6 +529,7 @@ ARGUMENT_SPEC = dict(
     stable_for=dict(type="float", default=0),
     concurrency=dict(type="int", default=32),
     fail_on_nogo=dict(type="bool", default=False),
+    gate=dict(type="bool", default=False),
 )
 
 

@@ -84,9 +84,102 @@ def test_each_backend_halts_and_resumes_a_real_engine(lab, name, kind):
     assert t["method"] == ("http" if kind.endswith("_api") else kind)
     assert t["verified_by"] == "status"
     if kind == "redis":
-        ttl = lab.lab.redis_client().ttl(engine(lab, name)["redis_key"])
-        assert 3500 < ttl <= 3600
+        # held until the gated resume: the runbook's 1 h expiry must never resume trading by itself
+        assert lab.lab.redis_client().ttl(engine(lab, name)["redis_key"]) == -1
+    if kind.endswith("_api"):
+        assert t["held_by"] == [{"method": "http", "source": f"http POST {target['methods'][0]['url']} "
+                                 "(in the engine's memory)", "expires_at": None, "survives_restart": False}]
+        assert t["durable"] is False and result["not_durable"] == [name]
+    else:
+        assert [h["method"] for h in t["held_by"]] == [kind]
+        assert t["held_by"][0]["expires_at"] is None and t["durable"] is True and result["not_durable"] == []
     proven_resumed(lab, resume([target]), name)
+
+
+def test_a_halt_holds_by_every_durable_source_when_the_whole_chain_is_applied(lab):
+    """apply_all (what the playbooks' contain phase does): the API halt plus the file flag, no expiry."""
+    target = target_for(lab, "engine-001")
+    flag = os.path.join(engine(lab, "engine-001")["dir"], "EMERGENCY_STOP")
+    try:
+        result = halt([target], apply_all=True)
+        t = proven_halted(lab, result, "engine-001")
+        assert [(h["method"], h["survives_restart"], h["expires_at"]) for h in t["held_by"]] == [
+            ("http", False, None), ("file", True, None)]
+        assert t["durable"] is True and t["expires_at"] is None and result["not_durable"] == []
+        assert os.path.exists(flag)
+    finally:
+        proven_resumed(lab, resume([target]), "engine-001")
+    assert not os.path.exists(flag)
+
+
+def test_every_halt_call_refreshes_the_redis_key_expiry(lab):
+    """A repeat halt of an already-halted engine re-asserts its Redis key: with the runbook's TTL
+    (hold_until_resumed=false) the TTL is set back to the full ttl; by default the expiry is removed."""
+    name = "engine-003"
+    key = engine(lab, name)["redis_key"]
+    rc = lab.lab.redis_client()
+    target = target_for(lab, name, only=["redis"])
+    try:
+        first = halt([target], hold_until_resumed=False)
+        proven_halted(lab, first, name)
+        assert 3500 < rc.ttl(key) <= 3600
+        rc.expire(key, 30)  # most of the hour has passed
+        again = halt([target], hold_until_resumed=False)
+        t = again["targets"][0]
+        assert t["status"] == "already_halted" and t["changed"] is True
+        assert 3500 < rc.ttl(key) <= 3600, "a repeat halt must refresh the TTL"
+        assert t["expires_at"] is not None and t["expires_at"] > time.time() + 3500
+        assert t["durable"] is False and again["not_durable"] == [name]
+        rc.expire(key, 30)  # a key set with the runbook's expiry, then the default: held until resumed
+        held = halt([target])
+        assert held["targets"][0]["status"] == "already_halted"
+        assert rc.ttl(key) == -1
+        assert held["targets"][0]["durable"] is True and held["targets"][0]["expires_at"] is None
+    finally:
+        proven_resumed(lab, resume([target]), name)
+
+
+def test_a_refused_redis_connection_leaves_the_fallback_its_share_of_the_deadline(lab, tmp_path):
+    """redis-py's default retry took ~4 s on a refused connection whatever the timeout, so the file
+    fallback after it was never written within a 4 s deadline."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        flag = tmp_path / "EMERGENCY_STOP"
+        target = {"name": "refused", "methods": [
+            {"type": "redis", "key": "emergency_halt:refused", "host": "127.0.0.1", "port": port},
+            {"type": "file", "path": str(flag)}]}
+        started = time.monotonic()
+        result = halt([target], timeout=4)
+        elapsed = time.monotonic() - started
+    t = result["targets"][0]
+    assert t["status"] == "halted" and t["method"] == "file", t
+    assert "refused" in t["methods_tried"][0]["error"].lower()
+    assert flag.exists() and elapsed < 3.0, elapsed
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("port", 70000, "methods[0].port must be between 1 and 65535, got 70000"),
+    ("port", 0, "methods[0].port must be between 1 and 65535, got 0"),
+    ("db", -1, "methods[0].db must be between 0 and"),
+    ("ttl", 0, "methods[0].ttl must be between 1 and"),
+    ("ttl", "soon", "methods[0].ttl must be a whole number, got 'soon'"),
+])
+def test_redis_options_out_of_range_name_the_option(option, value, message):
+    target = {"name": "e1", "methods": [{"type": "redis", "key": "k", option: value}]}
+    result = HaltService([target], timeout=1).run()
+    assert result["failed_targets"] == ["e1"]
+    assert message in result["targets"][0]["error"]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -5, 0, 1e9])
+def test_timeout_must_be_finite_and_bounded(value):
+    from ansible_collections.tradeops.remediation.plugins.module_utils._errors import ValidationError
+
+    with pytest.raises(ValidationError, match="^timeout: "):
+        HaltService([{"name": "e1", "methods": [{"type": "file", "path": "/nonexistent/x"}]}], timeout=value)
 
 
 def test_orchestrate_api_without_the_token_is_refused_and_reported(lab):

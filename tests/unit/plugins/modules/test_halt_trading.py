@@ -149,7 +149,7 @@ def test_token_is_never_in_the_output(capsys, engine):
     [
         ([{"type": "carrier-pigeon"}], "engine-x): methods[0].type: unknown method 'carrier-pigeon'"),
         ([{"type": "http"}], "engine-x): methods[0].url is required for the http method"),
-        ([{"type": "redis", "key": "emergency_halt", "ttl": -5}], "engine-x): methods[0].ttl must be a positive"),
+        ([{"type": "redis", "key": "emergency_halt", "ttl": -5}], "engine-x): methods[0].ttl must be between 1 and"),
         ([], "engine-x): methods is empty"),
         ([{"type": "file", "path": "relative/STOP"}], "engine-x): methods[0].path must be absolute"),
     ],
@@ -166,7 +166,7 @@ def test_bad_input_names_the_target_and_the_option(capsys, engine, methods, need
 
 def test_bad_global_options_fail_before_any_call(capsys, engine):
     out = run_module(capsys, {"targets": [engine.target()], "timeout": 0})
-    assert out["_rc"] == 1 and "timeout must be a positive" in out["msg"]
+    assert out["_rc"] == 1 and "timeout: must be between 0.05 and 86400 seconds, got 0" in out["msg"]
     assert engine.requests == []
 
 

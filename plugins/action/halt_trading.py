@@ -1,0 +1,36 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tradeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Runs the halt_trading module. A resume (state: resumed) goes through only for the targets that the
+health gate of this same ansible-playbook run found GO (see plugin_utils/gate.py); no variable can
+stand in for that record. Halting is never held back."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.tradeops.remediation.plugins.plugin_utils import gate
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        args = self._task.args
+        if args.get("state") == "resumed" and not self._play_context.check_mode:
+            targets = args.get("targets") or []
+            names = [t.get("name") if isinstance(t, dict) else t for t in targets]
+            refused = gate.refused_targets(names)
+            if refused:
+                result.update(
+                    failed=True, changed=False, state="resumed", targets=[], resumed=[], already_resumed=[],
+                    failed_targets=[name for name, _why in refused], unverified=[], gate_refused=True,
+                    msg="Refusing to resume: %s. Trading stays halted. Run the health gate in the same run first "
+                        "(playbooks/resume_trading.yml does)." % "; ".join("%s: %s" % r for r in refused))
+                return result
+        result.update(self._execute_module(module_name="tradeops.remediation.halt_trading",
+                                           module_args=dict(args), task_vars=task_vars))
+        return result

@@ -1,0 +1,30 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tradeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Runs the health_check module; when its task is the health gate, records the result for this run."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.tradeops.remediation.plugins.plugin_utils import gate
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        args = dict(self._task.args)
+        result.update(self._execute_module(module_name="tradeops.remediation.health_check", module_args=args,
+                                           task_vars=task_vars))
+        if self._task.args.get("gate") and not self._play_context.check_mode:
+            if result.get("status") == "GO" and not result.get("failed"):
+                gate.write_record(result)
+                result["gate_recorded"] = True
+            else:
+                gate.clear_record()
+                result["gate_recorded"] = False
+        return result
