@@ -20,6 +20,15 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         args = self._task.args
+        targets = args.get("targets")
+        if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets)):
+            # Ansible's own conversion says only "dictionary requested, could not parse JSON or key=value"
+            bad = targets if not isinstance(targets, list) else next(t for t in targets if not isinstance(t, dict))
+            result.update(failed=True, changed=False, msg=(
+                "halt_trading: targets must be a list of targets, each a dict with name and methods; got %s %s. "
+                "Build them with the tradeops.remediation.killswitch_targets filter, or see the module's EXAMPLES."
+                % ("a string" if isinstance(bad, str) else "a " + type(bad).__name__, repr(str(bad))[:80])))
+            return result
         if args.get("state") == "resumed" and not self._play_context.check_mode:
             targets = args.get("targets") or []
             names = [t.get("name") if isinstance(t, dict) else t for t in targets]

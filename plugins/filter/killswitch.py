@@ -7,8 +7,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import datetime
-
 from ansible.errors import AnsibleFilterError
 
 
@@ -33,27 +31,9 @@ def _fmt_ms(value):
     return "-" if value is None else "%d ms" % value
 
 
-def _utc(epoch):
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def hold_summary(target):
-    """How long a halted engine's halt holds, in words: its sources and the earliest expiry among them."""
-    holds = target.get("held_by")
-    if holds is None:
-        return "-"
-    if not holds:
-        return "NO SOURCE HOLDS IT"
-    sources = "+".join(h.get("method") or "?" for h in holds)
-    if target.get("durable"):
-        until = "until the gated resume"
-    elif target.get("expires_at") is not None:
-        until = "LAPSES AT %s" % _utc(target["expires_at"])
-    else:
-        until = "LAPSES ON AN ENGINE RESTART"
-    if target.get("durable") and target.get("expires_at") is not None:
-        until += " (earliest source expiry %s)" % _utc(target["expires_at"])
-    return "%s, %s" % (sources, until)
+    """How long a halted engine's halt holds (the module's own wording), or "-" when not reported."""
+    return target.get("hold_summary") or "-"
 
 
 def halt_holds(history):
@@ -68,7 +48,7 @@ def halt_holds(history):
             elif call.get("state") == "halted" and "held_by" in t:
                 holds[t["name"]] = {
                     "held_by": t["held_by"], "expires_at": t.get("expires_at"), "durable": bool(t.get("durable")),
-                    "summary": hold_summary(t),
+                    "summary": t.get("hold_summary"),
                 }
     return holds
 

@@ -66,6 +66,27 @@ def _whole(value, option, default, minimum, maximum):
     return number
 
 
+def hold_summary(holds, expires_at, durable):
+    """How long a halt holds, in words: its sources and when it would lapse. The one wording used by the
+    module result, the role's report, the incident report and ``tradeops run``."""
+    if not holds:
+        return "NO SOURCE HOLDS IT"
+    sources = "+".join(h.get("method") or "?" for h in holds)
+    if durable:
+        until = "until the gated resume"
+        if expires_at is not None:
+            until += " (earliest source expiry %s)" % _utc(expires_at)
+    elif expires_at is not None:
+        until = "LAPSES AT %s" % _utc(expires_at)
+    else:
+        until = "LAPSES ON AN ENGINE RESTART"
+    return "%s, %s" % (sources, until)
+
+
+def _utc(epoch):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
 def _now_ms(start):
     return int((time.monotonic() - start) * 1000)
 
@@ -813,6 +834,7 @@ class HaltService:
         result["held_by"] = holds
         result["expires_at"] = min(expiries) if expiries else None
         result["durable"] = any(h["survives_restart"] and h["expires_at"] is None for h in holds)
+        result["hold_summary"] = hold_summary(holds, result["expires_at"], result["durable"])
         if errors:
             result["hold_errors"] = errors
 

@@ -299,7 +299,7 @@ options:
 notes:
   - Every halted target reports the sources that hold its halt (RV(targets[].held_by)) and whether one
     of them survives an engine restart and never expires (RV(targets[].durable)). An API halt lives in
-    the engine's memory and is lost when its supervisor restarts it: give every target a durable
+    the engine's memory and is lost when its supervisor restarts it, so give every target a durable
     method (flag file, Redis key, container flag) and apply the whole chain (O(apply_all=true)), as
     the playbooks' contain phase does. Targets whose halt is not durable are listed in
     RV(not_durable) and warned about.
@@ -400,7 +400,7 @@ targets:
       type: float
     held_by:
       description:
-        - For halted targets, every source that holds the halt, read back after the call: C(method),
+        - For halted targets, every source that holds the halt, read back after the call, with C(method),
           C(source), C(expires_at) (epoch seconds, null when it never expires) and C(survives_restart)
           (false for an API halt held in the engine's memory).
       type: list
@@ -414,6 +414,11 @@ targets:
       description: Whether one of RV(targets[].held_by) survives an engine restart and never expires.
       type: bool
       returned: state=halted, not in check mode
+    hold_summary:
+      description: RV(targets[].held_by) in words, with when the halt would lapse (never, before the gated resume, when durable).
+      type: str
+      returned: state=halted, not in check mode
+      sample: "redis+file, until the gated resume"
     error:
       description: What went wrong, for failed and unverified targets.
       type: str

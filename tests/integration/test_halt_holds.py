@@ -70,12 +70,14 @@ def test_redis_halted_engines_stay_halted_when_their_key_expires_while_awaiting_
 
 
 def test_an_api_halted_engine_restarted_by_its_supervisor_comes_back_halted(lab_factory, tmp_path):
+    from tests.integration.test_runner_cli import tradeops
+
     lab = lab_factory(engines=2, mix="killswitch_api")
-    proc = run(lab, tmp_path, "p0_outage.yml", "--tags", "contain")
-    assert proc.returncode == 0, proc.stdout[-5000:]
-    # the summary names the sources per engine: the API halt (engine memory) and the durable flag file
-    assert "engine-001 halted http" in " ".join(proc.stdout.split())
-    assert "0 http+file, until the gated resume" in " ".join(proc.stdout.split()), proc.stdout[-3000:]
+    proc = tradeops(lab.dir, tmp_path / "runs", "run", "p0_outage", "--tags", "contain", "--progress", "plain",
+                    "-e", "halt_trading_quiesce_seconds=1 halt_trading_timeout=4")
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    # `tradeops run`'s summary names, per engine, what holds the halt: the API (engine memory) and the flag file
+    assert "halt held by http+file, until the gated resume: engine-001, engine-002" in proc.stdout, proc.stdout[-3000:]
     restarted_at = time.time()
     lab.lab.restart("engine-001")  # outside the playbook, as systemd / compose `restart:` / Kubernetes would
     view = engines_view(lab)
@@ -112,3 +114,13 @@ def test_a_forged_gate_cannot_resume_an_engine_the_gate_found_no_go(lab_factory,
     # the forged variables pass the roles' own checks; the gate's record of this run (NO-GO) does not
     assert "Refusing to resume: engine-001: no health gate passed in this ansible-playbook run" in proc.stdout
     assert_stays_halted(lab, lab.engines(), halted_by_now, window=1.0)
+
+
+def test_an_incident_id_that_would_leave_the_report_directory_is_refused(lab_factory, tmp_path):
+    lab = lab_factory(engines=1)
+    reports = tmp_path / "reports"
+    proc = lab.run_playbook("p0_outage.yml", "--tags", "report", "-e", f"incident_report_dir={reports}",
+                            "-e", "p0_outage_incident_id=../../escaped")
+    assert proc.returncode != 0
+    assert "is not a safe file name" in proc.stdout, proc.stdout[-3000:]
+    assert not list(tmp_path.rglob("escaped*")) and not list(reports.parent.parent.glob("escaped*"))

@@ -201,6 +201,11 @@ def summary_lines(result: IncidentResult) -> list[str]:
         if result.contained and result.contained != result.halted:
             left = sorted(set(engines) - set(result.contained))
             lines.append(f"  contained by the first halt: {len(result.contained)}; left to repair: {names(left)}")
+    by_hold: dict[str, list[str]] = {}
+    for engine, hold in sorted(result.halt_holds.items()):
+        by_hold.setdefault(hold, []).append(engine)
+    for hold, held in sorted(by_hold.items()):
+        lines.append(f"  halt held by {hold}: {names(held)}")
     if result.resumed:
         lines.append(f"  resumed (verified): {names(result.resumed)}")
     if result.restarted or result.still_nogo:

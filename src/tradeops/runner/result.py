@@ -152,6 +152,8 @@ class IncidentResult:
     contained: list[str] = field(default_factory=list)
     halted: list[str] = field(default_factory=list)
     not_halted: list[str] = field(default_factory=list)
+    # per halted engine, which sources hold its halt and when the earliest expires
+    halt_holds: dict[str, str] = field(default_factory=dict)
     resumed: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
@@ -230,6 +232,7 @@ class _Facts:
     stats: dict[str, dict[str, int]] = field(default_factory=dict)
     halt_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     halt_status: dict[str, str] = field(default_factory=dict)
+    halt_holds: dict[str, str] = field(default_factory=dict)
     probe_status: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     gate: str | None = None
     repair_hosts: dict[str, str] = field(default_factory=dict)
@@ -275,6 +278,10 @@ def collect(events: Iterable[Mapping[str, Any]]) -> _Facts:
             for target in res["targets"]:
                 if isinstance(target, Mapping) and target.get("name"):
                     facts.halt_status[str(target["name"])] = str(target.get("status"))
+                    if target.get("hold_summary"):  # what holds its halt, and until when (halt_trading's words)
+                        facts.halt_holds[str(target["name"])] = str(target["hold_summary"])
+                    elif target.get("status") in RESUMED_STATUSES:
+                        facts.halt_holds.pop(str(target["name"]), None)
         if action == HEALTH_ACTION and isinstance(res.get("probes"), list):
             for probe in res["probes"]:
                 if isinstance(probe, Mapping) and probe.get("name"):
@@ -398,6 +405,7 @@ def summarize(
         "contained": contained,
         "halted": halted,
         "not_halted": not_halted,
+        "halt_holds": {n: facts.halt_holds[n] for n in halted if n in facts.halt_holds},
         "resumed": resumed,
         "restarted": restarted,
         "recovered": recovered,

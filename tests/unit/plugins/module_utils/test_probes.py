@@ -772,3 +772,17 @@ def test_postgres_connect_is_bounded_by_the_deadline_and_hides_the_password():
     finally:
         hung.close()
 
+
+
+@pytest.mark.parametrize("probe, service, needle", [
+    ({"timeout": float("inf")}, {}, "probes[0] (p): timeout must be a finite number, got inf"),
+    ({"timeout": float("nan")}, {}, "probes[0] (p): timeout must be a finite number, got nan"),
+    ({"timeout": 1e9}, {}, "probes[0] (p): timeout must be at most 86400.0, got 1000000000.0"),
+    ({}, {"wait_for": float("inf")}, "wait_for must be a finite number, got inf"),
+    ({}, {"interval": 1e9}, "interval must be at most 86400.0"),
+    ({"url": "http://[::1"}, {}, "probes[0] (p): url is not a valid URL"),
+])
+def test_timeouts_are_finite_and_bounded_and_urls_parse(probe, service, needle):
+    spec = dict({"name": "p", "type": "http", "url": "http://127.0.0.1:9/health"}, **probe)
+    with pytest.raises(ValidationError, match=re.escape(needle)):
+        ProbeService([spec], **service)

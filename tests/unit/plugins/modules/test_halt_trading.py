@@ -181,3 +181,51 @@ def test_apply_all_sets_every_durable_flag_even_when_already_halted(capsys, engi
     assert flag.exists(), "apply_all must put the durable flag in place"
     again = run_module(capsys, {"targets": [target], "apply_all": True})
     assert again["changed"] is False and again["already_halted"] == ["engine-a"]
+
+
+def test_documentation_parses_and_matches_the_argument_spec():
+    import yaml
+
+    from tests.unit.plugins.modules.test_health_check import _argspec_shape, _doc_options
+
+    doc = yaml.safe_load(halt_trading.DOCUMENTATION)
+    assert _doc_options(doc["options"]) == _argspec_shape(halt_trading.ARGUMENT_SPEC)
+    returns = yaml.safe_load(halt_trading.RETURN)
+    assert {"held_by", "expires_at", "durable", "hold_summary"} <= set(returns["targets"]["contains"])
+    assert "not_durable" in returns
+    yaml.safe_load(halt_trading.EXAMPLES)
+
+
+@pytest.mark.parametrize("args, needle", [
+    ({"targets": [{"name": "e", "methods": [{"type": "http", "url": "http://[::1"}]}]},
+     "targets[0] (e): methods[0].url is not a valid URL"),
+    ({"targets": [{"name": "e", "methods": [{"type": "redis", "key": "k", "port": 99999}]}]},
+     "targets[0] (e): methods[0].port must be between 1 and 65535, got 99999"),
+    ({"targets": [{"name": "e", "methods": [{"type": "file", "path": "/x/STOP"}]}], "timeout": float("inf")},
+     "timeout: must be a finite number of seconds"),
+    ({"targets": [{"name": "e", "methods": [{"type": "file", "path": "/x/STOP"}]}], "timeout": float("nan")},
+     "timeout: must be a finite number of seconds"),
+    ({"targets": [{"name": "e", "methods": [{"type": "file", "path": "/x/STOP"}]}], "timeout": 1e9},
+     "timeout: must be between 0.05 and 86400 seconds"),
+])
+def test_malformed_options_fail_with_the_option_named_and_no_internal_error(capsys, args, needle):
+    out = run_module(capsys, args)
+    assert out["_rc"] == 1 and out["failed"] is True
+    assert needle in out["msg"], out["msg"]
+    assert "internal error" not in out["msg"] and "Traceback" not in out["msg"]
+
+
+@pytest.mark.parametrize("targets", ['"engine-001"', '["engine-001"]'])
+def test_targets_that_are_not_dicts_fail_naming_the_option(targets):
+    """Through the action plugin, as a playbook runs it (ansible's own message names no option)."""
+    import subprocess
+
+    from tests.conftest import ROOT, VENV_BIN, ansible_env
+
+    proc = subprocess.run([str(VENV_BIN / "ansible"), "localhost", "-i", "localhost,", "-c", "local",
+                           "-m", "tradeops.remediation.halt_trading", "-a", f'{{"targets": {targets}}}'],
+                          cwd=ROOT, env=ansible_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert "halt_trading: targets must be a list of targets, each a dict with name and methods; got a string " \
+           "''engine-001''" in out, out
