@@ -158,6 +158,10 @@ class Method:
 
     type = None
     required = ()
+    # A method that stops the engine itself (container stop, scale to zero): with apply_all it is still
+    # used as a fallback, but not applied on top of a halt that already verified, since it would take
+    # the engine (and the evidence in it) down when a durable flag holds the halt as well.
+    disruptive = False
 
     def __init__(self, spec, where):
         self.spec = spec
@@ -386,6 +390,7 @@ class DockerMethod(Method):
         self.action = spec.get("action") or "flag"
         if self.action not in ("flag", "stop"):
             raise ValidationError("%s.action must be flag or stop, got %r" % (where, self.action))
+        self.disruptive = self.action == "stop"
         self.flag_path = spec.get("flag_path") or "/tmp/EMERGENCY_STOP"
         self.docker_host = spec.get("docker_host") or "unix:///var/run/docker.sock"
         self.stop_timeout = _whole(spec.get("stop_timeout"), where + ".stop_timeout", 10, 0, 3600)
@@ -486,6 +491,7 @@ class KubernetesMethod(Method):
 
     type = "kubernetes"
     required = ("deployment",)
+    disruptive = True
 
     def __init__(self, spec, where):
         super(KubernetesMethod, self).__init__(spec, where)
@@ -749,6 +755,10 @@ class HaltService:
             attempt = {"index": index, "type": method.type, "action": None, "verified": False,
                        "verified_by": None, "error": None}
             try:
+                if self.apply_all and method.disruptive and (result.get("status") is not None or before is True):
+                    attempt["action"] = "skipped: already halted; %s would take the engine down" % method.describe()
+                    result["methods_tried"].append(attempt)
+                    continue
                 flag = method.read_flag(share) if self.apply_all else None
                 if flag is True:
                     # apply_all: this method's durable flag is already in place (its expiry refreshed)

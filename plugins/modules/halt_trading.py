@@ -276,7 +276,9 @@ options:
         methods whose own flag is already set.
       - Use it before restarting an engine, so that the durable methods (flag file, redis key,
         container flag, scale to zero) keep it halted across the restart; an API halt held in the
-        engine's memory does not survive one.
+        engine's memory does not survive one. The playbooks' contain phase uses it for the same reason.
+      - Methods that take the engine down (C(docker) with C(action=stop), C(kubernetes) scale to zero)
+        are not applied on top of a halt that already verified; they stay fallbacks.
     type: bool
     default: false
   hold_until_resumed:

@@ -286,3 +286,27 @@ def test_kubernetes_scale_to_zero_and_restore_against_a_fake_api():
         assert "tradeops.io/halted-replicas" not in dep["metadata"]["annotations"]
     finally:
         fake.close()
+
+
+def test_apply_all_does_not_take_an_engine_down_on_top_of_a_verified_flag(tmp_path):
+    """FAKE Kubernetes API (no real API server can run here): see k8s_fake.py. With the whole chain applied
+    (the contain phase), a scale-to-zero after a verified, durable flag would kill the engine's pods and the
+    evidence in them for nothing; it stays a fallback."""
+    fake = FakeKubernetes()
+    fake.add("engine-k8s", replicas=3)
+    flag = tmp_path / "EMERGENCY_STOP"
+    try:
+        k8s = {"type": "kubernetes", "deployment": "engine-k8s", "namespace": "trading", "api_url": fake.url}
+        held = halt([{"name": "k8s", "methods": [{"type": "file", "path": str(flag)}, k8s]}], apply_all=True)
+        t = held["targets"][0]
+        assert t["status"] == "halted" and t["method"] == "file" and flag.exists()
+        assert t["methods_tried"][1]["action"].startswith("skipped: already halted; kubernetes scale")
+        assert fake.get("engine-k8s")["spec"]["replicas"] == 3
+        assert [h["method"] for h in t["held_by"]] == ["file"] and t["durable"] is True
+        # still the fallback when the flag cannot be written
+        broken = {"type": "file", "path": str(tmp_path / "missing-dir" / "EMERGENCY_STOP")}
+        fell_back = halt([{"name": "k8s", "methods": [broken, k8s]}], apply_all=True)["targets"][0]
+        assert fell_back["status"] == "halted" and fell_back["method"] == "kubernetes"
+        assert fake.get("engine-k8s")["spec"]["replicas"] == 0
+    finally:
+        fake.close()
