@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,17 +143,30 @@ def test_broken_or_lying_api_falls_back_to_the_next_method(lab_factory, tmp_path
     assert_no_orders_after_halt(lab, by_name(report), ["engine-001"])
 
 
-def test_resume_brings_order_flow_back(lab_factory, tmp_path):
+def test_resume_needs_this_runs_gate_then_brings_order_flow_back(lab_factory, tmp_path):
     lab = lab_factory(engines=4)
     halt, _ = run_p0(lab, tmp_path, name="halt.json")
     assert halt.returncode == 0, halt.stdout[-4000:]
-    proc, report = run_p0(lab, tmp_path, "-e", "halt_trading_state=resumed", name="resume.json")
+    halted_by = time.time()
+    # the kill switch role turned around (-e halt_trading_state=resumed) is not a way around the gate:
+    # no health gate ran in this run, so the halt_trading action plugin refuses every engine
+    proc, report = run_p0(lab, tmp_path, "-e", "halt_trading_state=resumed", name="bypass.json")
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert report["result"]["resumed"] == [] and report["result"]["gate_refused"] is True, report["result"]
+    assert "no health gate passed in this ansible-playbook run" in report["result"]["msg"]
+    assert all(lab.orders_after(n, halted_by) == 0 for n in lab.engines())
+    # the way back: the approved resume behind this run's health gate
+    proc = lab.run_playbook("resume_trading.yml", "-e", "resume_trading_approved=true",
+                            "-e", "health_gate_stable_for=1", "-e", "halt_trading_quiesce_seconds=1",
+                            "-e", f"halt_trading_report_path={tmp_path / 'r.json'}")
     assert proc.returncode == 0, proc.stdout[-4000:]
+    report = read_json(tmp_path / "r.json")
     assert sorted(report["result"]["resumed"]) == sorted(lab.engines())
     for t in report["result"]["targets"]:
         assert lab.orders_after(t["name"], t["resumed_at"]) > 0, f"{t['name']} did not trade after resume"
     assert all(row["orders_after"] > 0 for row in report["orders"])
     assert lab.lab.redis_client().keys("emergency_halt*") == []
+    assert not any((Path(e["dir"]) / "EMERGENCY_STOP").exists() for e in lab.state["engines"])
 
 
 def test_a_wrong_role_variable_stops_the_run_before_any_halt(lab_factory, tmp_path):
