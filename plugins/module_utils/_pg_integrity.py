@@ -30,9 +30,13 @@ How a run goes (each step is optional):
      and symbol, full join): their own queries, because they need grouping or joins;
    * ``amcheck``: ``bt_index_check`` on every btree index of the checked tables (never
      ``bt_index_parent_check``, which blocks writers);
-   * ``custom:<name>``: the user's query, exactly one statement, run as is, so that anything that
-     writes is refused by PostgreSQL (READ ONLY). It runs in a savepoint that is always rolled back,
-     so not even a ``SET`` survives it.
+   * ``custom:<name>``: the user's query. Its text is never part of the SQL this module sends: it
+     is a bound parameter of ``pg_catalog.query_to_xml()``, which PostgreSQL parses and runs through
+     SPI with ``read_only=true`` (see :func:`custom_check_sql`), so the SERVER refuses anything but
+     read-only queries (COMMIT/ROLLBACK, SET, DO, COPY, CALL, data-modifying CTEs, FOR UPDATE, ...),
+     whatever the text and however it is quoted. The READ ONLY transaction is a second wall (a
+     function that writes is refused), and the savepoint it runs in is always rolled back, so not
+     even a ``set_config()`` survives it. Nothing here parses SQL in Python.
 
    The built-in passes read the heap, never an index (index scans are off for them): an index
    may be what is corrupt. ``export`` streams the offending rows inside the same snapshot.
@@ -58,6 +62,7 @@ import time
 import uuid
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _postgres
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import check_timeout
 from ansible_collections.tradeops.remediation.plugins.module_utils._redact import REDACTED, redact
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
@@ -101,6 +106,10 @@ SCHEMA_DEFAULTS = dict(
     trades_table="trades",
     accounts_table="accounts",
     key_column="id",
+    # each table's own key; None: key_column
+    positions_key_column=None,
+    trades_key_column=None,
+    accounts_key_column=None,
     account_id_column="account_id",
     symbol_column="symbol",
     quantity_column="quantity",
@@ -115,6 +124,7 @@ SCHEMA_DEFAULTS = dict(
     filled_statuses=["closed"],
     sell_sides=["sell"],
     closed_position_statuses=["closed"],
+    open_position_status="open",
 )
 # columns that may be set to '' to leave out what they feed
 OPTIONAL_COLUMNS = ("side_column", "trades_timestamp_column", "positions_timestamp_column")
@@ -149,10 +159,12 @@ QUARANTINE_COLUMNS = ("quarantined_at", "source_table", "check_name", "reason", 
 RECONCILE_COLUMNS = ("reconciled_at", "source_table", "old_quantity", "new_quantity", "incident_id", "batch_id",
                      "source_ctid")
 QUERY_TEXT_CHARS = 200
+CUSTOM_RULE = ("A custom check must be ONE read-only query that returns the violating rows (SELECT, VALUES, TABLE "
+               "or WITH ... SELECT, optionally ending with ';'): no INSERT/UPDATE/DELETE, SELECT ... FOR UPDATE, "
+               "COMMIT/ROLLBACK, SET/RESET, DO, COPY, CALL or second statement. Rewrite %s as such a query and re-run")
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _CHECK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
-_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 _PASSWORD_LITERAL = re.compile(r"(?i)(password\s*)'(?:[^']|'')*'")
 
 # SQLSTATEs
@@ -164,6 +176,12 @@ UNDEFINED_COLUMN = "42703"
 INSUFFICIENT_PRIVILEGE = "42501"
 INDEX_CORRUPTED = "XX002"
 DATA_CORRUPTED = "XX001"
+# what PostgreSQL answers when a custom check is not one read-only query: a syntax error (a second
+# statement, or a statement that is not a query), "<command> is not allowed in a non-volatile function"
+# (SPI read_only: COMMIT, SET, DO, COPY, CALL, FOR UPDATE, ...), a data-modifying WITH below the top
+# level, a write refused by the READ ONLY transaction, "transaction read-write mode must be set before
+# any query", and query_to_xml's "invalid query" (a statement that returns no rows)
+CUSTOM_REFUSED = ("42601", "0A000", "25006", "25001", "22000", "2D000", "0B000")
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,89 +250,6 @@ def _choices(value, option, choices):
     return seen
 
 
-def single_statement(text, where):
-    """Return ``text`` without its trailing ``;``; refuse anything with a second statement.
-
-    A custom check must be one query. PostgreSQL runs every statement of a multi-statement string,
-    and ``COMMIT; <write>`` would end the READ ONLY transaction before the write, so a ``;``
-    followed by more SQL is refused before anything runs. Quotes (``'...'``, ``E'...'``, ``"..."``,
-    dollar quotes) and comments are skipped, so a ``;`` inside them is fine.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise ValidationError("%s: sql is required: a query that returns the violating rows" % where)
-    i, n, end = 0, len(text), None
-    while i < n:
-        ch = text[i]
-        if text.startswith("--", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j + 1
-            continue
-        if text.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:
-                if text.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif text.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-            if depth:
-                raise ValidationError("%s: sql has an unterminated /* comment" % where)
-            continue
-        if end is not None:
-            if ch == ";" or ch.isspace():
-                i += 1
-                continue
-            raise ValidationError(
-                "%s: sql must be exactly one statement (a query that returns the violating rows); found more "
-                "SQL after the ';' at character %d" % (where, end + 1))
-        if ch == ";":
-            end = i
-            i += 1
-        elif ch == "'":
-            escapes = i > 0 and text[i - 1] in "eE" and not (i > 1 and (text[i - 2].isalnum() or text[i - 2] in "_$"))
-            i += 1
-            while True:
-                if i >= n:
-                    raise ValidationError("%s: sql has an unterminated string literal" % where)
-                if escapes and text[i] == "\\":
-                    i += 2
-                elif text.startswith("''", i):
-                    i += 2
-                elif text[i] == "'":
-                    i += 1
-                    break
-                else:
-                    i += 1
-        elif ch == '"':
-            i += 1
-            while True:
-                if i >= n:
-                    raise ValidationError("%s: sql has an unterminated quoted identifier" % where)
-                if text.startswith('""', i):
-                    i += 2
-                elif text[i] == '"':
-                    i += 1
-                    break
-                else:
-                    i += 1
-        elif ch == "$":
-            m = _DOLLAR_TAG.match(text, i)
-            if m and not (i > 0 and (text[i - 1].isalnum() or text[i - 1] in "_$")):
-                close = text.find(m.group(0), m.end())
-                if close < 0:
-                    raise ValidationError("%s: sql has an unterminated %s quote" % (where, m.group(0)))
-                i = close + len(m.group(0))
-            else:
-                i += 1
-        else:
-            i += 1
-    statement = text if end is None else text[:end]
-    if not statement.strip():
-        raise ValidationError("%s: sql is empty" % where)
-    return statement
-
-
 def plain(value):
     """A JSON-safe form of a value read from PostgreSQL."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -336,6 +271,10 @@ def plain(value):
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return str(value)
+
+
+def _milliseconds(seconds):
+    return max(1, int(round(seconds * 1000)))
 
 
 def _elapsed_ms(start):
@@ -398,6 +337,18 @@ class Schema:
         for option in self.COLUMNS:
             parts = identifier(opts[option], "schema." + option, empty_ok=option in OPTIONAL_COLUMNS)
             self.columns[option[:-len("_column")]] = parts[0] if parts else None
+        self.keys = {}  # each table's key column (schema.<role>_key_column, else schema.key_column)
+        for role in TABLE_ROLES:
+            option = role + "_key_column"
+            if opts.get(option) in (None, ""):
+                self.keys[role] = self.columns["key"]
+            else:
+                self.keys[role] = identifier(opts[option], "schema." + option)[0]
+        status = opts.get("open_position_status")
+        if not isinstance(status, str):
+            raise ValidationError("schema.open_position_status must be a string (the status reconcile gives a "
+                                  "position it creates; '' leaves it to the column's default), got %r" % (status,))
+        self.open_position_status = status
         self.lists = {}
         for option in STATUS_LISTS:
             self.lists[option] = _string_list(opts[option], "schema." + option, nonempty=option in NONEMPTY_LISTS)
@@ -414,6 +365,10 @@ class Schema:
 
     def col(self, name, alias="s"):
         return sql.Identifier(alias, self.columns[name])
+
+    def key(self, role, alias="s"):
+        """The key column of a table (role), qualified by ``alias`` (or bare when alias is None)."""
+        return sql.Identifier(alias, self.keys[role]) if alias else sql.Identifier(self.keys[role])
 
     def has(self, name):
         return bool(self.columns.get(name))
@@ -468,15 +423,16 @@ def build_row_checks(schema, clock_skew_seconds):
                 "%s is more than %s s in the future" % (column, _fmt(clock_skew_seconds)))
     add("orphan_trades", "trades",
         sql.SQL("(NOT EXISTS (SELECT 1 FROM {accounts} AS a WHERE {akey} = {acc}))").format(
-            accounts=schema.table("accounts"), akey=schema.col("key", "a"), acc=c("account_id")),
-        "%s is NULL or not in %s" % (schema.columns["account_id"], schema.label("accounts")))
+            accounts=schema.table("accounts"), akey=schema.key("accounts", "a"), acc=c("account_id")),
+        "%s is NULL or matches no %s.%s" % (
+            schema.columns["account_id"], schema.label("accounts"), schema.keys["accounts"]))
     for role in ("positions", "trades"):
         add("duplicate_ids", role,
             sql.SQL("(EXISTS (SELECT 1 FROM (SELECT {dkey} AS k, min(d.ctid) AS first FROM {table} AS d "
                     "WHERE {dkey} IS NOT NULL GROUP BY {dkey} HAVING count(*) > 1) AS g "
                     "WHERE g.k = {key} AND g.first <> s.ctid))").format(
-                dkey=schema.col("key", "d"), table=schema.table(role), key=c("key")),
-            "%s appears more than once (every copy but the first, by ctid)" % schema.columns["key"])
+                dkey=schema.key(role, "d"), table=schema.table(role), key=schema.key(role)),
+            "%s appears more than once (every copy but the first, by ctid)" % schema.keys[role])
     return out
 
 
@@ -497,7 +453,7 @@ def filter_pass_sql(schema, role, checks, sample_size, prefilter=True):
     ``array_agg`` cannot be aggregated in parallel before PostgreSQL 16: bench/pg_scan.py measured
     that at 1.09 s for 5M trades, against 0.70 s for one query per check and 0.38 s prefiltered.
     """
-    key = schema.col("key")
+    key = schema.key(role)
     columns = []
     for check in checks:
         columns.append(sql.SQL("count(*) FILTER (WHERE {})").format(check.predicate))
@@ -512,7 +468,8 @@ def filter_pass_sql(schema, role, checks, sample_size, prefilter=True):
 def single_check_sql(schema, check, sample_size):
     """One check as its own query (the benchmark compares this with the FILTER pass)."""
     return sql.SQL("SELECT count(*), to_jsonb((array_agg({key}))[1:{n}]) FROM {table} AS s WHERE {p}").format(
-        key=schema.col("key"), n=sql.Literal(int(sample_size)), table=schema.table(check.role), p=check.predicate)
+        key=schema.key(check.role), n=sql.Literal(int(sample_size)), table=schema.table(check.role),
+        p=check.predicate)
 
 
 def duplicates_sql(schema, role, sample_size):
@@ -520,7 +477,7 @@ def duplicates_sql(schema, role, sample_size):
         "SELECT coalesce(sum(n - 1), 0)::bigint, count(*), to_jsonb((array_agg(k))[1:{n}]) "
         "FROM (SELECT {key} AS k, count(*) AS n FROM {table} AS s WHERE {key} IS NOT NULL "
         "GROUP BY {key} HAVING count(*) > 1) AS g").format(
-        key=schema.col("key"), table=schema.table(role), n=sql.Literal(int(sample_size)))
+        key=schema.key(role), table=schema.table(role), n=sql.Literal(int(sample_size)))
 
 
 def _mismatch_cte(schema):
@@ -562,6 +519,47 @@ def orphans_sql(schema, check, sample_size):
     return single_check_sql(schema, check, sample_size)
 
 
+# A custom check's text is DATA to this module: it is sent as a bound parameter (a string literal
+# quoted by libpq) of pg_catalog.query_to_xml(text, nulls, tableforest, targetns). PostgreSQL parses
+# that text itself and runs it through SPI with read_only=true: every statement in it must be a
+# read-only query (no utility statement - COMMIT, ROLLBACK, BEGIN, SET, RESET, DO, COPY, CALL,
+# EXPLAIN ... - no INSERT/UPDATE/DELETE/MERGE, no data-modifying WITH, no FOR UPDATE/SHARE), and the
+# last must return rows; a transaction command can never end the scan's transaction from inside SPI.
+# The text is wrapped as the subquery ``q`` so that the server computes the count and the sample
+# (typed, through row_to_json) and returns one small row; the wrapper makes a text with a second
+# statement a syntax error, but nothing depends on it: a text that closes the parentheses and adds
+# statements of its own is still inside query_to_xml's read-only SPI call, in the READ ONLY transaction.
+_CUSTOM_OPEN = "\n"
+_CUSTOM_CLOSE = "\n) AS q"
+_XML_ROWS = "XMLTABLE('/table/row' PASSING pg_catalog.query_to_xml(%s, false, false, '') COLUMNS "
+
+
+def custom_text(text):
+    """The check's text with trailing blanks and ``;`` removed (cosmetic: it goes inside parentheses)."""
+    text = text.rstrip()
+    while text.endswith(";"):
+        text = text[:-1].rstrip()
+    return text
+
+
+def custom_check_sql(text, sample_size):
+    """(query, params) returning ``(count, sample)`` of a custom check: the number of rows its query
+    returns and, as JSON text, the first column of the first ``sample_size`` of them, in its order."""
+    inner = ("SELECT pg_catalog.count(*) AS n, pg_catalog.json_agg((SELECT e.value FROM "
+             "pg_catalog.json_each(pg_catalog.row_to_json(w.r)) WITH ORDINALITY AS e(k, value, o) "
+             "ORDER BY e.o LIMIT 1) ORDER BY w.i) FILTER (WHERE w.i <= %d) AS sample FROM (SELECT "
+             "pg_catalog.row_number() OVER () AS i, q.*::record AS r FROM (" % int(sample_size)
+             + _CUSTOM_OPEN + custom_text(text) + _CUSTOM_CLOSE + ") AS w")
+    return ("SELECT x.n, x.sample FROM " + _XML_ROWS + "n bigint PATH 'n', sample text PATH 'sample') AS x",
+            (inner,))
+
+
+def custom_export_sql(text):
+    """(query, params) returning every row of a custom check as JSON text (row_to_json), in its order."""
+    inner = "SELECT pg_catalog.row_to_json(q.*)::text AS j FROM (" + _CUSTOM_OPEN + custom_text(text) + _CUSTOM_CLOSE
+    return ("SELECT x.j FROM " + _XML_ROWS + "o FOR ORDINALITY, j text PATH 'j') AS x ORDER BY x.o", (inner,))
+
+
 def _result(name, table, pass_name, status, count=0, sample=None, message=""):
     return {"name": name, "table": table, "pass": pass_name, "status": status, "count": count,
             "sample": sample if sample is not None else [], "message": message}
@@ -590,8 +588,10 @@ class IntegrityService:
         self.clock_skew = _number(p["clock_skew_seconds"], "clock_skew_seconds", minimum=0)
         self.long_query_seconds = _number(p["long_query_seconds"], "long_query_seconds", minimum=0)
         self.max_connection_ratio = _number(p["max_connection_ratio"], "max_connection_ratio", above=0, maximum=1)
-        self.statement_timeout = _number(p["statement_timeout"], "statement_timeout", above=0, maximum=86400)
-        self.lock_timeout = _number(p["lock_timeout"], "lock_timeout", above=0, maximum=86400)
+        # finite seconds, from 0.05 to a day (_deadline's bounds for every timeout): 0 stays refused, since
+        # PostgreSQL reads 0 as "no timeout", which a scan must never have
+        self.statement_timeout = check_timeout(p["statement_timeout"], "statement_timeout")
+        self.lock_timeout = check_timeout(p["lock_timeout"], "lock_timeout")
         self.read_only = p.get("read_only")
         if self.read_only is not None and not isinstance(self.read_only, bool):
             raise ValidationError("read_only must be true or false, got %r" % (self.read_only,))
@@ -651,13 +651,21 @@ class IntegrityService:
             unknown = sorted(set(spec) - {"name", "sql"})
             if unknown:
                 raise ValidationError("%s: unknown option(s) %s" % (where, ", ".join(unknown)))
-            out.append({"name": name, "sql": single_statement(spec.get("sql"), where)})
+            text = spec.get("sql")
+            if not isinstance(text, str) or not custom_text(text):
+                raise ValidationError("custom[%d].sql (%s) is required: a query that returns the violating rows"
+                                      % (index, name))
+            if "\x00" in text:
+                raise ValidationError("custom[%d].sql (%s) contains a NUL character, which PostgreSQL does not "
+                                      "accept in a query" % (index, name))
+            out.append({"name": name, "sql": text, "index": index, "where": "custom[%d].sql (%s)" % (index, name)})
         return out
 
     # -- connections ----------------------------------------------------------------------------
     def _options(self, read_only):
+        # whole milliseconds, never 0 (which PostgreSQL reads as no timeout at all)
         return "-c default_transaction_read_only=%s -c statement_timeout=%d -c lock_timeout=%d" % (
-            "on" if read_only else "off", int(self.statement_timeout * 1000), int(self.lock_timeout * 1000))
+            "on" if read_only else "off", _milliseconds(self.statement_timeout), _milliseconds(self.lock_timeout))
 
     def _connect(self, read_only, options=True):
         conn = _postgres.connect(self.connection, options=self._options(read_only) if options else None,
@@ -700,6 +708,15 @@ class IntegrityService:
         if code == INSUFFICIENT_PRIVILEGE:
             return "grant the login role what the check needs (SELECT on the tables; pg_monitor for the server checks)"
         return None
+
+    def _custom_error(self, err, spec):
+        """Why a custom check failed, naming custom[N].sql and what to do."""
+        if getattr(err, "pgcode", None) in CUSTOM_REFUSED:
+            text = "%s was refused by PostgreSQL: %s. %s" % (
+                spec["where"], _pg_message(err), CUSTOM_RULE % spec["where"])
+            return redact(text, self.secrets)
+        hint = self._hint(err, custom=True) or "fix %s and re-run" % spec["where"]
+        return redact("%s: %s; %s" % (spec["where"], _pg_message(err), hint), self.secrets)
 
     def _db_error(self, err, what=None, custom=False):
         message = _pg_message(err)
@@ -998,7 +1015,6 @@ class IntegrityService:
             tables = {}
             for role in roles:
                 tables[role] = self._ensure_table(cur, role, extra, QUARANTINE_COLUMNS)
-            key = self.schema.columns["key"]
             total = dict((role, 0) for role in roles)
             for name, role, scanned in targets:
                 check = self.row_checks[(name, role)]
@@ -1025,7 +1041,7 @@ class IntegrityService:
                 cur.execute(sql.SQL(
                     "DELETE FROM {source} AS s USING {q} AS q WHERE q.batch_id = {batch} AND q.check_name = {name} "
                     "AND q.source_table = {src} AND s.ctid = q.source_ctid AND s.{key} IS NOT DISTINCT FROM q.{key}"
-                ).format(source=source, key=sql.Identifier(key), q=qtable, batch=sql.Literal(batch),
+                ).format(source=source, key=self.schema.key(role, None), q=qtable, batch=sql.Literal(batch),
                          name=sql.Literal(name), src=sql.Literal(self.schema.label(role))))
                 deleted = cur.rowcount
                 if not found == copied == deleted:
@@ -1155,13 +1171,20 @@ class IntegrityService:
                 "SELECT count(*) FROM m WHERE position_rows = 0 AND account_id IS NOT NULL AND symbol IS NOT NULL "
                 "AND trades_quantity <> 0"))
             missing = cur.fetchone()[0]
+            no_key = ""
             if missing and not self._key_has_default(cur):
-                missing = 0  # a new position needs a generated key: left to a human
+                # a new position needs a key that fills itself: left to a human, saying why
+                no_key = ("; %d account/symbol(s) have filled trades but no position, and %s.%s has no default or "
+                          "identity, so reconcile cannot create their positions (give the key column a default or "
+                          "make it an identity column, or create the rows by hand)" % (
+                              missing, s.label("positions"), s.keys["positions"]))
+                action["missing_without_key"] = missing
+                missing = 0
             action["unreconciled"] = mismatched - fixable - missing
             if not fixable and not missing:
                 conn.rollback()
                 action["message"] = ("nothing reconcilable: %d mismatch(es) need a human (no position row, several "
-                                     "rows, or a NULL account/symbol)" % mismatched)
+                                     "rows, or a NULL account/symbol)%s" % (mismatched, no_key))
                 return action
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.quarantine_schema)))
             extra = ("reconciled_at timestamptz NOT NULL DEFAULT now(), source_table text NOT NULL, old_quantity "
@@ -1181,7 +1204,7 @@ class IntegrityService:
                 "UPDATE {positions} AS s SET {qty} = r.new_quantity FROM {q} AS r WHERE r.batch_id = {batch} "
                 "AND s.ctid = r.source_ctid AND s.{key} IS NOT DISTINCT FROM r.{key}").format(
                 positions=s.table("positions"), qty=sql.Identifier(s.columns["quantity"]), q=table,
-                batch=sql.Literal(batch), key=sql.Identifier(s.columns["key"])))
+                batch=sql.Literal(batch), key=s.key("positions", None)))
             updated = cur.rowcount
             if not fixable == recorded == updated:
                 raise _Rollback("found %d reconcilable position(s), recorded %d in %s, updated %d" % (
@@ -1205,17 +1228,21 @@ class IntegrityService:
             conn.autocommit = True
         action.update(changed=True, reconciled=updated, created=created, table=label, batch_id=batch,
                       message="rewrote the quantity of %d position(s) and created %d missing position(s) from their "
-                              "filled trades in one transaction; the old and new rows are recorded in %s (batch %s)%s"
+                              "filled trades in one transaction; the old and new rows are recorded in %s (batch %s)%s%s"
                               % (updated, created, label, batch,
                                   "; %d mismatch(es) need a human (no position row, several rows, or a NULL "
-                                  "account/symbol)" % action["unreconciled"] if action["unreconciled"] else ""))
+                                  "account/symbol)" % action["unreconciled"] if action["unreconciled"] else "",
+                                  no_key))
         return action
 
     def _key_has_default(self, cur):
-        """Whether the positions key column fills itself (a default or an identity)."""
+        """Whether the positions key column fills itself (a default, an identity or a generated column).
+
+        The table is looked up by its QUOTED name (``"Book"."Holdings"``): to_regclass() folds an unquoted
+        name to lower case, which would find nothing, or another table (``book.holdings``)."""
         cur.execute("SELECT a.atthasdef OR a.attidentity <> '' FROM pg_attribute a "
-                    "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s",
-                    (self.schema.label("positions"), self.schema.columns["key"]))
+                    "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
+                    (self.schema.table("positions").as_string(cur), self.schema.keys["positions"]))
         row = cur.fetchone()
         return bool(row and row[0])
 
@@ -1226,13 +1253,16 @@ class IntegrityService:
         table with an empty old quantity. Returns how many were created."""
         s = self.schema
         target = [s.columns["account_id"], s.columns["symbol"], s.columns["quantity"], s.columns["entry_price"],
-                  s.columns["current_price"], s.columns["status"]]
+                  s.columns["current_price"]]
         values = [sql.SQL("m.account_id"), sql.SQL("m.symbol"), sql.SQL("m.trades_quantity"),
-                  sql.SQL("tp.avg_price"), sql.SQL("tp.last_price"), sql.Literal("open")]
+                  sql.SQL("tp.avg_price"), sql.SQL("tp.last_price")]
+        if s.open_position_status:  # '' leaves the status to the column's default
+            target.append(s.columns["status"])
+            values.append(sql.Literal(s.open_position_status))
         if s.has("positions_timestamp"):
             target.append(s.columns["positions_timestamp"])
             values.append(sql.SQL("now()"))
-        order = s.col("trades_timestamp") if s.has("trades_timestamp") else s.col("key")
+        order = s.col("trades_timestamp") if s.has("trades_timestamp") else s.key("trades")
         price = sql.Identifier("s", s.columns["trade_price"])
         cur.execute(self._create_sql(s, target, values, order, price, cols, table, batch))
         return cur.rowcount
@@ -1485,7 +1515,7 @@ class Scanner:
             self.add(_result("duplicate_ids", label, pass_name, ERROR, message=self.svc._db_error(err, label)))
             return
         surplus, keys, sample = row
-        key = self.schema.columns["key"]
+        key = self.schema.keys[role]
         self.add(_result("duplicate_ids", label, pass_name, _count_status(surplus), surplus, sample or [], (
             "%d surplus row(s) of %s over %d %s value(s) that appear more than once" % (surplus, label, keys, key))
             if surplus else "every %s of %s appears once" % (key, label)))
@@ -1658,35 +1688,33 @@ class Scanner:
 
     # -- custom ----------------------------------------------------------------------------------
     def custom_pass(self, spec, pass_name):
+        """One custom check, through query_to_xml (see custom_check_sql): PostgreSQL, not this module,
+        decides that its text is one read-only query; anything else is refused and reported naming
+        custom[N].sql."""
         cur = self.cur
-        n = self.svc.sample_size
+        query, params = custom_check_sql(spec["sql"], self.svc.sample_size)
 
         def run():
             # the user's query may use indexes; the savepoint is rolled back, and this with it
             cur.execute("SET LOCAL enable_indexscan = on; SET LOCAL enable_indexonlyscan = on; "
                         "SET LOCAL enable_bitmapscan = on")
-            cur.execute(spec["sql"])
-            if cur.description is None:
-                return None
-            count = cur.rowcount
-            rows = cur.fetchmany(n) if n else []
-            return count, [plain(r[0]) for r in rows]
+            cur.execute(query, params)
+            return cur.fetchone()
 
         try:
-            value, err = self.savepoint(run, rollback=True)
-        except psycopg2.Error as err:
-            raise BackendError("custom check %s ended the scan's transaction (%s); a custom check must be one query "
-                               "that returns the violating rows, without COMMIT or ROLLBACK" % (
-                                   spec["name"], _pg_message(err)))
+            row, err = self.savepoint(run, rollback=True)
+        except psycopg2.Error as err:  # cannot happen through SPI; kept as a net
+            raise BackendError("%s ended the scan's transaction (%s); nothing after it was checked. %s" % (
+                spec["where"], _pg_message(err), CUSTOM_RULE % spec["where"]))
         if err is not None:
-            self.add(_result(spec["name"], None, pass_name, ERROR,
-                             message=self.svc._db_error(err, "custom check %s" % spec["name"], custom=True)))
-        elif value is None:
+            self.add(_result(spec["name"], None, pass_name, ERROR, message=self.svc._custom_error(err, spec)))
+        elif row is None or row[0] is None:
             self.add(_result(spec["name"], None, pass_name, ERROR, message=(
-                "custom check %s returned no rows at all (not a query?): its sql must be a query that returns "
-                "the violating rows" % spec["name"])))
+                "%s was refused by PostgreSQL: it returned no row count (a second statement?). %s" % (
+                    spec["where"], CUSTOM_RULE % spec["where"]))))
         else:
-            count, sample = value
+            count = row[0]
+            sample = [plain(v) for v in json.loads(row[1], parse_float=decimal.Decimal)] if row[1] else []
             self.add(_result(spec["name"], None, pass_name, _count_status(count), count, sample,
                              "%d violating row(s)" % count if count else "no violating rows"))
 
@@ -1711,7 +1739,7 @@ class Exporter:
         s = self.svc.schema
         if result["pass"].startswith("custom:"):
             spec = next(c for c in self.svc.custom if c["name"] == result["name"])
-            return sql.SQL("SELECT row_to_json(q)::text FROM ({}\n) AS q").format(sql.SQL(spec["sql"]))
+            return custom_export_sql(spec["sql"])  # (query, params): the text is a parameter, never SQL
         if result["name"] == "position_mismatch":
             return _mismatch_cte(s) + sql.SQL("SELECT {}::text FROM m ORDER BY account_id, symbol").format(
                 _MISMATCH_ROW)
@@ -1720,7 +1748,7 @@ class Exporter:
         if check is None:
             return None
         return sql.SQL("SELECT row_to_json(s)::text FROM {} AS s WHERE {} ORDER BY s.{}, s.ctid").format(
-            s.table(role), check.predicate, sql.Identifier(s.columns["key"]))
+            s.table(role), check.predicate, s.key(role, None))
 
     def run(self):
         path = self.svc.export_path
@@ -1774,10 +1802,13 @@ class Exporter:
                 fh.write("%s\n    %s" % ("" if first else ",", json.dumps(item, sort_keys=True)))
                 first = False
             return
+        params = None
+        if isinstance(query, tuple):
+            query, params = query
         cursor = self.scanner.conn.cursor(name="tradeops_pg_integrity_export")
         try:
             cursor.itersize = 2000
-            cursor.execute(query)
+            cursor.execute(query, params)
             for (text,) in cursor:
                 fh.write("%s\n    %s" % ("" if first else ",", text))
                 first = False

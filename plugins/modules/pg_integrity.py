@@ -76,9 +76,13 @@ description:
     of its (account, symbol) from the sum of its filled trades, after recording the old rows in
     C(<quarantine_schema>.<positions table>__reconciled). An (account, symbol) with filled trades but no position
     row (for example because its corrupt row was quarantined) gets a new position from its trades (entry price
-    the quantity-weighted average of O(schema.trade_price_column), current price the latest), recorded there too
-    with an empty old quantity. Groups with several rows or a NULL account or symbol are left to a human and
-    counted as C(unreconciled)."
+    the quantity-weighted average of O(schema.trade_price_column), current price the latest, status
+    O(schema.open_position_status)), recorded there too with an empty old quantity. Groups with several rows or a
+    NULL account or symbol are left to a human and counted as C(unreconciled)."
+  - "B(Re-creating a missing position needs a positions key column that fills itself) (O(schema.positions_key_column)
+    with a default, such as a C(serial) or a sequence, or an identity column): reconcile never invents a key. Without
+    one, those (account, symbol) groups are left to a human, counted as C(unreconciled) and named in the message,
+    with C(missing_without_key) in the action."
   - "C(export): writes the offending rows (full rows as JSON, per check; C(position_mismatch) its groups, server
     checks their sample) to O(export_path) on the host running the module, mode 0600, atomically. Nothing in the
     file depends on the time, so exporting the same rows again leaves it unchanged."
@@ -114,12 +118,20 @@ options:
               future_timestamps, amcheck, checksum_failures, long_queries, blocking_locks, connection_saturation]
   custom:
     description:
-      - Extra checks. Each O(custom[].sql) is ONE query that returns the violating rows; RV(checks[].count) is the
-        number of rows and RV(checks[].sample) the first column of the first O(sample_size) rows (put the key first).
-      - It runs as is inside the READ ONLY transaction, in a savepoint that is always rolled back, so a query that
-        tries to write (C(DELETE ... RETURNING), C(CREATE TABLE), C(SELECT ... FOR UPDATE)) is refused by PostgreSQL
-        and reported as V(error) with its message, and fails the task. A second statement after a C(;) is refused
-        before anything runs.
+      - Extra checks. Each O(custom[].sql) is ONE read-only query that returns the violating rows (C(SELECT),
+        C(VALUES), C(TABLE) or C(WITH ... SELECT), optionally ending with C(;)); RV(checks[].count) is the number of
+        rows and RV(checks[].sample) the first column of the first O(sample_size) rows, in the query's order (put
+        the key first). Sample values come as PostgreSQL's C(row_to_json) gives them; a non-integer C(numeric)
+        comes back as a string, so that no digit is lost.
+      - B(The text is never sent as SQL of its own.) It is a parameter of PostgreSQL's C(query_to_xml()), which
+        the SERVER parses and runs as a read-only query (SPI with C(read_only)), inside the scan's READ ONLY
+        transaction, in a savepoint that is always rolled back. Whatever the text (quotes, comments, dollar quotes,
+        non-ASCII names), PostgreSQL refuses anything that is not one read-only query, such as C(INSERT),
+        C(UPDATE), C(DELETE), a data-modifying C(WITH), C(SELECT ... FOR UPDATE), C(COMMIT), C(ROLLBACK),
+        C(SET), C(RESET), C(DO), C(COPY), C(CALL) or a second statement. A function that writes is refused by
+        the READ ONLY transaction. A refused check is V(error), with a message naming O(custom[].sql) by its
+        index (C(custom[N].sql)) and saying what a custom check may be, and fails the task; no other check is
+        affected.
       - Custom checks can be exported but not quarantined.
     type: list
     elements: dict
@@ -155,10 +167,27 @@ options:
         default: accounts
       key_column:
         description:
-          - The key column of all three tables, for samples, V(duplicate_ids), V(orphan_trades) and the quarantine.
-          - The tables need no unique constraint on it; V(duplicate_ids) is there because there may be none.
+          - The key column of every table whose own key option (O(schema.positions_key_column),
+            O(schema.trades_key_column), O(schema.accounts_key_column)) is not set.
+          - The tables need no unique constraint on their key; V(duplicate_ids) is there because there may be none.
         type: str
         default: id
+      positions_key_column:
+        description:
+          - The key column of the positions table (samples, V(duplicate_ids), C(quarantine), C(reconcile)).
+            Default O(schema.key_column).
+          - C(reconcile) creates a missing position only when this column fills itself (a default or an identity).
+        type: str
+      trades_key_column:
+        description:
+          - The key column of the trades table (samples, V(duplicate_ids), C(quarantine), the export's order).
+            Default O(schema.key_column).
+        type: str
+      accounts_key_column:
+        description:
+          - The key column of the accounts table, which V(orphan_trades) matches the trades'
+            O(schema.account_id_column) against. Default O(schema.key_column).
+        type: str
       account_id_column:
         description: The account column of positions and trades.
         type: str
@@ -221,6 +250,13 @@ options:
         type: list
         elements: str
         default: [closed]
+      open_position_status:
+        description:
+          - The O(schema.status_column) value C(reconcile) gives a position it creates (for an account and symbol
+            with filled trades but no position row).
+          - An empty string leaves the column out of the C(INSERT), so that its default applies.
+        type: str
+        default: open
   sample_size:
     description: The most keys returned in each RV(checks[].sample) (0 to 1000).
     type: int
@@ -240,13 +276,17 @@ options:
     type: float
     default: 0.9
   statement_timeout:
-    description: Seconds any one statement may run (C(statement_timeout) of every session of the module).
+    description:
+      - Seconds any one statement may run (C(statement_timeout) of every session of the module).
+      - A finite number from 0.05 to 86400 (a day); anything else (0, which PostgreSQL reads as no timeout, a
+        negative number, C(inf), C(nan)) fails the task naming the option, before anything runs.
     type: float
     default: 30
   lock_timeout:
     description:
       - Seconds to wait for any one lock (C(lock_timeout) of every session of the module). A table locked by another
         session makes its checks V(error) after this long, instead of hanging.
+      - A finite number from 0.05 to 86400 (a day), like O(statement_timeout).
     type: float
     default: 5
   allow_create_extension:
@@ -320,7 +360,10 @@ notes:
   - The built-in row checks need SELECT on the three tables; the server checks see other sessions' queries with
     C(pg_monitor) or C(pg_read_all_stats); C(amcheck) needs EXECUTE on C(bt_index_check) (or superuser).
   - READ ONLY stops every write of the scan's own transaction. It does not stop functions that act outside it
-    (C(dblink), C(pg_terminate_backend)); custom SQL is trusted that far.
+    (C(dblink), C(pg_terminate_backend)); custom SQL is trusted that far. To take even that away, connect as a
+    role that may only read (C(pg_read_all_data), without the privileges of those functions).
+  - Custom checks use C(query_to_xml) and C(XMLTABLE), which need a server built with libxml (every PostgreSQL
+    package and managed service is); on one without, each custom check is V(error), saying so.
   - O(login_password) never appears in results or messages; query texts of other sessions are shortened and
     their C(PASSWORD '...') literals hidden.
 seealso:
@@ -368,19 +411,23 @@ EXAMPLES = r"""
   run_once: true
   delegate_to: localhost
 
-- name: Another schema layout
+- name: Another schema layout (names are used exactly as given, case included), each table with its own key
   tradeops.remediation.pg_integrity:
     login_host: db.internal
     login_db: ledger
-    checks: [null_prices, invalid_status, orphan_trades, duplicate_ids]
+    actions: [reconcile]
     schema:
-      positions_table: book.positions
-      trades_table: book.fills
-      accounts_table: book.accounts
-      key_column: fill_id
+      positions_table: Book.Holdings
+      trades_table: Book.Fills
+      accounts_table: Book.Accounts
+      positions_key_column: holding_id
+      trades_key_column: fill_id
+      accounts_key_column: account_no
       status_column: state
       allowed_statuses: [new, filled, cancelled]
       filled_statuses: [filled]
+      closed_position_statuses: [flat]
+      open_position_status: live
   run_once: true
   delegate_to: localhost
 """
@@ -500,7 +547,8 @@ actions:
       C(message).
     - V(read_only) adds C(before), C(after), C(verified), C(stale_sessions) and C(terminated); V(quarantine) adds
       C(schema), C(batch_id), C(moved) (per check - C(found_in_scan), C(found), C(moved)) and C(tables);
-      V(reconcile) adds C(reconciled), C(unreconciled) and C(table); V(export) adds C(path) and C(checks);
+      V(reconcile) adds C(reconciled), C(created), C(unreconciled), C(table), C(batch_id) and, when the positions key
+      has no default, C(missing_without_key); V(export) adds C(path) and C(checks);
       V(reindex) adds C(indexes) (the ones rebuilt).
   returned: always
   type: list
@@ -539,6 +587,9 @@ SCHEMA_SPEC = dict(
     trades_table=dict(type="str", default="trades"),
     accounts_table=dict(type="str", default="accounts"),
     key_column=dict(type="str", default="id", no_log=False),
+    positions_key_column=dict(type="str", no_log=False),
+    trades_key_column=dict(type="str", no_log=False),
+    accounts_key_column=dict(type="str", no_log=False),
     account_id_column=dict(type="str", default="account_id"),
     symbol_column=dict(type="str", default="symbol"),
     quantity_column=dict(type="str", default="quantity"),
@@ -554,6 +605,7 @@ SCHEMA_SPEC = dict(
     sell_sides=dict(type="list", elements="str", default=list(SCHEMA_DEFAULTS["sell_sides"])),
     closed_position_statuses=dict(type="list", elements="str",
                                   default=list(SCHEMA_DEFAULTS["closed_position_statuses"])),
+    open_position_status=dict(type="str", default="open"),
 )
 
 ARGUMENT_SPEC = dict(

@@ -7,6 +7,7 @@ kind of corruption can be injected; each test injects its own and asserts the ex
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -18,10 +19,7 @@ import psycopg2
 import pytest
 from ansible_collections.tradeops.remediation.plugins.module_utils import _pg_integrity
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, ValidationError
-from ansible_collections.tradeops.remediation.plugins.module_utils._pg_integrity import (
-    IntegrityService,
-    single_statement,
-)
+from ansible_collections.tradeops.remediation.plugins.module_utils._pg_integrity import IntegrityService
 
 # 4 accounts x 3 symbols = 12 positions (ids 1..12), each with 6 trades: position p has trades
 # (p-1)*6 + k: k=1..3 closed buys of 2, 3 and 4, k=4 a closed sell of 1, k=5 an open buy of 7,
@@ -173,21 +171,6 @@ def assert_row_checks(out, expected):
 # --------------------------------------------------------------------------------------------
 # no database needed
 # --------------------------------------------------------------------------------------------
-def test_single_statement_accepts_one_query_and_refuses_a_second():
-    assert single_statement("SELECT 1;", "c") == "SELECT 1"
-    assert single_statement("SELECT ';' AS x, $$;$$, $t$ ; $t$, \"a;b\" -- ; comment\n ;  ;\n", "c").startswith(
-        "SELECT ';'")
-    assert single_statement("SELECT E'\\';' /* ; /* nested ; */ */", "c") == "SELECT E'\\';' /* ; /* nested ; */ */"
-    for bad in ("SELECT 1; COMMIT; DELETE FROM trades", "SELECT 1; SELECT 2", "SELECT 'a'';'; DROP TABLE x",
-                "SET default_transaction_read_only = off; SELECT 1"):
-        with pytest.raises(ValidationError, match="exactly one statement"):
-            single_statement(bad, "custom[0] (x)")
-    for bad, why in (("SELECT 'open", "unterminated string"), ("SELECT $a$ x", "unterminated"), ("  ", "required"),
-                     (";", "empty"), ("/* x", "unterminated")):
-        with pytest.raises(ValidationError, match=why):
-            single_statement(bad, "c")
-
-
 @pytest.mark.parametrize("params, option", [
     ({"schema": {"trades_table": "trades; DROP TABLE accounts"}}, "schema.trades_table"),
     ({"schema": {"positions_table": "a.b.c"}}, "schema.positions_table"),
@@ -197,7 +180,25 @@ def test_single_statement_accepts_one_query_and_refuses_a_second():
     ({"schema": {"side_column": "x y"}}, "schema.side_column"),
     ({"quarantine_schema": "q; DROP SCHEMA public"}, "quarantine_schema"),
     ({"custom": [{"name": "bad name", "sql": "SELECT 1"}]}, "custom[0].name"),
-    ({"custom": [{"name": "x", "sql": "SELECT 1; DELETE FROM trades"}]}, "custom[0] (x)"),
+    ({"custom": [{"name": "x", "sql": " ;\n ; "}]}, "custom[0].sql (x) is required"),
+    ({"custom": [{"name": "ok", "sql": "SELECT 1"}, {"name": "x", "sql": None}]}, "custom[1].sql (x) is required"),
+    ({"custom": [{"name": "x", "sql": "SELECT 1\x00; DELETE FROM trades"}]}, "custom[0].sql (x) contains a NUL"),
+    ({"schema": {"trades_key_column": "fill id"}}, "schema.trades_key_column"),
+    ({"schema": {"accounts_key_column": 'no" OR true --'}}, "schema.accounts_key_column"),
+    ({"schema": {"open_position_status": 5}}, "schema.open_position_status"),
+    ({"statement_timeout": float("inf")}, "statement_timeout: must be a finite number of seconds"),
+    ({"statement_timeout": float("nan")}, "statement_timeout: must be a finite number of seconds"),
+    ({"statement_timeout": -1}, "statement_timeout: must be between 0.05 and 86400 seconds, got -1"),
+    ({"statement_timeout": 0}, "statement_timeout: must be between 0.05 and 86400 seconds, got 0"),
+    ({"statement_timeout": 1e9}, "statement_timeout: must be between 0.05 and 86400 seconds, got 1e+09"),
+    ({"statement_timeout": "soon"}, "statement_timeout: expected a number of seconds"),
+    # below half a millisecond the old code sent statement_timeout=0, which PostgreSQL reads as no timeout
+    ({"statement_timeout": 0.0004}, "statement_timeout: must be between 0.05 and 86400 seconds, got 0.0004"),
+    ({"lock_timeout": float("inf")}, "lock_timeout: must be a finite number of seconds"),
+    ({"lock_timeout": float("-nan")}, "lock_timeout: must be a finite number of seconds"),
+    ({"lock_timeout": -0.5}, "lock_timeout: must be between 0.05 and 86400 seconds"),
+    ({"lock_timeout": 0}, "lock_timeout: must be between 0.05 and 86400 seconds"),
+    ({"lock_timeout": 86401}, "lock_timeout: must be between 0.05 and 86400 seconds"),
     ({"checks": ["null_prices", "everything"]}, "checks"),
     ({"actions": ["export"]}, "export_path"),
     ({"sample_size": 5000}, "sample_size"),
@@ -208,6 +209,14 @@ def test_a_bad_option_is_rejected_naming_it_before_anything_runs(params, option)
     assert option in str(err.value)
 
 
+def test_the_session_timeouts_are_whole_milliseconds_never_zero():
+    service = IntegrityService({"login_host": "127.0.0.1", "statement_timeout": 0.05, "lock_timeout": 86400})
+    assert service._options(True) == ("-c default_transaction_read_only=on -c statement_timeout=50 "
+                                      "-c lock_timeout=86400000")
+    assert IntegrityService({"login_host": "127.0.0.1", "statement_timeout": 0.0515})._options(False).startswith(
+        "-c default_transaction_read_only=off -c statement_timeout=52 ")
+
+
 def test_the_module_defaults_match_the_service_defaults():
     from ansible_collections.tradeops.remediation.plugins.modules import pg_integrity
 
@@ -215,7 +224,7 @@ def test_the_module_defaults_match_the_service_defaults():
     for name, default in _pg_integrity.DEFAULTS.items():
         assert spec[name].get("default") == default, name
     for name, default in _pg_integrity.SCHEMA_DEFAULTS.items():
-        assert spec["schema"]["options"][name]["default"] == default, name
+        assert spec["schema"]["options"][name].get("default") == default, name
     assert spec["login_password"]["no_log"] is True
 
 
@@ -361,26 +370,221 @@ def test_custom_checks_count_and_sample_and_every_write_is_refused(db):
     assert checks["big_open_trades"]["sample"] == [5, 11, 17]
     assert checks["big_open_trades"]["pass"] == "custom:big_open_trades"
     assert checks["none"]["status"] == "ok" and checks["none"]["count"] == 0
-    assert checks["session_write_on"]["status"] == "error"
-    assert "not a query" in checks["session_write_on"]["message"]
-    for name in ("delete", "cte_delete", "create", "lock_rows"):
+    for index, name in enumerate(["session_write_on", "delete", "cte_delete", "create", "lock_rows"], start=2):
         assert checks[name]["status"] == "error", checks[name]
-        assert "read-only transaction" in checks[name]["message"], checks[name]
-        assert "the transaction is READ ONLY" in checks[name]["message"]
+        assert checks[name]["message"].startswith(f"custom[{index}].sql ({name}) was refused by PostgreSQL: ")
+        assert f"Rewrite custom[{index}].sql ({name}) as such a query and re-run" in checks[name]["message"]
     assert checks["sequence"]["status"] == "error"
+    assert checks["sequence"]["message"] == ('custom[7].sql (sequence): relation "evil_seq" does not exist; fix '
+                                             'custom[7].sql (sequence) and re-run')
     assert "statement timeout" in checks["slow"]["message"] and "raise statement_timeout" in checks["slow"]["message"]
+    assert checks["slow"]["message"].startswith("custom[8].sql (slow): ")
     assert out["status"] == "error" and len(out["errors"]) == 7
     message = IntegrityService.failure_message(out, False)
-    assert "custom check delete: cannot execute DELETE in a read-only transaction" in message
+    assert "delete: custom[3].sql (delete) was refused by PostgreSQL" in message
     assert db.query("SELECT count(*), sum(quantity) FROM trades") == before
     assert db.scalar("SELECT to_regclass('evil')") is None
 
 
-def test_a_custom_check_that_ends_the_transaction_aborts_the_scan(db):
-    with pytest.raises(BackendError, match="ended the scan's transaction"):
-        run(db, checks=[], custom=[{"name": "commit", "sql": "COMMIT"},
-                                   {"name": "then_delete", "sql": "DELETE FROM trades RETURNING id"}])
+def test_a_custom_check_cannot_end_the_scan_transaction_and_the_next_checks_still_run(db):
+    out = run(db, checks=["null_prices"], custom=[
+        {"name": "commit", "sql": "COMMIT"},
+        {"name": "then_delete", "sql": "DELETE FROM trades RETURNING id"},
+        {"name": "still_read_only", "sql": "SELECT current_setting('transaction_read_only') || '/' || "
+                                           "current_setting('transaction_isolation')"}])
+    checks = {c["name"]: c for c in out["checks"]}
+    assert checks["commit"]["status"] == checks["then_delete"]["status"] == "error"
+    assert "custom[0].sql (commit) was refused by PostgreSQL" in checks["commit"]["message"]
+    # the same transaction: still READ ONLY, still REPEATABLE READ (a new one would be read committed)
+    assert checks["still_read_only"]["sample"] == ["on/repeatable read"], checks["still_read_only"]
+    assert checks["null_prices"]["status"] == "ok"
     assert db.scalar("SELECT count(*) FROM trades") == 72
+
+
+# --------------------------------------------------------------------------------------------
+# custom checks: PostgreSQL, not a Python scanner, decides what a custom check may run
+# --------------------------------------------------------------------------------------------
+# What the scan's wrapper becomes when a text closes its parentheses: "<ours> FROM (\nSELECT 1) AS q) AS w;
+# <stmt>; SELECT 1 AS n FROM (SELECT * FROM (SELECT 1\n) AS q) AS w", three statements for the server. These
+# prove the server's own walls (SPI read_only in query_to_xml, the READ ONLY transaction), not the wrapper's.
+BREAKOUT = "SELECT 1) AS q) AS w; {}; SELECT 1 AS n FROM (SELECT * FROM (SELECT 1"
+HOSTILE_SETUP = """
+CREATE SEQUENCE pgi_seq;
+CREATE FUNCTION pgi_evil() RETURNS bigint LANGUAGE plpgsql VOLATILE AS $f$
+BEGIN DELETE FROM trades; RETURN 1; END $f$;
+CREATE PROCEDURE pgi_proc() LANGUAGE plpgsql AS $p$ BEGIN DELETE FROM trades; COMMIT; END $p$;
+"""
+HOSTILE = {
+    # the issue's exploit: PostgreSQL reads a€$x$ as ONE identifier (every byte >= 0x80 is an identifier
+    # character), a Python scanner as the opening of a $x$ dollar quote that hides everything up to b€$x$; the
+    # SAVEPOINT makes the scan carry on as if nothing happened
+    "nonascii_dollar_commit": "SELECT 1 AS a€$x$; COMMIT; BEGIN READ WRITE; DELETE FROM trades; COMMIT; BEGIN; "
+                              "SAVEPOINT tradeops_pg_integrity; SELECT 1 AS b€$x$",
+    "nonascii_dollar_delete": "SELECT id AS é€$q$ FROM trades; DELETE FROM trades RETURNING id AS ü€$q$",
+    "nonascii_tag_lookalike": "SELECT 1 AS x€$€$; DELETE FROM positions RETURNING 1 AS y€$€$",
+    "nested_dollar_quotes": "SELECT $outer$ it's $inner$ ; $inner$ $outer$ AS s; DELETE FROM positions RETURNING id",
+    "dollar_quote_hides_nothing": "SELECT $$;$$ AS a; COMMIT; DELETE FROM trades; SELECT $x$;$x$",
+    "e_string_escaped_quote": "SELECT E'it\\'s; COMMIT' AS a; DELETE FROM trades RETURNING id",
+    "e_string_lookalike": "SELECT 1 AS x€e'\\'; DELETE FROM trades RETURNING id; SELECT '\\'",
+    "standard_string_backslash": "SELECT 'a\\' AS s; DELETE FROM trades RETURNING id; SELECT '\\' AS t",
+    "line_comment": "SELECT 1 -- ; harmless\n; DELETE FROM trades RETURNING id",
+    "nested_block_comment": "SELECT 1 /* outer /* inner ; */ still a comment ; */ ; DELETE FROM trades RETURNING id",
+    "commit_begin_delete": "COMMIT; BEGIN READ WRITE; DELETE FROM trades",
+    "rollback": "ROLLBACK",
+    "rollback_then_delete": "ROLLBACK; DELETE FROM trades",
+    "begin": "BEGIN READ WRITE",
+    "set_transaction_read_write": "SET TRANSACTION READ WRITE",
+    "set_config_read_write": "SELECT set_config('transaction_read_only', 'off', true)",
+    "set_session_read_write": "SET default_transaction_read_only = off",
+    "set_role": "SET ROLE pg_write_all_data",
+    "reset_all": "RESET ALL",
+    "do_block": "DO $$BEGIN DELETE FROM trades; END$$",
+    "copy_to_program": "COPY trades TO PROGRAM 'touch {flag}'",
+    "copy_from_program": "COPY accounts FROM PROGRAM 'touch {flag}; printf \"77\\tx\\n\"'",
+    "cte_delete": "WITH d AS (DELETE FROM trades RETURNING *) SELECT id FROM d",
+    "cte_update": "WITH u AS (UPDATE positions SET quantity = 0 RETURNING id) SELECT count(*) FROM u",
+    "for_update": "SELECT id FROM trades FOR UPDATE",
+    "for_share_in_subquery": "SELECT * FROM (SELECT id FROM trades FOR SHARE) s",
+    "two_selects": "SELECT 1; SELECT 2",
+    "select_then_delete": "SELECT id FROM trades; DELETE FROM trades RETURNING id",
+    "writing_function": "SELECT pgi_evil()",
+    "nextval": "SELECT nextval('pgi_seq')",
+    "select_into": "SELECT * INTO pgi_copy FROM trades",
+    "create_table_as": "CREATE TABLE pgi_copy AS SELECT * FROM trades",
+    "call_committing_procedure": "CALL pgi_proc()",
+    "explain_analyze_delete": "EXPLAIN ANALYZE DELETE FROM trades",
+    "truncate": "TRUNCATE trades",
+    "lock": "LOCK TABLE trades IN ACCESS EXCLUSIVE MODE",
+    "prepare_execute": "PREPARE p AS DELETE FROM trades; EXECUTE p",
+    "breakout_delete": BREAKOUT.format("DELETE FROM trades RETURNING 1"),
+    "breakout_commit": BREAKOUT.format("COMMIT; BEGIN READ WRITE; DELETE FROM trades; COMMIT"),
+    "breakout_set": BREAKOUT.format("SET TRANSACTION READ WRITE"),
+    "breakout_do": BREAKOUT.format("DO $$BEGIN DELETE FROM trades; END$$"),
+    "breakout_copy": BREAKOUT.format("COPY trades TO PROGRAM 'touch {flag}'"),
+    "breakout_cte": BREAKOUT.format("WITH d AS (DELETE FROM trades RETURNING *) SELECT 1"),
+    "breakout_writing_function": BREAKOUT.format("SELECT pgi_evil()"),
+    "breakout_call": BREAKOUT.format("CALL pgi_proc()"),
+    "breakout_own_result": "SELECT 1) AS q) AS w; SELECT 1 AS z FROM (SELECT * FROM (SELECT 1",
+}
+
+
+HOSTILE_BUT_READ_ONLY = {"two_selects"}  # two queries: refused by the module's wrapper, harmless in query_to_xml
+
+
+def fingerprint(db):
+    """Every relation of the database with its row count and a digest of its rows, sequences with their
+    state, the functions and the database settings: what a custom check must never change."""
+    out = {}
+    relations = db.query(
+        "SELECT format('%I.%I', n.nspname, c.relname), c.relkind FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND n.nspname NOT IN "
+        "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1")
+    for name, kind in relations:
+        if kind == "S":
+            out[name] = db.query(f"SELECT last_value, is_called FROM {name}")[0]
+        elif kind != "v":
+            out[name] = db.query(f"SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) "
+                                 f"FROM {name} AS x")[0]
+    out["functions"] = db.query("SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n "
+                                "ON n.oid = p.pronamespace WHERE n.nspname = 'public' ORDER BY 1")
+    out["settings"] = db.query("SELECT setrole, setconfig FROM pg_db_role_setting ORDER BY 1")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_hostile_custom_check_changes_nothing_and_is_refused_by_the_server(db, name, tmp_path):
+    db.execute(HOSTILE_SETUP)
+    flag = f"/tmp/pgi-hostile-{os.getpid()}-{name}"  # a path the server's user can write
+    text = HOSTILE[name].replace("{flag}", flag)
+    before = fingerprint(db)
+    assert before["public.trades"][0] == 72 and before["public.positions"][0] == 12
+    try:
+        out = run(db, checks=["null_prices"], custom=[
+            {"name": "hostile", "sql": text},
+            {"name": "after", "sql": "SELECT current_user::text || '/' || current_setting('transaction_read_only') "
+                                     "|| '/' || current_setting('transaction_isolation')"}])
+    finally:
+        ran_program = os.path.exists(flag)
+        if ran_program:
+            os.unlink(flag)
+    # nothing changed, whatever the module reports
+    assert fingerprint(db) == before, name
+    assert not ran_program, f"{name}: the server ran a program"
+    # and the check was refused, naming custom[0].sql, without disturbing the rest of the scan
+    checks = {c["name"]: c for c in out["checks"]}
+    hostile = checks["hostile"]
+    assert hostile["status"] == "error" and hostile["count"] == 0, hostile
+    assert hostile["message"].startswith("custom[0].sql (hostile) was refused by PostgreSQL: "), hostile["message"]
+    assert "Rewrite custom[0].sql (hostile) as such a query and re-run" in hostile["message"]
+    if name.startswith("breakout_"):  # the text did break out of the wrapper: the server's walls refused it
+        assert "syntax error" not in hostile["message"], hostile["message"]
+    assert checks["after"]["status"] == "corrupt" and checks["after"]["sample"] == [
+        f"{db.cluster.info['user']}/on/repeatable read"]
+    assert checks["null_prices"]["status"] == "ok"
+    assert out["status"] == "error" and out["errors"] == [f"hostile: {hostile['message']}"]
+    assert "custom[0].sql" in IntegrityService.failure_message(out, False)
+
+    # The wall itself, without the scan's wrapper: the raw text straight into query_to_xml in a READ ONLY
+    # transaction is refused by the server too (only a text of read-only queries gets through, changing nothing)
+    conn = db.connect(autocommit=False, options="-c default_transaction_read_only=on")
+    try:
+        cur = conn.cursor()
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        with pytest.raises(psycopg2.Error) if name not in HOSTILE_BUT_READ_ONLY else contextlib.nullcontext():
+            cur.execute("SELECT pg_catalog.query_to_xml(%s, false, false, '')", (text,))
+        conn.rollback()
+    finally:
+        conn.close()
+        ran_program = os.path.exists(flag)
+        if ran_program:
+            os.unlink(flag)
+    assert fingerprint(db) == before and not ran_program, name
+
+
+BENIGN = {
+    "trailing_semicolons": ("SELECT id FROM trades WHERE status = 'open' ORDER BY id;  ;\n ", 12, [5, 11, 17]),
+    "quotes_and_comments_holding_semicolons": (
+        "SELECT id FROM trades WHERE status <> ';' AND status <> $$;COMMIT;$$ AND status <> $t$ ; $q$ $t$ "
+        "AND status <> E'\\';' AND status <> 'a\\' /* ; /* nested ; */ */ AND id IN (5, 11) ORDER BY id "
+        "-- ; DELETE FROM trades", 2, [5, 11]),
+    "non_ascii_identifier_with_dollars": ("SELECT id AS é€$x$, 1 AS ü€$x$ FROM trades WHERE id = 5", 1, [5]),
+    "cte": ("WITH t AS (SELECT id FROM trades WHERE quantity > 6) SELECT id FROM t ORDER BY id DESC", 12,
+            [71, 65, 59]),
+    "values": ("VALUES (3), (1), (2)", 3, [3, 1, 2]),
+    "table": ("TABLE accounts ORDER BY id DESC", 4, [4, 3, 2]),
+    "union_limit": ("SELECT id FROM trades WHERE id < 3 UNION ALL SELECT id FROM positions WHERE id = 9 LIMIT 5", 3,
+                    [1, 2, 9]),
+    "column_named_q_twice": ("SELECT 'k' || id AS q, id AS q FROM trades WHERE id = 1", 1, ["k1"]),
+    "numeric_null_and_json": ("SELECT x FROM (VALUES (1.50::numeric), (NULL), (2.0), (7)) v(x)", 4, ["1.50", None, 2]),
+    "no_rows": ("SELECT id FROM trades WHERE false", 0, []),
+    "percent_signs_and_placeholders": ("SELECT '100%s %d %% $1' AS x", 1, ["100%s %d %% $1"]),
+    "set_config_is_reverted_after_the_check": (
+        "SELECT set_config('default_transaction_read_only', 'off', false) || set_config('search_path', 'nope', "
+        "false)", 1, ["offnope"]),
+}
+
+
+def test_benign_custom_checks_count_and_sample_in_order(db):
+    out = run(db, checks=[], sample_size=3, custom=[{"name": n, "sql": t} for n, (t, _, _) in BENIGN.items()] + [
+        {"name": "settings_restored", "sql": "SELECT current_setting('default_transaction_read_only') || '/' || "
+                                             "current_setting('search_path')"}])
+    checks = {c["name"]: c for c in out["checks"]}
+    for name, (_, count, sample) in BENIGN.items():
+        assert (checks[name]["count"], checks[name]["sample"]) == (count, sample), (name, checks[name])
+        assert checks[name]["status"] == ("corrupt" if count else "ok"), checks[name]
+    assert checks["settings_restored"]["sample"] == ['on/"$user", public']
+    assert out["errors"] == [] and out["status"] == "corrupt"
+
+
+def test_an_exported_custom_check_exports_its_full_rows_through_the_server(db, tmp_path):
+    path = tmp_path / "rows.json"
+    out = run(db, checks=[], actions=["export"], export_path=str(path), custom=[
+        {"name": "odd", "sql": "SELECT id, status, '<&>' AS xml_chars, E'\\x01' AS control, NULL AS nothing "
+                               "FROM trades WHERE id IN (5, 11) ORDER BY id DESC;"}])
+    assert out["actions"][0]["status"] == "ok", out["msg"]
+    rows = json.loads(path.read_text())["checks"][0]["rows"]
+    assert rows == [{"id": 11, "status": "open", "xml_chars": "<&>", "control": "\u0001", "nothing": None},
+                    {"id": 5, "status": "open", "xml_chars": "<&>", "control": "\u0001", "nothing": None}]
 
 
 def test_lock_timeout_bounds_the_scan(db):
@@ -614,12 +818,156 @@ def test_reconcile_rewrites_positions_from_filled_trades_and_records_the_old_row
     action = out["actions"][0]
     assert action["status"] == "ok" and action["changed"] is True, action.get("message")
     assert action["reconciled"] == 2 and action["unreconciled"] == 1  # position 3 has no row to rewrite
+    # and no key that fills itself to create one with: said so, naming the column
+    assert action["created"] == 0 and action["missing_without_key"] == 1
+    assert ("1 account/symbol(s) have filled trades but no position, and positions.id has no default or identity, "
+            "so reconcile cannot create their positions") in action["message"]
     assert db.query("SELECT id, quantity FROM positions WHERE id IN (1, 2) ORDER BY id") == [(1, 8), (2, 8)]
     assert db.query("SELECT id, old_quantity, new_quantity, incident_id FROM "
                     "tradeops_quarantine.positions__reconciled ORDER BY id") == [
         (1, 11, 8, "INC-7"), (2, None, 8, "INC-7")]
     again = run(db, checks=["position_mismatch"], actions=["reconcile"])
     assert again["changed"] is False and by_check(again)[("position_mismatch", "positions")]["count"] == 1
+    assert "positions.id has no default or identity" in again["actions"][0]["message"]
+
+
+@pytest.mark.parametrize("status, expected", [(None, "open"), ("live", "live"), ("", "from-column-default")])
+def test_reconcile_creates_a_missing_position_with_open_position_status(db, status, expected):
+    db.execute("ALTER TABLE positions ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (START WITH 100); "
+               "ALTER TABLE positions ALTER COLUMN status SET DEFAULT 'from-column-default'; "
+               "DELETE FROM positions WHERE id IN (3, 7)")
+    schema = {} if status is None else {"open_position_status": status}
+    out = run(db, checks=["position_mismatch"], actions=["reconcile"], schema=schema)
+    action = out["actions"][0]
+    assert action["status"] == "ok" and action["created"] == 2 and action["unreconciled"] == 0, action["message"]
+    assert "missing_without_key" not in action
+    assert db.query("SELECT id, account_id, symbol, quantity, status FROM positions WHERE id >= 100 ORDER BY id") == [
+        (100, 1, "SOL-USD", 8, expected), (101, 3, "BTC-USD", 8, expected)]
+    assert run(db, checks=["position_mismatch"])["status"] == "ok"
+
+
+# A database of foreign design: mixed-case schema and tables, each table with its own key, and decoy columns
+# named like the defaults (every "id" below is wrong on purpose: all the same in Holdings and Fills, the
+# account numbers' positions in Accounts), plus lowercase tables of the same names that unquoted names would reach.
+FOREIGN_SQL = """
+CREATE SCHEMA "Book";
+CREATE TABLE "Book"."Accounts" (account_no int NOT NULL, id int, name text);
+INSERT INTO "Book"."Accounts" SELECT 100 + id, id, name FROM accounts;
+CREATE TABLE "Book"."Holdings" (holding_id bigint GENERATED BY DEFAULT AS IDENTITY (START WITH 5000), id bigint,
+    account_id int, symbol text, quantity numeric, entry_price numeric, current_price numeric, state text,
+    updated_at timestamptz);
+INSERT INTO "Book"."Holdings" (holding_id, id, account_id, symbol, quantity, entry_price, current_price, state,
+                               updated_at)
+SELECT 1000 + id, 7, 100 + account_id, symbol, quantity, entry_price, current_price, status, updated_at FROM positions;
+CREATE TABLE "Book"."Fills" (fill_id bigint NOT NULL, id bigint, account_id int, symbol text, side text,
+    quantity numeric, price numeric, state text, created_at timestamptz);
+INSERT INTO "Book"."Fills"
+SELECT id, 1, 100 + account_id, symbol, side, quantity, price, status, created_at FROM trades;
+CREATE SCHEMA book;
+CREATE TABLE book.holdings (LIKE "Book"."Holdings");
+CREATE TABLE book.fills (LIKE "Book"."Fills");
+CREATE TABLE book.accounts (LIKE "Book"."Accounts");
+INSERT INTO book.accounts VALUES (1, 1, 'decoy');
+"""
+FOREIGN_SCHEMA = {"positions_table": "Book.Holdings", "trades_table": "Book.Fills", "accounts_table": "Book.Accounts",
+                  "positions_key_column": "holding_id", "trades_key_column": "fill_id",
+                  "accounts_key_column": "account_no", "status_column": "state"}
+FOREIGN_CHECKS = [("null_prices", "Book.Holdings"), ("non_positive_quantity", "Book.Holdings"),
+                  ("future_timestamps", "Book.Holdings"), ("invalid_status", "Book.Fills"),
+                  ("non_positive_quantity", "Book.Fills"), ("future_timestamps", "Book.Fills"),
+                  ("duplicate_ids", "Book.Holdings"), ("duplicate_ids", "Book.Fills"), ("orphan_trades", "Book.Fills"),
+                  ("position_mismatch", "Book.Holdings")]
+
+
+def test_a_foreign_schema_mixed_case_with_a_key_per_table_is_checked_quarantined_and_reconciled_exactly(db):
+    db.execute(FOREIGN_SQL)
+    clean = run(db, checks=[name for name, _ in ROW_CHECKS], schema=FOREIGN_SCHEMA)
+    assert clean["status"] == "ok", clean["msg"]
+    assert sorted(by_check(clean)) == sorted(FOREIGN_CHECKS)
+
+    db.execute("""
+        UPDATE "Book"."Holdings" SET quantity = 11 WHERE holding_id = 1001;
+        DELETE FROM "Book"."Holdings" WHERE holding_id = 1003;
+        -- account 1: an id of the decoy column Accounts.id and of book.accounts, not an account_no
+        INSERT INTO "Book"."Fills" VALUES (9001, 1, 1, 'BTC-USD', 'buy', 1, 100, 'open', now() - interval '1 hour');
+        INSERT INTO "Book"."Fills" SELECT fill_id, id, account_id, symbol, side, quantity, price, 'open', created_at
+            FROM "Book"."Fills" WHERE fill_id = 5;
+    """)
+    out = run(db, checks=[name for name, _ in ROW_CHECKS], schema=dict(FOREIGN_SCHEMA, open_position_status="live"),
+              actions=["quarantine", "reconcile"], quarantine_checks=["orphan_trades", "duplicate_ids"],
+              incident_id="INC-F")
+    checks = by_check(out)
+    counts = {key: c["count"] for key, c in checks.items() if c["count"]}
+    assert counts == {("orphan_trades", "Book.Fills"): 1, ("duplicate_ids", "Book.Fills"): 1,
+                      ("position_mismatch", "Book.Holdings"): 2}, counts
+    assert checks[("orphan_trades", "Book.Fills")]["sample"] == [9001]
+    assert checks[("duplicate_ids", "Book.Fills")]["sample"] == [5]
+    assert checks[("orphan_trades", "Book.Fills")]["message"] == (
+        "1 trade(s) whose account_id is NULL or matches no Book.Accounts.account_no")
+    quarantine, reconcile = out["actions"]
+    assert quarantine["status"] == "ok" and quarantine["tables"] == [
+        {"table": "Book.Fills", "quarantine_table": "tradeops_quarantine.Book__Fills", "moved": 2}], quarantine
+    assert db.query('SELECT fill_id, check_name, state FROM tradeops_quarantine."Book__Fills" ORDER BY 1') == [
+        (5, "duplicate_ids", "open"), (9001, "orphan_trades", "open")]
+    assert reconcile["status"] == "ok", reconcile["message"]
+    assert (reconcile["reconciled"], reconcile["created"], reconcile["unreconciled"]) == (1, 1, 0)
+    assert db.query('SELECT holding_id, account_id, symbol, quantity, state FROM "Book"."Holdings" '
+                    "WHERE holding_id IN (1001, 1003) OR holding_id >= 5000 ORDER BY 1") == [
+        (1001, 101, "BTC-USD", 8, "open"), (5000, 101, "SOL-USD", 8, "live")]
+    assert db.query('SELECT holding_id, old_quantity, new_quantity FROM '
+                    'tradeops_quarantine."Book__Holdings__reconciled" ORDER BY 1') == [(1001, 11, 8), (5000, None, 8)]
+    # the decoys and the lab's own tables were not touched
+    assert db.query("SELECT (SELECT count(*) FROM book.holdings), (SELECT count(*) FROM book.fills), "
+                    "(SELECT count(*) FROM positions), (SELECT count(*) FROM trades)") == [(0, 0, 12, 72)]
+    assert db.scalar('SELECT count(*) FROM "Book"."Fills"') == 72
+    assert run(db, checks=[name for name, _ in ROW_CHECKS], schema=FOREIGN_SCHEMA)["status"] == "ok"
+
+
+def test_key_column_alone_still_keys_every_table(db):
+    db.execute(FOREIGN_SQL)
+    # the old single option: "id" for all three tables, which here are the decoy columns
+    out = run(db, checks=["duplicate_ids", "orphan_trades"], schema=dict(
+        FOREIGN_SCHEMA, positions_key_column=None, trades_key_column=None, accounts_key_column=None, key_column="id"))
+    counts = {key: c["count"] for key, c in by_check(out).items()}
+    assert counts == {("duplicate_ids", "Book.Holdings"): 11, ("duplicate_ids", "Book.Fills"): 71,
+                      ("orphan_trades", "Book.Fills"): 72}
+    # one key of its own wins over key_column for its table only
+    out = run(db, checks=["duplicate_ids", "orphan_trades"], schema=dict(
+        FOREIGN_SCHEMA, positions_key_column=None, trades_key_column=None, key_column="id"))
+    counts = {key: c["count"] for key, c in by_check(out).items()}
+    assert counts == {("duplicate_ids", "Book.Holdings"): 11, ("duplicate_ids", "Book.Fills"): 71,
+                      ("orphan_trades", "Book.Fills"): 0}
+
+
+@pytest.mark.parametrize("real_default, decoy_default", [(True, False), (False, True)])
+def test_reconcile_asks_the_mixed_case_table_for_its_key_default_not_a_lowercase_decoy(db, real_default,
+                                                                                       decoy_default):
+    # only the options that always existed (one key_column), so that the old code runs this test too
+    db.execute("""
+        CREATE SCHEMA "Book"; CREATE SCHEMA book;
+        CREATE TABLE "Book"."Accounts" AS SELECT * FROM accounts;
+        CREATE TABLE "Book"."Fills" AS SELECT * FROM trades;
+        CREATE TABLE "Book"."Holdings" (LIKE positions);
+        INSERT INTO "Book"."Holdings" SELECT * FROM positions;
+        CREATE TABLE book.holdings (LIKE positions);
+        DELETE FROM "Book"."Holdings" WHERE id = 3;
+    """)
+    for table, has in (('"Book"."Holdings"', real_default), ("book.holdings", decoy_default)):
+        if has:
+            db.execute(f"ALTER TABLE {table} ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (START WITH 100)")
+    out = run(db, checks=["position_mismatch"], actions=["reconcile"], schema={
+        "positions_table": "Book.Holdings", "trades_table": "Book.Fills", "accounts_table": "Book.Accounts"})
+    action = out["actions"][0]
+    assert action["status"] == "ok", action["message"]
+    if real_default:
+        assert action["created"] == 1 and action["unreconciled"] == 0 and action["changed"] is True, action["message"]
+        assert db.query('SELECT id, account_id, symbol, quantity, status FROM "Book"."Holdings" WHERE id >= 100') == [
+            (100, 1, "SOL-USD", 8, "open")]
+    else:
+        assert action["changed"] is False and action["unreconciled"] == 1 and action["missing_without_key"] == 1
+        assert "Book.Holdings.id has no default or identity" in action["message"], action["message"]
+        assert db.scalar('SELECT count(*) FROM "Book"."Holdings"') == 11
+    assert db.scalar("SELECT count(*) FROM book.holdings") == 0
 
 
 def test_export_writes_the_offending_rows_0600_and_is_idempotent(db, tmp_path):

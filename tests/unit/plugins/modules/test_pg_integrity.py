@@ -117,9 +117,57 @@ def test_a_custom_check_that_writes_fails_the_module_clearly(capsys, db):
     out = run_module(capsys, db.params(checks=["null_prices"], custom=[
         {"name": "purge", "sql": "DELETE FROM trades WHERE status = 'open' RETURNING id"}]))
     assert out["_rc"] == 1 and out["status"] == "error"
-    assert out["msg"].startswith("pg_integrity: 1 error(s): purge: custom check purge: cannot execute DELETE in a "
-                                 "read-only transaction")
+    assert out["msg"].startswith("pg_integrity: 1 error(s): purge: custom[0].sql (purge) was refused by PostgreSQL: ")
+    assert "A custom check must be ONE read-only query that returns the violating rows" in out["msg"]
+    assert "Rewrite custom[0].sql (purge) as such a query and re-run" in out["msg"]
     assert db.scalar("SELECT count(*) FROM trades WHERE status = 'open'") == 12
+
+
+def test_the_dollar_quote_commit_exploit_deletes_nothing_and_fails_the_task(capsys, db):
+    # PostgreSQL reads a€$x$ as one identifier; a Python scanner took $x$ for a dollar quote hiding the rest
+    out = run_module(capsys, db.params(checks=["null_prices"], custom=[
+        {"name": "ok", "sql": "SELECT id FROM trades WHERE quantity > 6 ORDER BY id"},
+        {"name": "sneaky", "sql": "SELECT 1 AS a€$x$; COMMIT; BEGIN READ WRITE; DELETE FROM trades; COMMIT; BEGIN; "
+                                  "SAVEPOINT tradeops_pg_integrity; SELECT 1 AS b€$x$"}]))
+    assert out["_rc"] == 1 and out["failed"] is True and out["changed"] is False
+    assert "sneaky: custom[1].sql (sneaky) was refused by PostgreSQL" in out["msg"]
+    assert {c["name"]: c["count"] for c in out["checks"]} == {"null_prices": 0, "ok": 12, "sneaky": 0}
+    assert db.scalar("SELECT count(*) FROM trades") == 72
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("statement_timeout", "inf", "statement_timeout: must be a finite number of seconds, got inf"),
+    ("statement_timeout", "nan", "statement_timeout: must be a finite number of seconds, got nan"),
+    ("statement_timeout", 0, "statement_timeout: must be between 0.05 and 86400 seconds, got 0"),
+    ("lock_timeout", -5, "lock_timeout: must be between 0.05 and 86400 seconds, got -5"),
+    ("lock_timeout", 1e9, "lock_timeout: must be between 0.05 and 86400 seconds, got 1e+09"),
+])
+def test_a_timeout_that_is_not_finite_and_bounded_fails_naming_it(capsys, db, option, value, needle):
+    out = run_module(capsys, db.params(**{option: value}))
+    assert out["_rc"] == 1 and out["msg"] == (
+        f"pg_integrity: {needle}. Nothing was checked or changed: fix the options and re-run."), out["msg"]
+    assert "internal error" not in out["_raw"] and "Traceback" not in out["_raw"]
+
+
+def test_documentation_parses_and_matches_the_argument_spec():
+    import yaml
+    from ansible_collections.tradeops.remediation.plugins.doc_fragments.postgres import ModuleDocFragment
+
+    from tests.unit.plugins.modules.test_health_check import _argspec_shape, _doc_options
+
+    doc = yaml.safe_load(pg_integrity.DOCUMENTATION)
+    options = dict(doc["options"], **yaml.safe_load(ModuleDocFragment.DOCUMENTATION)["options"])
+    assert _doc_options(options) == _argspec_shape(pg_integrity.ARGUMENT_SPEC)
+    schema = doc["options"]["schema"]["suboptions"]
+    for option in ("positions_key_column", "trades_key_column", "accounts_key_column", "open_position_status"):
+        assert option in schema, option
+    assert "identity" in " ".join(schema["positions_key_column"]["description"])
+    returns = yaml.safe_load(pg_integrity.RETURN)
+    assert "missing_without_key" in " ".join(returns["actions"]["description"])
+    for example in yaml.safe_load(pg_integrity.EXAMPLES):
+        args = example["tradeops.remediation.pg_integrity"]
+        assert set(args) <= set(pg_integrity.ARGUMENT_SPEC), example["name"]
+        assert set(args.get("schema", {})) <= set(pg_integrity.SCHEMA_SPEC), example["name"]
 
 
 def test_a_bad_identifier_fails_naming_the_option(capsys, db):
