@@ -605,7 +605,12 @@ class IntegrityService:
         if "export" in self.actions:
             if not self.export_path:
                 raise ValidationError("export_path is required when actions includes export")
-            self.export_path = os.path.abspath(os.path.expanduser(self.export_path))
+            self.export_path = os.path.expanduser(self.export_path)
+            if not os.path.isabs(self.export_path):
+                # relative to what? the module runs in a temporary directory of the target host
+                raise ValidationError("export_path must be an absolute path on the host running the module, got %r"
+                                      % self.export_path)
+            self.export_path = os.path.normpath(self.export_path)
             parent = os.path.dirname(self.export_path)
             if not os.path.isdir(parent):
                 raise ValidationError("export_path: the directory %s does not exist on the host running the module; "

@@ -17,6 +17,7 @@ __metaclass__ = type
 
 import math
 
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import check_timeout
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,
@@ -84,12 +85,7 @@ def connection_kwargs(params, deadline=None, where="postgres", application_name=
         raise ValidationError("%s: sslmode must be one of %s, got %r" % (where, ", ".join(SSLMODES), sslmode))
     timeout = params.get("connect_timeout")
     timeout = DEFAULT_CONNECT_TIMEOUT if timeout is None else timeout
-    try:
-        timeout = float(timeout)
-    except (TypeError, ValueError):
-        raise ValidationError("%s: connect_timeout must be a number of seconds, got %r" % (where, timeout))
-    if timeout <= 0:
-        raise ValidationError("%s: connect_timeout must be a positive number of seconds, got %r" % (where, timeout))
+    timeout = check_timeout(timeout, "%s: connect_timeout" % where, minimum=1)
     if deadline is not None:
         timeout = min(timeout, deadline.call_timeout())
     kwargs = dict(port=port, sslmode=sslmode, connect_timeout=max(1, int(math.ceil(timeout))),

@@ -201,6 +201,8 @@ def assert_row_checks(out, expected):
     ({"lock_timeout": 86401}, "lock_timeout: must be between 0.05 and 86400 seconds"),
     ({"checks": ["null_prices", "everything"]}, "checks"),
     ({"actions": ["export"]}, "export_path"),
+    ({"actions": ["export"], "export_path": "reports/rows.json"},
+     "export_path must be an absolute path on the host running the module, got 'reports/rows.json'"),
     ({"sample_size": 5000}, "sample_size"),
 ])
 def test_a_bad_option_is_rejected_naming_it_before_anything_runs(params, option):

@@ -786,3 +786,14 @@ def test_timeouts_are_finite_and_bounded_and_urls_parse(probe, service, needle):
     spec = dict({"name": "p", "type": "http", "url": "http://127.0.0.1:9/health"}, **probe)
     with pytest.raises(ValidationError, match=re.escape(needle)):
         ProbeService([spec], **service)
+
+
+@pytest.mark.parametrize("value, needle", [
+    (float("inf"), "postgres: connect_timeout: must be a finite number of seconds"),
+    (float("nan"), "postgres: connect_timeout: must be a finite number of seconds"),
+    (1e9, "postgres: connect_timeout: must be between 1 and 86400 seconds"),
+    (-5, "postgres: connect_timeout: must be between 1 and 86400 seconds"),
+])
+def test_postgres_connect_timeout_is_finite_and_bounded(value, needle):
+    with pytest.raises(ValidationError, match=re.escape(needle)):
+        _postgres.connection_kwargs({"connect_timeout": value}, where="postgres")
