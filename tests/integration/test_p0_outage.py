@@ -10,8 +10,10 @@ bounded and named. Nothing here is mocked.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,24 @@ def by_name(report):
     return {t["name"]: t for t in report["result"]["targets"]}
 
 
+REPORT_ROW = re.compile(r"^\s*- '?(engine-\d{3})\s+(\S+)\s+(\S+)\s+(\d+ ms|-)\s+(\S+)\s")
+
+
+def report_rows(stdout: str) -> dict[str, dict[str, str]]:
+    """The kill-switch role's per-engine report lines, as the user reads them: status, method, orders after."""
+    rows = {}
+    for line in stdout.splitlines():
+        m = REPORT_ROW.match(line)
+        if m:
+            rows[m.group(1)] = {"status": m.group(2), "method": m.group(3), "orders_after": m.group(5)}
+    return rows
+
+
+def trading_status(engine: dict) -> dict:
+    with urllib.request.urlopen(f"http://{engine['host']}:{engine['port']}/api/v1/trading/status", timeout=5) as r:
+        return json.loads(r.read())
+
+
 def assert_no_orders_after_halt(lab, targets, names):
     for name in names:
         t = targets[name]
@@ -62,8 +82,10 @@ def test_p0_halts_every_engine_verified_and_orders_stop(lab_factory, tmp_path):
     assert {t["method"] for t in targets.values()} == {"http", "redis", "file"}
     time.sleep(1.0)  # orders still in flight would show up now
     assert_no_orders_after_halt(lab, targets, lab.engines())
-    # the role's own orders check and report reached the user
-    assert "orders after halt" in proc.stdout
+    # the role's own orders check and report reached the user: each engine halted, with zero orders after
+    rows = report_rows(proc.stdout)
+    assert sorted(rows) == sorted(lab.engines()), proc.stdout[-4000:]
+    assert all(r["status"] == "halted" and r["orders_after"] == "0" for r in rows.values()), rows
     assert "8/8 engines halted and verified" in proc.stdout
     assert all(row["orders_after"] == 0 for row in report["orders"])
 
@@ -83,14 +105,27 @@ def test_second_run_changes_nothing(lab_factory, tmp_path):
 
 def test_check_mode_leaves_every_engine_trading(lab_factory, tmp_path):
     lab = lab_factory(engines=4)
+    started = time.time()
     proc = lab.run_playbook("p0_outage.yml", "--tags", "contain", "--check", "--diff")
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "would_halt" in proc.stdout or "changed" in proc.stdout
+    # what the run says it would do: halt every engine, each one named; nothing halted
+    rows = report_rows(proc.stdout)
+    assert {name: r["status"] for name, r in rows.items()} == dict.fromkeys(lab.engines(), "would_halt"), \
+        proc.stdout[-4000:]
+    assert all(r["method"] == "-" and r["orders_after"] == "-" for r in rows.values()), rows
+    for name in lab.engines():
+        assert re.search(rf"^-\s+{name}: trading$", proc.stdout, re.M), f"no diff line for {name}"
+        assert re.search(rf"^\+\s+{name}: halted$", proc.stdout, re.M), f"no diff line for {name}"
+    assert f"0/{len(lab.engines())} engines halted and verified" in proc.stdout
+    # and what really happened: every engine traded through the run and trades on, and says so
+    assert all(lab.orders_between(n, started, time.time()) > 0 for n in lab.engines()), "an engine stopped trading"
     after = time.time()
     counts = lab.wait_for_orders(lab.engines(), since=after, timeout=10)
     assert all(counts.values()), f"an engine stopped trading in check mode: {counts}"
     for engine in lab.state["engines"]:
+        assert trading_status(engine) == {"trading_active": True, "mode": "trading"}, engine["name"]
         assert not (lab.dir / "engines" / engine["name"] / "EMERGENCY_STOP").exists()
+    assert not any(e["halted"] or e["halted_at"] for e in lab.lab.engines()), lab.lab.engines()
     assert lab.lab.redis_client().keys("emergency_halt*") == []
 
 
