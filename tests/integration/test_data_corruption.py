@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import stat
 import time
+from datetime import datetime
 
 import pytest
 
@@ -113,8 +114,17 @@ def test_a_failed_repair_leaves_the_database_read_only_and_trading_halted(lab_fa
     assert proc.returncode != 0
     assert "left READ-ONLY and trading HALTED" in proc.stdout
     assert read_only(lab) == "on"
-    time.sleep(1)
-    assert trading(lab) == []
+    # trading stays halted after the failed run: watched for a second, no engine trades and none writes an
+    # order after the contain phase's halt
+    halts = json.loads(sorted(tmp_path.glob("data-corruption-*.json"))[-1].read_text())["halts"]
+    contained_at = datetime.fromisoformat([h for h in halts if h["phase"] == "contain"][0]["at"]).timestamp()
+    deadline = time.monotonic() + 1.0
+    while True:
+        assert trading(lab) == []
+        assert all(lab.orders_after(name, contained_at) == 0 for name in lab.engines())
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
     # the report was written before the run stopped, and names the failed phase
     written = sorted(tmp_path.glob("data-corruption-*.json"))
     assert len(written) == 1, written
@@ -140,13 +150,21 @@ def test_pg_integrity_catches_the_lab_index_corruption_and_the_lock_and_long_que
     assert out["status"] == "corrupt" and amcheck["status"] == "corrupt"
     assert "trades_id_idx" in json.dumps(amcheck["sample"])
     lab.lab.inject("index-corruption", clear=True)
+    injected = time.monotonic()
     lab.lab.inject("long-query")
     lab.lab.inject("blocking-lock")
-    time.sleep(1.5)
-    out = IntegrityService(dict(params, checks=["long_queries", "blocking_locks"])).run()
-    status = {c["name"]: c for c in out["checks"]}
-    assert status["long_queries"]["status"] == "warn" and status["long_queries"]["count"] >= 1
-    assert status["blocking_locks"]["status"] == "warn" and status["blocking_locks"]["count"] >= 1
+    # the long query counts once it has run for long_query_seconds (1 s): scan until both show, within 15 s
+    deadline = injected + 15
+    while True:
+        out = IntegrityService(dict(params, checks=["long_queries", "blocking_locks"])).run()
+        status = {c["name"]: c for c in out["checks"]}
+        if all(status[n]["status"] == "warn" for n in ("long_queries", "blocking_locks")) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status["long_queries"]["status"] == "warn" and status["long_queries"]["count"] >= 1, status
+    assert status["blocking_locks"]["status"] == "warn" and status["blocking_locks"]["count"] >= 1, status
+    assert time.monotonic() - injected >= 1, "a query younger than long_query_seconds was reported long"
 
 
 def test_restore_path_swaps_in_a_verified_backup_and_keeps_the_corrupt_database(lab_factory, tmp_path):
