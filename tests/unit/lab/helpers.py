@@ -55,12 +55,12 @@ def assert_trading(lab: Lab, engine: str, since: float, timeout: float = 10.0, o
 def assert_halted_since(lab: Lab, engine: str, verified_at: float, witness: str) -> None:
     """The halt proof: no order of ``engine`` carries a created_at later than ``verified_at``.
 
-    ``witness`` is an engine known to be trading: once several of its orders created after
-    ``verified_at`` are committed, the shared writer has demonstrably flushed past that moment, so any
-    order the halted engine had created after it would be visible too.
+    ``witness`` is an engine known to be trading: once an order of it created SETTLE seconds after
+    ``verified_at`` is committed, the shared writer has demonstrably flushed past that moment (and several
+    order intervals went by), so any order the halted engine had created after it would be visible too.
+    Polled against a deadline, not slept.
     """
-    time.sleep(SETTLE)
-    assert_trading(lab, witness, verified_at, orders=5)
+    assert_trading(lab, witness, verified_at + SETTLE)
     after = lab.orders_after(verified_at, [engine])[engine]
     assert after == 0, f"{engine} wrote {after} order(s) created after its halt was verified"
 

@@ -124,9 +124,12 @@ def test_health_endpoints(lab: Lab) -> None:
 def test_metrics_parse_and_orders_total_increases(lab: Lab) -> None:
     call(lab, "engine-002", "GET", "/health")  # at least one request in the histogram
     first = scrape(lab, "engine-002")
-    time.sleep(0.3)
-    second = scrape(lab, "engine-002")
-    assert second["orders_total"] > first["orders_total"] > 0
+    assert first["orders_total"] > 0
+    second = wait_until(
+        lambda: (s := scrape(lab, "engine-002"))["orders_total"] > first["orders_total"] and s,
+        5.0,
+        "orders_total to increase",
+    )
     assert second["trading_system_halted"] == 0
     assert second["error_rate_ratio"] == 0 and second["disk_pressure"] == 0
     buckets = [v for k, v in second.items() if k.startswith("request_latency_seconds_bucket")]
@@ -229,9 +232,8 @@ def test_global_redis_key_halts_every_redis_engine(lab: Lab) -> None:
     r.set("emergency_halt", "true", ex=60)
     verified = time.time()
     try:
-        time.sleep(SETTLE)
-        for name in NON_REDIS_ENGINES:  # unaffected, and proof that the writer flushed past `verified`
-            assert_trading(lab, name, verified, orders=5)
+        for name in NON_REDIS_ENGINES:  # unaffected, and proof that the writer flushed well past `verified`
+            assert_trading(lab, name, verified + SETTLE)
         after = lab.orders_after(verified, REDIS_ENGINES)
         assert after == dict.fromkeys(REDIS_ENGINES, 0)
     finally:
