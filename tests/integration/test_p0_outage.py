@@ -125,6 +125,9 @@ def test_check_mode_leaves_every_engine_trading(lab_factory, tmp_path):
         assert re.search(rf"^-\s+{name}: trading$", proc.stdout, re.M), f"no diff line for {name}"
         assert re.search(rf"^\+\s+{name}: halted$", proc.stdout, re.M), f"no diff line for {name}"
     assert f"0/{len(lab.engines())} engines halted and verified" in proc.stdout
+    flat = " ".join(proc.stdout.split())
+    assert "Every engine verified halted" not in flat
+    assert "Check mode, nothing changed. Would be halted: " + ", ".join(lab.engines()) in flat, flat[-3000:]
     # and what really happened: every engine traded through the run and trades on, and says so
     assert all(lab.orders_between(n, started, time.time()) > 0 for n in lab.engines()), "an engine stopped trading"
     after = time.time()
