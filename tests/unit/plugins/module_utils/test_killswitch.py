@@ -56,8 +56,13 @@ def resume(targets, **kw):
 def proven_halted(lab, result, name):
     t = next(t for t in result["targets"] if t["name"] == name)
     assert t["status"] == "halted", t
-    time.sleep(0.5)
-    assert lab.orders_after(name, t["halted_at"]) == 0, f"{name} traded after its verified halt"
+    # watch for five order intervals: at every poll, no order after the verified halt
+    watch_until = time.monotonic() + 0.5
+    while True:
+        assert lab.orders_after(name, t["halted_at"]) == 0, f"{name} traded after its verified halt"
+        if time.monotonic() > watch_until:
+            break
+        time.sleep(0.1)
     assert lab.orders_between(name, t["halted_at"] - 30, t["halted_at"]) > 0
     return t
 
