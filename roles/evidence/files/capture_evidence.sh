@@ -3,10 +3,15 @@
 #
 # Run by the role as `bash -s`: its stdin is EVIDENCE_*=<shell-quoted value> lines (lists are
 # newline-separated), then this script. It never stops at a failing or missing command: each
-# failure becomes an entry of "errors" in manifest.json. Raw env files are read only by sed, which
-# writes the redacted copy; nothing of them reaches stdout or stderr.
+# failure becomes an entry of "errors" in manifest.json.
+# Redaction is not done here: everything is captured into a private folder (mode 0700, umask 077)
+# on this host, then finish_evidence.py (Python, with the collection's _redact.py, both sent in
+# EVIDENCE_FINISH / EVIDENCE_REDACT_MODULE) redacts EVERY file of it, by the secret values the run
+# knows (EVIDENCE_REDACT_VALUES, handed over on a pipe, never on disk or on a command line) and by
+# pattern, before anything is hashed, written to the manifest or archived. If that fails, or this
+# script stops half-way, the folder is removed. Nothing of the captured files reaches stdout/stderr.
 # Its stdout is one JSON line: {"workdir": ..., "manifest": {...}}, or {"fatal": "..."} with exit
-# status 1 when it cannot create its temporary folder (then nothing is left on the host).
+# status 1 when the evidence cannot be produced (then nothing is left on the host).
 set -o nounset -o pipefail
 umask 077
 shopt -s nullglob globstar
@@ -24,10 +29,8 @@ fail() { errors+=("$1"); }
 run() {  # every command is bounded: a hung NFS mount or D-state process must not hang the capture
   if command -v timeout >/dev/null 2>&1; then timeout "$EVIDENCE_COMMAND_TIMEOUT" "$@"; else "$@"; fi
 }
-record() {  # record <archive member> <source>: size and sha256 of a captured file for the manifest
-  local path="$out/$1" sum
-  sum=$(sha256sum -- "$path" 2>/dev/null) || sum=""
-  entries+=("{\"name\":$(json "$1"),\"source\":$(json "$2"),\"bytes\":$(wc -c <"$path"),\"sha256\":$(json "${sum%% *}")}")
+record() {  # record <archive member> <source>: listed in the manifest (size and sha256 after redaction)
+  entries+=("{\"name\":$(json "$1"),\"source\":$(json "$2")}")
 }
 expand() {  # expand <path or glob>: sets found=(matching regular files, absolute paths)
   local spec=$1 m IFS=$'\n'
@@ -55,44 +58,14 @@ work=$(mktemp -d "${EVIDENCE_TMP%/}/tradeops-evidence.XXXXXXXX" 2>&1) \
 out="$work/$EVIDENCE_NAME"
 mkdir -p "$out/logs" "$out/env" || { rm -rf -- "$work"; fatal "cannot create $out"; }
 
-# Redaction, as sed programs (GNU sed -E; the I flag makes the key pattern case-insensitive).
-key="[A-Za-z0-9_.-]*(${EVIDENCE_REDACT_PATTERN//\//\\/})[A-Za-z0-9_.-]*"
-assign="^([[:space:]]*(#[[:space:]]*)?(export[[:space:]]+)?${key}[[:space:]]*=)"
-# scheme://user:secret@host -> scheme://user:<redacted>@host; and any word=value whose word matches
-text_rules="s/([A-Za-z][A-Za-z0-9+.-]*:\\/\\/[^:\\/@[:space:]]*:)[^[:space:]\\/]*@/\\1<redacted>@/g
-s/(^|[^A-Za-z0-9_.-])(${key}=)[^[:space:]&\"',;]*/\\1\\2<redacted>/Ig"
-cat >"$work/text.sed" <<SED
-$text_rules
-SED
-# env files: KEY=value lines whose KEY matches become KEY=<redacted>, including quoted values that
-# span lines; private key blocks are dropped; then the text rules catch URLs and inline tokens.
-cat >"$work/env.sed" <<SED
-/${assign}[[:space:]]*"[^"]*\$/I,/"/ {
-  s/${assign}.*/\\1<redacted>/I
-  t
-  d
-}
-/${assign}[[:space:]]*'[^']*\$/I,/'/ {
-  s/${assign}.*/\\1<redacted>/I
-  t
-  d
-}
-/-----BEGIN [A-Z ]*PRIVATE KEY-----/,/-----END [A-Z ]*PRIVATE KEY-----/c\\
-<redacted private key>
-s/${assign}.*/\\1<redacted>/I
-$text_rules
-SED
-redact_ok=true
-if ! sed -E -f "$work/env.sed" </dev/null >/dev/null 2>&1 || ! sed -E -f "$work/text.sed" </dev/null >/dev/null 2>&1; then
-  redact_ok=false
-  fail "evidence_redact_pattern is not a valid extended regular expression: env files not captured"
-fi
-redact_text() {
-  if [ "$EVIDENCE_REDACT_LOGS" = true ]; then sed -E -f "$work/text.sed"; else cat; fi
-}
-if [ "$redact_ok" = false ] && [ "$EVIDENCE_REDACT_LOGS" = true ]; then
-  redact_text() { echo "<not captured: evidence_redact_pattern is invalid>"; cat >/dev/null; }
-fi
+# Until finish_evidence.py has redacted it, the folder holds raw captures: remove it if this
+# script stops before that (a signal, a bug), so no unredacted file is ever left behind.
+trap 'rm -rf -- "$work"' EXIT
+python=""
+for candidate in "${EVIDENCE_PYTHON:-}" python3 /usr/bin/python3 /usr/libexec/platform-python python; do
+  if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1; then python=$candidate; break; fi
+done
+[ -n "$python" ] || fatal "no Python on the host: the evidence cannot be redacted, so none is captured"
 
 # System: what the runbooks check first (load, disk, memory).
 {
@@ -105,9 +78,9 @@ fi
 record system.txt "date, uname, uptime, df, free"
 
 # Processes.
-if run ps -eww -o pid,ppid,user,lstart,etime,args 2>"$work/ps.err" | redact_text >"$out/processes.txt"; then
+if run ps -eww -o pid,ppid,user,lstart,etime,args >"$out/processes.txt" 2>"$work/ps.err"; then
   record processes.txt "ps -eww -o pid,ppid,user,lstart,etime,args"
-elif run ps aux 2>>"$work/ps.err" | redact_text >"$out/processes.txt"; then
+elif run ps aux >"$out/processes.txt" 2>>"$work/ps.err"; then
   record processes.txt "ps aux"
 else
   fail "process list: ps failed: $(head -c 300 "$work/ps.err")"
@@ -149,7 +122,7 @@ while IFS= read -r spec; do
   for f in "${found[@]}"; do
     [ -e "$out/logs$f" ] && continue  # listed twice
     mkdir -p -- "$(dirname -- "$out/logs$f")"
-    if run tail -n "$EVIDENCE_TAIL_LINES" -- "$f" 2>"$work/tail.err" | redact_text >"$out/logs$f"; then
+    if run tail -n "$EVIDENCE_TAIL_LINES" -- "$f" >"$out/logs$f" 2>"$work/tail.err"; then
       record "logs$f" "tail -n $EVIDENCE_TAIL_LINES $f"
       logs=$((logs + 1))
     else
@@ -161,7 +134,7 @@ while IFS= read -r spec; do
       printf '==> %s <==\n' "$f"
       run tail -n "$EVIDENCE_ERROR_SCAN_LINES" -- "$f" \
         | { grep -E -i -e "$EVIDENCE_ERROR_PATTERN" || [ $? -eq 1 ]; } \
-        | tail -n "$EVIDENCE_ERROR_LINES" | redact_text
+        | tail -n "$EVIDENCE_ERROR_LINES"
     } >>"$out/recent_errors.txt" 2>"$work/grep.err" || fail "recent errors of $f: $(head -c 300 "$work/grep.err")"
   done
 done <<<"$EVIDENCE_LOG_PATHS"
@@ -171,24 +144,22 @@ else
   rm -rf -- "$out/recent_errors.txt" "$out/logs"
 fi
 
-# Env files, redacted. The raw file is only ever read by sed.
+# Env files (redacted with every other file by finish_evidence.py, below).
 envs=0
-if [ "$redact_ok" = true ]; then
-  while IFS= read -r spec; do
-    [ -n "$spec" ] || continue
-    expand "$spec"
-    for f in "${found[@]}"; do
-      mkdir -p -- "$(dirname -- "$out/env$f")"
-      if sed -E -f "$work/env.sed" -- "$f" >"$out/env$f" 2>/dev/null; then
-        record "env$f" "$f (redacted)"
-        envs=$((envs + 1))
-      else
-        fail "env file $f: cannot be read"
-        rm -f -- "$out/env$f"
-      fi
-    done
-  done <<<"$EVIDENCE_ENV_FILES"
-fi
+while IFS= read -r spec; do
+  [ -n "$spec" ] || continue
+  expand "$spec"
+  for f in "${found[@]}"; do
+    mkdir -p -- "$(dirname -- "$out/env$f")"
+    if run cat -- "$f" >"$out/env$f" 2>/dev/null; then
+      record "env$f" "$f (redacted)"
+      envs=$((envs + 1))
+    else
+      fail "env file $f: cannot be read"
+      rm -f -- "$out/env$f"
+    fi
+  done
+done <<<"$EVIDENCE_ENV_FILES"
 [ "$envs" -gt 0 ] || rm -rf -- "$out/env"
 
 # Checksums of the files an investigator wants to compare (binaries, configs): sha256sum -c ready.
@@ -206,7 +177,9 @@ while IFS= read -r spec; do
 done <<<"$EVIDENCE_CHECKSUM_PATHS"
 [ "$sums" -eq 0 ] || record checksums.sha256 "sha256sum of evidence_checksum_paths"
 
-# The manifest: who, when, what was captured (with sizes and checksums), and what failed.
+# Redact every file, then the manifest: who, when, what was captured (with the sizes and checksums
+# of the redacted files), and what failed. The job goes to Python on a pipe (printf is a builtin:
+# the secret values are on no command line and in no file).
 join() { local IFS=,; printf '%s' "$*"; }
 errs=()
 for e in "${errors[@]}"; do errs+=("$(json "$e")"); done
@@ -215,7 +188,19 @@ manifest="{\"incident_id\":$(json "$EVIDENCE_INCIDENT_ID"),\"host\":$(json "$EVI
 \"captured_at\":$(json "$(date -u +%Y-%m-%dT%H:%M:%SZ)"),\"tail_lines\":$EVIDENCE_TAIL_LINES,\
 \"error_pattern\":$(json "$EVIDENCE_ERROR_PATTERN"),\"error_lines\":$EVIDENCE_ERROR_LINES,\
 \"redact_pattern\":$(json "$EVIDENCE_REDACT_PATTERN"),\"redact_logs\":$EVIDENCE_REDACT_LOGS,\
-\"files\":[$(join "${entries[@]}")],\"errors\":[$(join "${errs[@]}")]}"
-printf '%s\n' "$manifest" >"$out/manifest.json"
-rm -f -- "$work"/*.err "$work"/*.sed
-printf '{"workdir":%s,"manifest":%s}\n' "$(json "$work")" "$manifest"
+\"redact_min_value_length\":$EVIDENCE_REDACT_MIN_LENGTH}"
+rm -f -- "$work"/*.err
+printf '%s\n' "$EVIDENCE_REDACT_MODULE" >"$work/_redact.py"
+printf '%s\n' "$EVIDENCE_FINISH" >"$work/finish_evidence.py"
+result=$(printf '{"values":%s,"pattern":%s,"min_length":%s,"redact_logs":%s,"entries":[%s],"errors":[%s],"manifest":%s}' \
+  "$EVIDENCE_REDACT_VALUES" "$(json "$EVIDENCE_REDACT_PATTERN")" "$EVIDENCE_REDACT_MIN_LENGTH" "$EVIDENCE_REDACT_LOGS" \
+  "$(join "${entries[@]}")" "$(join "${errs[@]}")" "$manifest" \
+  | "$python" -I -B "$work/finish_evidence.py" "$work" "$EVIDENCE_NAME" 2>/dev/null)
+status=$?
+rm -f -- "$work/_redact.py" "$work/finish_evidence.py"
+if [ "$status" -ne 0 ] || [ -z "$result" ]; then
+  case $result in '{"fatal":'*) printf '%s\n' "$result" ;; *) fatal "evidence could not be redacted ($python exited $status): nothing was kept" ;; esac
+  exit 1
+fi
+trap - EXIT
+printf '%s\n' "$result"
