@@ -82,6 +82,25 @@ class LabHandle:
                 return counts
             time.sleep(0.2)
 
+    def engines_view(self) -> dict[str, dict]:
+        """Each engine's live state, as the engines report it (trading_active, halted, restarts, ...)."""
+        return {e["name"]: e for e in self.lab.engines()}
+
+    def assert_stays_halted(self, names, since: float, window: float = 1.0) -> None:
+        """Watch ``names`` for ``window`` seconds: at every poll each reports trading stopped and has written no
+        order since ``since``. Watching is the proof that nothing happens (an order in flight would show up
+        meanwhile), not a sleep before one look."""
+        deadline = time.monotonic() + window
+        while True:
+            view = self.engines_view()
+            for name in names:
+                assert not view[name]["trading_active"], f"{name} is trading: {view[name]}"
+                after = self.orders_after(name, since)
+                assert after == 0, f"{name} wrote {after} orders after {since}"
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
+
     def run_playbook(self, playbook: str, *args: str, timeout: float = 240):
         cmd = [str(VENV_BIN / "ansible-playbook"), str(ROOT / "playbooks" / playbook), *args]
         started = time.time()

@@ -16,25 +16,6 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def engines_view(lab):
-    return {e["name"]: e for e in lab.lab.engines()}
-
-
-def assert_stays_halted(lab, names, since, window=2.0):
-    """Watch the engines for ``window`` seconds (twenty order intervals at the labs' 0.1 s): at every poll
-    each must report trading stopped and have written no order since ``since``. Watching is the
-    proof, so it polls for the whole window instead of sleeping and asserting once."""
-    deadline = time.monotonic() + window
-    while True:
-        view = engines_view(lab)
-        for name in names:
-            assert not view[name]["trading_active"], f"{name} is trading again: {view[name]}"
-            assert lab.orders_after(name, since) == 0, f"{name} wrote orders after its halt lapsed"
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.2)
-
-
 def run(lab, tmp_path, playbook, *extra):
     return lab.run_playbook(playbook, "-e", f"incident_report_dir={tmp_path}", "-e", f"evidence_dest={tmp_path}/ev",
                             "-e", "halt_trading_quiesce_seconds=1", "-e", "health_gate_stable_for=1",
@@ -66,7 +47,7 @@ def test_redis_halted_engines_stay_halted_when_their_key_expires_while_awaiting_
     expired_at = time.time()
     for e in lab.state["engines"]:
         rc.delete(e["redis_key"])
-    assert_stays_halted(lab, lab.engines(), expired_at)
+    lab.assert_stays_halted(lab.engines(), expired_at, window=2.0)
 
 
 def test_an_api_halted_engine_restarted_by_its_supervisor_comes_back_halted(lab_factory, tmp_path):
@@ -80,9 +61,9 @@ def test_an_api_halted_engine_restarted_by_its_supervisor_comes_back_halted(lab_
     assert "halt held by http+file, until the gated resume: engine-001, engine-002" in proc.stdout, proc.stdout[-3000:]
     restarted_at = time.time()
     lab.lab.restart("engine-001")  # outside the playbook, as systemd / compose `restart:` / Kubernetes would
-    view = engines_view(lab)
+    view = lab.engines_view()
     assert view["engine-001"]["restarts"] == 1
-    assert_stays_halted(lab, ["engine-001", "engine-002"], restarted_at)
+    lab.assert_stays_halted(["engine-001", "engine-002"], restarted_at, window=2.0)
 
 
 def test_resume_refuses_without_a_gate_in_this_run_even_with_forged_variables(lab_factory, tmp_path):
@@ -98,7 +79,7 @@ def test_resume_refuses_without_a_gate_in_this_run_even_with_forged_variables(la
         assert "Refusing to resume" in proc.stdout, proc.stdout[-4000:]
         if forged:  # past the role's own check, the action plugin's record of this run's gate refuses it
             assert "no health gate passed in this ansible-playbook run" in proc.stdout, proc.stdout[-4000:]
-        assert_stays_halted(lab, lab.engines(), halted_by_now, window=1.0)
+        lab.assert_stays_halted(lab.engines(), halted_by_now, window=1.0)
 
 
 def test_a_forged_gate_cannot_resume_an_engine_the_gate_found_no_go(lab_factory, tmp_path):
@@ -113,7 +94,7 @@ def test_a_forged_gate_cannot_resume_an_engine_the_gate_found_no_go(lab_factory,
     assert proc.returncode != 0, proc.stdout[-4000:]
     # the forged variables pass the roles' own checks; the gate's record of this run (NO-GO) does not
     assert "Refusing to resume: engine-001: no health gate passed in this ansible-playbook run" in proc.stdout
-    assert_stays_halted(lab, lab.engines(), halted_by_now, window=1.0)
+    lab.assert_stays_halted(lab.engines(), halted_by_now, window=1.0)
 
 
 def test_an_incident_id_that_would_leave_the_report_directory_is_refused(lab_factory, tmp_path):
