@@ -80,15 +80,19 @@ def _name_regex(words):
 def _compile_rules(words):
     name = _name_regex(words)
     line = re.compile(
-        # at the start of a line: NAME=..., NAME: ..., NAME value, also indented, commented (#),
-        # a YAML list item (- ), after export/declare -x/typeset/readonly/local/set/setenv,
+        # at the start of a line: NAME=..., NAME: ..., also indented, commented (#),
+        # a YAML list item (- ), after export/declare -x/typeset/readonly/local/set,
         # with the name quoted or not (JSON, compose). The value is the rest of the line
         # (a quoted value may span lines; a trailing backslash continues it).
         r"^(?P<indent>[ \t]*)(?:#[ \t]*)?(?:-[ \t]+)?"
-        r"(?:(?:export|declare|typeset|readonly|local|set|setenv)(?:[ \t]+-{1,2}[A-Za-z]+)*[ \t]+)?"
+        r"(?:(?:export|declare|typeset|readonly|local|set)(?:[ \t]+-{1,2}[A-Za-z]+)*[ \t]+)?"
         r"(?P<q>[\"']?)(?P<name>" + name + r")(?P=q)"
-        r"(?:[ \t]*=[ \t]*|[ \t]*:(?:[ \t]+|(?=[\"'\n])|$)|[ \t]+)"
+        r"(?:[ \t]*=[ \t]*|[ \t]*:(?:[ \t]+|(?=[\"'\n])|$))"
         r"(?P<v>(?:\"(?:[^\"\\]|\\[\s\S])*\"|'[^']*')?" + _REST_OF_LINE + r")",
+        re.MULTILINE)
+    spaced = re.compile(
+        # a config line "NAME value" (redis.conf requirepass, csh setenv): one value, not the line
+        r"^[ \t]*(?:setenv[ \t]+)?(?P<name>" + name + r")[ \t]+(?![=:#])(?P<v>" + _VALUE_INLINE + r")",
         re.MULTILINE)
     inline = re.compile(
         # anywhere: NAME=value, NAME = value, NAME: value, "NAME": "value", 'NAME': 'value',
@@ -99,7 +103,7 @@ def _compile_rules(words):
     flag = re.compile(
         # a command-line option followed by its value: --admin-token VALUE, -password 'VALUE'
         r"(?<![\w.-])(?P<name>-{1,2}" + name + r")[ \t]+(?!-)(?P<v>" + _VALUE_INLINE + r")")
-    return line, inline, flag
+    return line, spaced, inline, flag
 
 
 _DEFAULT_RULES = _compile_rules(SECRET_WORDS)
@@ -198,7 +202,7 @@ class TextRedactor:
     def pattern_spans(self, text):
         spans = [m.span() for m in _PRIVATE_KEY.finditer(text)]
         spans.extend(m.span("v") for m in _URL_CREDENTIAL.finditer(text))
-        line, inline, flag = self._rules
+        line, spaced, inline, flag = self._rules
         for m in line.finditer(text):
             if _not_secret_name(m.group("name")):
                 continue
@@ -209,7 +213,7 @@ class TextRedactor:
                 end = _indented_block_end(text, end, len(m.group("indent")))
             if end > start:
                 spans.append((start, end))
-        for regex in (inline, flag):
+        for regex in (spaced, inline, flag):
             for m in regex.finditer(text):
                 if not _not_secret_name(m.group("name")) and m.end("v") > m.start("v"):
                     spans.append(m.span("v"))

@@ -6,6 +6,10 @@ secret on its command line; then it checks what an investigator gets on the cont
 checksummed 0600 archive per host, with the log tails, the recent errors, the process list, the
 sockets, the redacted env file and a manifest) and that no canary is anywhere: not in the archive,
 not in the playbook output, not in the evidence folder, not left on the host.
+
+Issue 13 item 4: a canary in every form the redaction must catch, planted where the role captures
+(the process list, an env file, a YAML config, a log), and secret values that only the inventory
+(or a no_log variable) knows, shown in the logs and on a command line in plain words.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ pytestmark = pytest.mark.integration
 
 HOSTS = ("ev-host-a", "ev-host-b")
 INCIDENT = "INC-4242"
-CANARIES = ("hunter2-canary", "tok-canary", "pw-canary", "pem-canary", "log-canary", "proc-canary")
 ENV_FILE = """\
 # trading engine settings
 DB_PASSWORD=hunter2-canary
@@ -42,8 +45,46 @@ DATABASE_URL=postgres://u:pw-canary@h/db
 PRIVATE_KEY="-----BEGIN PRIVATE KEY-----
 pem-canary
 -----END PRIVATE KEY-----"
+ADMIN_PW=adminpw-canary
+MYSQL_PWD=mysqlpwd-canary
+HMAC_SALT=salt-canary
+declare -x VAULT_TOKEN="declare-canary"
+SIGNING_SECRET=cont1-canary\\
+cont2-canary
+HALT_TOKEN_HEADER=X-Admin-Token
 LOG_LEVEL=info
 """
+# A YAML config captured beside the env file.
+CONFIG_FILE = """\
+db:
+  host: db1
+  password: yaml-canary with spaces
+  pool: 5
+admin:
+  api_key: >-
+    yamlblock-canary
+log_level: info
+"""
+# A log of HTTP requests: header values, JSON, quoted values, and secrets known only by value.
+HTTP_LOG = """\
+2024-05-01T10:02:00 DEBUG request headers Authorization: Bearer bearer-canary id=7
+2024-05-01T10:02:01 DEBUG {"path": "/halt", "headers": {"X-Admin-Token": "json-canary", "X-Lab-Source": "management"}}
+2024-05-01T10:02:02 ERROR login rejected token="logquote-canary" user=bob
+2024-05-01T10:02:03 INFO engine feed opened with KS-TOKEN-known-canary at seq 9
+2024-05-01T10:02:04 INFO connected as app/DBPW-known-canary ok
+2024-05-01T10:02:05 INFO vault says TEMPLATED-known-canary ok
+2024-05-01T10:02:06 INFO operator passed NOLOG-known-canary along
+2024-05-01T10:02:07 INFO disk table ok
+"""
+# On the command line of a running process.
+PROC_ARGS = ["--api-token=proc-canary", 'token="psquote-canary"', "password='pssingle-canary'",
+             '--db-password="psdb-canary"', "--admin-token", "psflag-canary", "KS-TOKEN-known-canary",
+             "--region", "eu-west"]
+CANARIES = ("hunter2-canary", "tok-canary", "pw-canary", "pem-canary", "log-canary", "proc-canary",
+            "adminpw-canary", "mysqlpwd-canary", "salt-canary", "declare-canary", "cont1-canary", "cont2-canary",
+            "yaml-canary", "yamlblock-canary", "bearer-canary", "json-canary", "logquote-canary",
+            "psquote-canary", "pssingle-canary", "psdb-canary", "psflag-canary",
+            "KS-TOKEN-known-canary", "DBPW-known-canary", "TEMPLATED-known-canary", "NOLOG-known-canary")
 TAIL = 50
 
 
@@ -56,9 +97,20 @@ def recap(stdout: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def write_inventory(path: Path, hosts=HOSTS) -> Path:
+def write_inventory(path: Path, hosts=HOSTS, secret_host: bool = False) -> Path:
+    """With secret_host, a host outside the play holds secrets only the inventory knows (a kill-switch
+    token, a DB password at depth, a templated token, a 2-character password the guard leaves alone)."""
     inventory = {"evidence_targets": {"hosts": {
         h: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable} for h in hosts}}}
+    if secret_host:
+        inventory["engines"] = {"hosts": {"ev-engine-1": {
+            "halt_trading_target": {"name": "ev-engine-1", "methods": [
+                {"type": "http", "url": "http://127.0.0.1:1", "token": "KS-TOKEN-known-canary",
+                 "token_header": "X-Admin-Token"}]},
+            "engine_db": {"login_user": "app", "login_password": "DBPW-known-canary"},
+            "engine_vault_token": "{{ 'TEMPLATED-known' ~ '-canary' }}",
+            "engine_short_pw": "ab",
+        }}}
     path.write_text(yaml.safe_dump(inventory))
     return path
 
@@ -116,8 +168,11 @@ def capture(tmp_path_factory):
     app_lines[5] = "2024-05-01T10:00:05 ERROR early failure id=5"
     (logs / "app.log").write_text("\n".join(app_lines) + "\n")
     (logs / "engine.log").write_text("started\nFATAL engine lost its feed\nrunning\n")
+    (logs / "http.log").write_text(HTTP_LOG)
     env_file = base / "trading.env"
     env_file.write_text(ENV_FILE)
+    config_file = base / "app-config.yml"
+    config_file.write_text(CONFIG_FILE)
     dest = base / "dest"
     remote_tmp = base / "remote-tmp"
     remote_tmp.mkdir()
@@ -126,24 +181,27 @@ def capture(tmp_path_factory):
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
-    secret_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "--api-token=proc-canary"],
+    secret_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", *PROC_ARGS],
                                    start_new_session=True)
     try:
-        proc = run_capture(write_inventory(base / "inventory.yml"), {
+        proc = run_capture(write_inventory(base / "inventory.yml", secret_host=True), {
             "evidence_dest": str(dest),
             "evidence_incident_id": INCIDENT,
             "evidence_remote_tmp": str(remote_tmp),
             "evidence_tail_lines": TAIL,
             "evidence_log_paths": [str(logs / "*.log"), str(base / "missing" / "*.log")],
-            "evidence_env_files": [str(env_file)],
+            "evidence_env_files": [str(env_file), str(config_file)],
             "evidence_checksum_paths": [str(env_file)],
+            # a value a playbook passes with no_log
+            "evidence_secret_values": ["NOLOG-known-canary"],
         })
     finally:
         secret_proc.kill()
         secret_proc.wait()
         listener.close()
     print(f"capture_evidence.yml for {len(HOSTS)} hosts: {proc.elapsed:.2f} s")
-    return {"proc": proc, "dest": dest, "logs": logs, "env_file": env_file, "port": port, "base": base,
+    return {"proc": proc, "dest": dest, "logs": logs, "env_file": env_file, "config_file": config_file,
+            "port": port, "base": base,
             "remote_tmp": remote_tmp, "secret_pid": secret_proc.pid, "app_lines": app_lines}
 
 
@@ -221,6 +279,11 @@ def test_archive_holds_process_list_sockets_and_manifest(capture):
         assert "1" in pids, "init is missing: the list is not every process of the host"
         assert str(capture["secret_pid"]) in pids
         assert "--api-token=<redacted>" in ps
+        # the whole value of every form, and the arguments around them kept
+        [line] = [ln for ln in ps.splitlines() if ln.split()[0] == str(capture["secret_pid"])]
+        assert line.endswith("import time; time.sleep(300) --api-token=<redacted> token=<redacted> "
+                             "password=<redacted> --db-password=<redacted> --admin-token <redacted> <redacted> "
+                             "--region eu-west"), line
         sockets = files["sockets.txt"].decode()
         assert f"127.0.0.1:{capture['port']}" in sockets, sockets
         manifest = json.loads(files["manifest.json"])
@@ -248,20 +311,60 @@ def test_env_file_is_redacted(capture):
             "export API_TOKEN=<redacted>",
             "DATABASE_URL=postgres://u:<redacted>@h/db",
             "PRIVATE_KEY=<redacted>",
+            "ADMIN_PW=<redacted>",
+            "MYSQL_PWD=<redacted>",
+            "HMAC_SALT=<redacted>",
+            "declare -x VAULT_TOKEN=<redacted>",
+            "SIGNING_SECRET=<redacted>",
+            "HALT_TOKEN_HEADER=X-Admin-Token",
             "LOG_LEVEL=info",
         ]
 
 
+def test_yaml_config_is_redacted_value_and_block(capture):
+    for path in archives(capture["dest"]).values():
+        config = members(path)[f"env{capture['config_file']}"].decode()
+        assert config.splitlines() == [
+            "db:", "  host: db1", "  password: <redacted>", "  pool: 5",
+            "admin:", "  api_key: <redacted>",
+            "log_level: info",
+        ]
+
+
+def test_log_is_redacted_by_pattern_and_by_the_values_the_run_knows(capture):
+    for path in archives(capture["dest"]).values():
+        files = members(path)
+        log = files[f"logs{capture['logs']}/http.log"].decode()
+        assert log.splitlines() == [
+            "2024-05-01T10:02:00 DEBUG request headers Authorization: <redacted> id=7",
+            '2024-05-01T10:02:01 DEBUG {"path": "/halt", "headers": {"X-Admin-Token": <redacted>, '
+            '"X-Lab-Source": "management"}}',
+            "2024-05-01T10:02:02 ERROR login rejected token=<redacted> user=bob",
+            # known only to the inventory (another host's kill-switch token, a DB password at depth,
+            # a templated variable) or passed as a no_log value: redacted wherever they show
+            "2024-05-01T10:02:03 INFO engine feed opened with <redacted> at seq 9",
+            "2024-05-01T10:02:04 INFO connected as app/<redacted> ok",
+            "2024-05-01T10:02:05 INFO vault says <redacted> ok",
+            "2024-05-01T10:02:06 INFO operator passed <redacted> along",
+            # the min-length guard: the 2-character password "ab" does not mangle "table"
+            "2024-05-01T10:02:07 INFO disk table ok",
+        ]
+        assert "ERROR login rejected token=<redacted> user=bob" in files["recent_errors.txt"].decode()
+
+
 def test_no_canary_anywhere_and_nothing_left_on_the_host(capture):
     # the canaries are really there to be leaked: the search below is not vacuous
-    assert all(c in capture["env_file"].read_text() + "\n".join(capture["app_lines"]) + "proc-canary"
-               for c in CANARIES)
+    planted = (capture["env_file"].read_text() + capture["config_file"].read_text() + HTTP_LOG
+               + "\n".join(capture["app_lines"]) + " ".join(PROC_ARGS))
+    assert all(c in planted for c in CANARIES)
+    # every member of the unpacked archives, every file of the evidence folder, the playbook output
     archived = "\n".join(b.decode(errors="replace") for p in archives(capture["dest"]).values()
                          for b in members(p).values())
     assert "LOG_LEVEL=info" in archived
     controller = all_files_text(capture["dest"])
     output = capture["proc"].stdout + capture["proc"].stderr
     assert "Evidence | Capture logs" in output
+    assert "with spaces" not in archived  # the rest of a YAML value with spaces
     for canary in CANARIES:
         assert canary not in archived, f"{canary} is in an archive member"
         assert canary not in controller, f"{canary} is in the evidence folder"
