@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import os
-import shlex
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 import yaml
 
 from .exceptions import IncidentInputError, RunnerError
+from .interface import MAX_TIMEOUT
 from .result import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_HALTED_NOT_RECOVERED, EXIT_RESOLVED
-from .secrets import Secret, looks_secret
+from .secrets import Secret, looks_secret, secret_leaves
 
 EXIT_CODES_HELP = f"""\
 exit codes:
@@ -30,39 +32,93 @@ exit codes:
 """
 
 
+_KV_START = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _where(exc: Exception) -> str:
+    """Where a YAML/JSON error is, never what is there (the text may be a secret)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"byte {exc.start} (not UTF-8)"
+    return "somewhere"
+
+
+def _split_kv(text: str, label: str) -> dict[str, str]:
+    """``k=v k2='v 2' k3={{ x }}`` split as ansible-playbook splits it (its own ``split_args``: quotes and Jinja
+    blocks kept whole; one pair of quotes around a value removed), except that words without ``=`` after a value
+    continue it: ``-e reason="INC-1 engines down"`` (the shell has taken the quotes off) is one value, where
+    ansible-playbook would keep ``INC-1`` and put the rest in ``_raw_params``."""
+    from ansible.errors import AnsibleError
+    from ansible.parsing.quoting import unquote
+    from ansible.parsing.splitter import split_args
+
+    try:
+        words = split_args(text)
+    except AnsibleError:
+        raise IncidentInputError(f"{label}: unbalanced quotes or Jinja braces; close them or quote the whole "
+                                 f"value") from None
+    parts: dict[str, list[str]] = {}
+    key = None
+    for word in words:
+        m = _KV_START.match(word)
+        if m:
+            key = m.group()[:-1]
+            parts[key] = [word[m.end():]]
+        elif key is None:
+            raise IncidentInputError(
+                f"{label}: expected key=value (a name, '=', a value; quote a value with spaces), a JSON/YAML "
+                f"mapping, or @file; its first word is not a name followed by '='")
+        else:
+            parts[key].append(word)
+    return {k: unquote(" ".join(v).strip()) for k, v in parts.items()}
+
+
 def parse_extra_vars(items: list[str]) -> dict[str, Any]:
-    """``-e`` values as ansible-playbook takes them: ``k=v k2=v2``, a JSON/YAML mapping, or ``@file``."""
+    """``-e`` values as ansible-playbook takes them: ``k=v k2='v 2'``, a JSON/YAML mapping, or ``@file``.
+
+    An error says where (the argument, the file, line and column), never what is there: it may be a secret."""
     out: dict[str, Any] = {}
-    for item in items:
+    for number, item in enumerate(items, 1):
         text = item.strip()
         if not text:
             continue
+        label = f"-e (argument {number})"
         if text.startswith("@"):
             path = Path(text[1:]).expanduser()
+            label = f"-e @{text[1:]}"
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as exc:
-                raise IncidentInputError(f"-e {text}: {exc}") from None
+                data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+            except OSError as exc:
+                raise IncidentInputError(f"{label}: cannot read the file: {exc.strerror or exc}") from None
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                raise IncidentInputError(f"{label}: not valid YAML/JSON at {_where(exc)}; fix the file "
+                                         f"(the text there is not shown: it may be a secret)") from None
         elif text.startswith(("{", "[")):
             try:
                 data = yaml.safe_load(text)
             except yaml.YAMLError as exc:
-                raise IncidentInputError(f"-e {text!r}: not valid JSON/YAML: {exc}") from None
+                raise IncidentInputError(f"{label}: not valid JSON/YAML at {_where(exc)}") from None
         else:
-            data = {}
-            try:
-                pairs = shlex.split(text)
-            except ValueError as exc:
-                raise IncidentInputError(f"-e {text!r}: {exc}") from None
-            for pair in pairs:
-                key, sep, value = pair.partition("=")
-                if not sep or not key:
-                    raise IncidentInputError(f"-e {pair!r}: expected key=value")
-                data[key] = value
+            data = _split_kv(text, label)
         if not isinstance(data, dict):
-            raise IncidentInputError(f"-e {text!r}: extra vars must be a mapping")
+            raise IncidentInputError(f"{label}: extra vars must be a mapping (key: value), not a "
+                                     f"{type(data).__name__}")
         out.update(data)
     return out
+
+
+def _timeout_seconds(text: str) -> float:
+    """``--timeout``: a finite number of seconds > 0 (argparse names the option in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0 or value > MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds > 0 and <= {MAX_TIMEOUT} "
+                                         f"(7 days), or leave --timeout out for no timeout")
+    return value
 
 
 def _secret_vars(specs: list[str]) -> dict[str, Secret]:
@@ -121,7 +177,8 @@ def add_run_commands(subparsers: Any, parser_class: type[argparse.ArgumentParser
                      help="keep only the newest N run directories (default 50; 0 keeps all)")
     run.add_argument("--progress", choices=("auto", "rich", "plain", "none"), default="auto",
                      help="live progress: rich on a terminal, plain lines otherwise (default auto)")
-    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="cancel the run after this long")
+    run.add_argument("--timeout", type=_timeout_seconds, default=None, metavar="SECONDS",
+                     help="cancel the run after this long (a finite number of seconds > 0)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="ansible-playbook verbosity")
     run.set_defaults(func=cmd_run)
 
@@ -148,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         extravars = parse_extra_vars(args.extra_vars)
-        on_cli = [k for k in extravars if looks_secret(k)]
+        on_cli = [k for k, v in extravars.items() if looks_secret(k) or secret_leaves({k: v}, secret=False)]
         extravars.update(_secret_vars(args.secret_var))
         progress = None
         options: dict[str, Any] = {"tags": args.tags, "skip_tags": args.skip_tags, "secret_env": args.secret_env,
@@ -158,7 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             options["rotate_artifacts"] = args.keep_runs
         out = sys.stderr if args.json else sys.stdout
         for key in on_cli:
-            print(f"tradeops: warning: {key} looks secret and was given with -e (visible in the process list); "
+            print(f"tradeops: warning: {key} looks secret (or holds a secret-looking key) and was given with -e (visible in the process list); "
                   f"it is handled as a secret, but use --secret-var {key}=ENVVAR", file=sys.stderr)
         progress = _progress(args, f"tradeops run {args.incident}")
         try:

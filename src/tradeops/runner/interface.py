@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import secrets as _secrets
 import shlex
 import shutil
@@ -47,7 +49,7 @@ from .exceptions import (
     RunNotFoundError,
 )
 from .result import IncidentResult, now_iso, phase_of, result_of, summarize
-from .secrets import MASK, Redactor, SecretFiles, child_env, split_extravars, unwrap, yaml_unsafe
+from .secrets import MASK, Redactor, SecretFiles, child_env, looks_secret, split_extravars, unwrap, yaml_unsafe
 
 logger = logging.getLogger("tradeops.runner")
 logger.addHandler(logging.NullHandler())
@@ -55,6 +57,10 @@ logger.addHandler(logging.NullHandler())
 ENV_RUNS_DIR = "TRADEOPS_RUNS_DIR"
 DEFAULT_ROTATE = 50
 RESULT_FILE = "result.json"
+# Written when this tool creates a run directory: rotation deletes only directories that hold it.
+RUN_MARKER = ".tradeops-run"
+MAX_TIMEOUT = 7 * 24 * 3600
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 EventHandler = Callable[[dict[str, Any]], Any]
 StatusHandler = Callable[[str], Any]
 # What a worker ("execution node") needs of the checkout to run the collection's playbooks.
@@ -162,6 +168,20 @@ def _check_extravars(extravars: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(extravars)
 
 
+def _check_timeout(timeout: Any) -> float | None:
+    """``timeout``: None, or a finite number of seconds in (0, 7 days]."""
+    if timeout is None:
+        return None
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError):
+        raise IncidentInputError(f"timeout must be a number of seconds, not {timeout!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+        raise IncidentInputError(f"timeout must be a finite number of seconds > 0 and <= {MAX_TIMEOUT} (7 days), "
+                                 f"not {timeout!r}; leave it out for no timeout")
+    return value
+
+
 def _check_inventory(inventory: str | os.PathLike[str] | Sequence[str] | None) -> list[str] | None:
     if inventory is None:
         return None
@@ -209,9 +229,10 @@ def _prepare(
     missing = [n for n in names if n not in os.environ]
     if missing:
         raise IncidentInputError(f"secret_env: not set in the environment: {', '.join(missing)}")
-    if names and via_worker:
-        raise IncidentInputError("secret_env is not supported with via_worker (a worker has its own environment); "
-                                 "pass the secret as a Secret extra var")
+    bad = [n for n in names if not _ENV_NAME_RE.fullmatch(n)]
+    if bad:
+        raise IncidentInputError(f"secret_env: not an environment variable name: {', '.join(map(repr, bad))}")
+    timeout = _check_timeout(timeout)
     if event_handler is not None and not callable(event_handler):
         raise IncidentInputError("event_handler must be callable")
 
@@ -233,10 +254,17 @@ def _prepare(
         "ANSIBLE_FORCE_COLOR": "0",
     }
     explicit.update({str(k): str(v) for k, v in (envvars or {}).items()})
-    env, dropped = child_env(os.environ, explicit)
-    secret_env_values = {n: os.environ[n] for n in names}
+    env, auto_secret_env, dropped = child_env(os.environ, explicit)
+    # secret-looking ANSIBLE_* / TRADEOPS_* variables reach the playbook as --secret-env does, never recorded
+    secret_env_values = {n: v for n, v in auto_secret_env.items() if _ENV_NAME_RE.fullmatch(n)}
+    dropped += [v for n, v in auto_secret_env.items() if n not in secret_env_values]
+    secret_env_values.update({n: os.environ[n] for n in names})
+    # envvars whose names look secret are passed the same way
+    secret_env_values.update({str(k): str(v) for k, v in (envvars or {}).items() if looks_secret(str(k))})
+    for name in secret_env_values:
+        env.pop(name, None)
     redactor = Redactor()
-    redactor.add(secret.values())
+    redactor.add([secret], secret=False)
     redactor.add(secret_env_values.values())
     redactor.add(dropped)
     leaking = [k for k, v in env.items() if redactor.found_in(v)]
@@ -248,6 +276,7 @@ def _prepare(
     try:
         runs.mkdir(parents=True, exist_ok=True, mode=0o700)
         run_dir.mkdir(mode=0o700)
+        _write_private(run_dir / RUN_MARKER, json.dumps({"run_id": rid, "incident": found.name}) + "\n")
     except FileExistsError:
         raise IncidentInputError(f"run {rid} already exists in {runs}") from None
     except OSError as exc:
@@ -262,7 +291,7 @@ def _prepare(
         incident=found, project_dir=root, run_id=rid, run_dir=run_dir, runs_dir=runs, inventory=inventories,
         plain_vars=plain, secret_vars=secret, secret_env=secret_env_values, env=env, limit=limit, check=check,
         tags=tag_text(tags), skip_tags=tag_text(skip_tags), verbosity=verbosity, forks=forks,
-        timeout=int(timeout) if timeout else None, rotate=rotate_artifacts, via_worker=via_worker,
+        timeout=math.ceil(timeout) if timeout else None, rotate=rotate_artifacts, via_worker=via_worker,
         redactor=redactor, event_handler=event_handler, status_handler=status_handler,
     )
 
@@ -380,10 +409,28 @@ def _copy_project(root: Path, dest: Path, playbook: Path) -> str:
         elif src.is_dir():
             shutil.copytree(src, dest / name, symlinks=True, ignore=ignore)
     try:
-        return str(playbook.resolve().relative_to(root))
+        relative = playbook.resolve().relative_to(root)
     except ValueError:
-        shutil.copy2(playbook, dest / playbook.name)
-        return playbook.name
+        relative = None
+    if relative is not None and relative.parts[0] in PROJECT_CONTENT:
+        return str(relative)
+    # a playbook outside the copied content (elsewhere, or under tests/ of the checkout) goes next to them
+    shutil.copy2(playbook, dest / playbook.name)
+    return playbook.name
+
+
+WORKER_LAUNCHER = "tradeops-launch.sh"
+WORKER_LAUNCHER_SCRIPT = """#!/bin/sh
+# tradeops run --via-worker: export this job's secret environment from the 0600 file next to this script,
+# delete the file, then exec ansible-playbook. ansible-runner records only this script's path.
+set -e
+env_file="$(dirname -- "$0")/secret_env.sh"
+if [ -f "$env_file" ]; then
+    . "$env_file"
+    rm -f -- "$env_file"
+fi
+exec ansible-playbook "$@"
+"""
 
 
 def _run_via_worker(job: _Job, handle: RunHandle, vault: SecretFiles) -> tuple[str, int | None, Path]:
@@ -407,12 +454,25 @@ def _run_via_worker(job: _Job, handle: RunHandle, vault: SecretFiles) -> tuple[s
     secret_file = None
     if job.secret_vars:
         # travels inside the transmit stream; on the worker it lives in its private data dir, deleted after the job
-        _write_private(env_dir / "secret_extravars.yml", yaml_unsafe(job.secret_vars) + "\n")
+        _write_private(env_dir / "secret_extravars.yml", yaml_unsafe(job.secret_vars, secret=False) + "\n")
         secret_file = "../env/secret_extravars.yml"  # relative to the worker's cwd, its project dir
+    worker_dir = vault.dir / "worker"
+    binary = None
+    if job.secret_env:
+        # The worker records the environment it starts ansible-playbook with (artifacts/<id>/command, streamed
+        # back into the run directory): secret environment variables travel in a 0600 file of the job instead,
+        # which a launcher sent with it exports and deletes before it execs ansible-playbook.
+        _write_private(env_dir / "secret_env.sh",
+                       "".join(f"export {k}={shlex.quote(v)}\n" for k, v in job.secret_env.items()))
+        _write_private(env_dir / WORKER_LAUNCHER, WORKER_LAUNCHER_SCRIPT)
+        os.chmod(env_dir / WORKER_LAUNCHER, 0o700)
+        binary = str(worker_dir / "env" / WORKER_LAUNCHER)
 
     bindir = Path(sys.executable).parent
     runner_bin = str(bindir / "ansible-runner") if (bindir / "ansible-runner").exists() else "ansible-runner"
     transmit = [runner_bin, "transmit", str(staging), "-p", playbook, "--ident", job.run_id]
+    if binary:
+        transmit += ["--binary", binary]
     for inv in job.inventory or []:
         try:
             inv = "project/" + str(Path(inv).relative_to(job.project_dir))
@@ -431,10 +491,11 @@ def _run_via_worker(job: _Job, handle: RunHandle, vault: SecretFiles) -> tuple[s
         extra += ["--tags", job.tags]
     if job.skip_tags:
         extra += ["--skip-tags", job.skip_tags]
+    if binary:
+        extra.append(playbook)  # ansible-runner appends the playbook only when it runs ansible-playbook itself
     cmdline = " ".join(filter(None, [cmdline, " ".join(shlex.quote(p) for p in extra)])) or None
     if cmdline:
         transmit += ["--cmdline", cmdline]
-    worker_dir = vault.dir / "worker"
     worker = [runner_bin, "worker", "--private-data-dir", str(worker_dir), "--delete"]
     proc_env = {k: v for k, v in job.env.items() if k != "ANSIBLE_CONFIG"}
     logger.info("run %s via worker: %s | %s", job.run_id, shlex.join(transmit), shlex.join(worker))
@@ -493,12 +554,24 @@ def _write_stdout(artifact_dir: Path, events: list[dict[str, Any]]) -> None:
     _write_private(artifact_dir / "stdout", text)
 
 
+def _is_our_run(path: Path) -> bool:
+    marker = path / RUN_MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file():
+            return False
+        return json.loads(marker.read_text(encoding="utf-8")).get("run_id") == path.name
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def rotate_runs(runs_dir: Path, keep: int, current: str | None = None) -> list[Path]:
-    """Delete all but the newest ``keep`` run directories (0: keep all); returns what was deleted."""
+    """Delete all but the newest ``keep`` run directories of this tool (0: keep all); returns what was deleted.
+
+    Only directories this tool created count: they hold :data:`RUN_MARKER` naming them, written at creation
+    (other tools' ansible-runner directories in the same place are never touched)."""
     if keep <= 0 or not runs_dir.is_dir():
         return []
-    runs = [p for p in runs_dir.iterdir()
-            if p.is_dir() and not p.is_symlink() and ((p / RESULT_FILE).exists() or (p / "artifacts").is_dir())]
+    runs = [p for p in runs_dir.iterdir() if p.is_dir() and not p.is_symlink() and _is_our_run(p)]
     runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     removed = []
     for old in runs[keep:]:

@@ -5,12 +5,14 @@ Measured with ansible-runner 2.4.3: it writes the whole process environment, unm
 event, with its result, into ``job_events/``; and the raw output into ``stdout``. So the runner:
 
 * never hands the caller's environment to Ansible: the child gets an allow-list (PATH, HOME, locale, ANSIBLE_*,
-  TRADEOPS_*, ...), and the allow-listed names that look secret are dropped too. Environment secrets that a
-  playbook needs (``secret_env``) reach ansible-playbook through a 0600 file that a small launcher reads,
-  deletes and exports before it execs ansible-playbook;
-* passes secret extra vars (a :class:`Secret` value, or a name that looks secret) through a 0600 ``-e @file``
-  in a private 0700 directory outside the runs directory (on tmpfs when there is one), removed after the run;
-  they are tagged ``!unsafe`` so Ansible never templates them;
+  TRADEOPS_*, ...). Environment secrets that a playbook needs (``secret_env``, and the allow-listed names that
+  look secret, such as ``ANSIBLE_HASHI_VAULT_SECRET_ID``) reach ansible-playbook through a 0600 file that a small
+  launcher reads, deletes and exports before it execs ansible-playbook (``_launch.py``; with ``--via-worker`` a
+  shell launcher sent to the worker with the job); other secret-looking variables are left behind;
+* passes secret extra vars (a :class:`Secret` value, a name that looks secret, or a var holding a secret-looking
+  key at any depth, ``{"my_db": {"login_password": ...}}``) through a 0600 ``-e @file`` in a private 0700
+  directory outside the runs directory (on tmpfs when there is one), removed after the run; their secret values
+  are tagged ``!unsafe`` so Ansible never templates them;
 * redacts every job event (known secret values anywhere, and values under secret-looking keys) before it is
   written or handed to an event handler, and writes ``stdout`` itself from the redacted events;
 * sweeps the whole run directory afterwards and redacts (and reports) anything that still got through.
@@ -33,11 +35,49 @@ MASK = "********"
 # the environment, the command line or env/ files.
 MIN_SECRET_LEN = 4
 
-# Names whose values are secrets: password, passwd, passphrase, secret, token, api key, private key, credential.
-_SECRET_WORDS = r"(pass(word|wd|phrase)?|secret|token|api_?key|private_?key|access_?key|credentials?|auth)"
-SECRET_NAME_RE = re.compile(rf"(^|[_\W]){_SECRET_WORDS}($|[_\W])", re.IGNORECASE)
-# ...unless they name where a secret lives rather than the secret itself.
-NOT_SECRET_SUFFIX_RE = re.compile(r"_(FILE|PATH|DIR|SOCK|HEADER|URL|ID|TYPE|NAME)$", re.IGNORECASE)
+# Which names hold secrets. A name is split into words (``_ - . space``, camelCase: ``X-Api-Key`` -> x api key,
+# ``dbPassword`` -> db password) and a word is a secret word when it ENDS in one, without a word boundary before it
+# (``pgpassword``, ``TRADEOPS_PGPASSWORD``, ``ADMIN_PW``, ``MYSQL_PWD``, ``csrftoken``, ``HMAC_SALT``), optionally
+# plural. ``key`` counts after a word that makes it a secret key (``api_key``, ``apiKey``, ``private_key``,
+# ``AWS_SECRET_ACCESS_KEY``), ``id`` after ``secret`` or ``session`` (``ANSIBLE_HASHI_VAULT_SECRET_ID``): a bare
+# ``key`` (a Redis key name, ``key_column``) or ``*_id`` is not a secret.
+_SECRET_WORD_RE = re.compile(
+    r"[a-z0-9]*(password|passwd|passphrase|passcode|pass|pwd|pw|secret|token|credential|cred|cookie|salt|dsn"
+    r"|authorization|auth|sessionid|sessionkey"
+    r"|(api|private|access|secret|auth|signing|session|master|hmac|encryption|shared|license|consumer|app|ssh|gpg"
+    r"|pgp|jwt|webhook|storage|account)key)s?")
+# Ordinary words that end like a secret word.
+_NOT_SECRET_WORDS = frozenset("""
+    bypass compass surpass trespass overpass underpass impass sacred basalt cobalt asphalt
+""".split())
+_KEY_QUALIFIERS = frozenset("""
+    api private access secret auth signing session master hmac encryption shared license consumer app ssh gpg
+    pgp jwt webhook storage account
+""".split())
+_ID_QUALIFIERS = frozenset(("secret", "session"))
+# A secret word followed by one of these names where or what kind of secret, not the secret itself:
+# token_header, ANSIBLE_VAULT_PASSWORD_FILE, auth_method, secret_name, credential_type, secret_rotation_staging.
+DESCRIPTOR_WORDS = frozenset("""
+    file files path paths dir dirs directory header headers url urls uri uris type types kind name names method
+    methods mode modes enabled disabled enable required ttl timeout timeouts length len alphabet charset policy
+    policies column columns format pattern regex prefix suffix field fields store stores source sources interval
+    count counts age expiry expires expiration lifetime fingerprint fingerprints version env var vars algorithm
+    algo size retries attempts rotation rotations rotate rotated rotating staging concurrency grace strategy
+    location hint label labels mount backend engine provider endpoint id ids sock socket
+""".split())
+# Words after a secret word that still name the secret (ADMIN_TOKEN_PENDING, secret_value, password2).
+_MODIFIER_WORDS = frozenset("""
+    value val values new old current cur previous prev pending next b64 base64 hex pem der raw plain plaintext
+    clear cleartext enc encoded str string text data
+""".split())
+# Inside a secret value (``credentials: {user: ops, password: ...}``), the parts that are not secret.
+_NOT_SECRET_PARTS = DESCRIPTOR_WORDS | frozenset("""
+    user username login host hostname port db database dbname schema region scheme protocol key keys
+""".split())
+# Environment variables that only look secret.
+_NOT_SECRET_NAMES = frozenset(("pwd", "oldpwd"))
+_SPLIT_RE = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
 
 # The environment ansible-playbook gets from the caller's. Everything else is left behind.
 ENV_ALLOW = frozenset({
@@ -48,9 +88,44 @@ ENV_ALLOW = frozenset({
 ENV_ALLOW_PREFIXES = ("LC_", "ANSIBLE_", "TRADEOPS_")
 
 
+def name_words(name: str) -> list[str]:
+    """``name`` split into lower-case words: ``X-Api-Key`` -> ``['x', 'api', 'key']``."""
+    return [w.lower() for w in _SPLIT_RE.split(str(name)) if w]
+
+
+def _secret_word_at(words: list[str], i: int) -> bool:
+    word = re.sub(r"(?<=[a-z])\d+$", "", words[i])
+    prev = words[i - 1] if i > 0 else ""
+    if word in ("key", "keys"):
+        return prev in _KEY_QUALIFIERS
+    if word in ("id", "ids"):
+        return prev in _ID_QUALIFIERS or prev.endswith("secret")
+    return word not in _NOT_SECRET_WORDS and bool(_SECRET_WORD_RE.fullmatch(word))
+
+
 def looks_secret(name: str) -> bool:
-    """Whether a variable name says it holds a secret (``redis_password``, ``VAULT_TOKEN``, ``api_key``)."""
-    return bool(SECRET_NAME_RE.search(name)) and not NOT_SECRET_SUFFIX_RE.search(name)
+    """Whether a variable, key or environment name says it holds a secret: a secret word (see above) that is not
+    followed by a word naming where or what kind of secret it is (``token_header``, ``password_file``).
+
+    ``pgpassword``, ``db_pw``, ``TRADEOPS_PGPASSWORD``, ``ANSIBLE_HASHI_VAULT_SECRET_ID``, ``apiKey``,
+    ``ADMIN_TOKEN_PENDING`` are secret; ``key_column``, ``token_header``, ``health_gate_passed``,
+    ``secret_rotation_staging``, ``passenger``, ``PWD`` are not."""
+    words = name_words(name)
+    if "".join(words) in _NOT_SECRET_NAMES:
+        return False
+    for i in range(len(words)):
+        if not _secret_word_at(words, i):
+            continue
+        after = [w for w in words[i + 1:] if w not in _MODIFIER_WORDS and not w.isdigit()]
+        if not after or after[0] not in DESCRIPTOR_WORDS:
+            return True
+    return False
+
+
+def _names_a_part(name: str) -> bool:
+    """A key inside a secret value that holds no secret itself (``user``, ``host``, ``path``, ``key``)."""
+    words = name_words(name)
+    return bool(words) and words[-1] in _NOT_SECRET_PARTS and not looks_secret(name)
 
 
 class Secret:
@@ -77,14 +152,29 @@ class Secret:
         return hash(("Secret", repr(type(self._value))))
 
 
-def _contains_secret(value: Any) -> bool:
-    if isinstance(value, Secret):
-        return True
-    if isinstance(value, Mapping):
-        return any(_contains_secret(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_contains_secret(v) for v in value)
-    return False
+def _walk(value: Any, secret: bool = False) -> Iterator[tuple[Any, bool]]:
+    """Every scalar of ``value`` with whether it is secret: inside a :class:`Secret`, under a key that looks secret
+    at any depth (``{"my_db": {"login_password": ...}}``), or anywhere inside a value whose key looks secret except
+    under a key that names a part (``credentials: {user: ops, password: ...}``: ``user`` is not secret)."""
+    if isinstance(value, Secret):  # all of it, whatever its keys
+        yield from ((leaf, True) for leaf, _ in _walk(value.value))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _walk(item, looks_secret(str(key)) or (secret and not _names_a_part(str(key))))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _walk(item, secret)
+    else:
+        yield value, secret
+
+
+def _contains_secret(value: Any, secret: bool = False) -> bool:
+    return any(s and v is not None for v, s in _walk(value, secret))
+
+
+def secret_leaves(value: Any, secret: bool = False) -> list[str]:
+    """The secret values held in ``value`` (see :func:`_walk`), as strings; booleans and None are not values."""
+    return [str(v) for v, s in _walk(value, secret) if s and v is not None and not isinstance(v, bool)]
 
 
 def unwrap(value: Any) -> Any:
@@ -98,26 +188,16 @@ def unwrap(value: Any) -> Any:
     return value
 
 
-def _leaves(value: Any) -> Iterator[str]:
-    if isinstance(value, Secret):
-        value = value.value
-    if isinstance(value, Mapping):
-        for v in value.values():
-            yield from _leaves(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _leaves(v)
-    elif value is not None and not isinstance(value, bool):
-        yield str(value)
-
-
 def split_extravars(extravars: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(plain, secret) extra vars: a var is secret if it holds a :class:`Secret` or its name looks secret."""
+    """(plain, secret) extra vars. A var is secret if its name looks secret, or if it holds a secret at any depth
+    (a :class:`Secret`, or a value under a secret-looking key): Ansible replaces a var given twice whole, so a var
+    that holds a secret goes whole to the secret file. Secret values keep their :class:`Secret` wrappers, so
+    ``yaml_unsafe(secret, secret=False)`` and ``secret_leaves(secret)`` find which leaves are secret."""
     plain: dict[str, Any] = {}
     secret: dict[str, Any] = {}
     for key, value in (extravars or {}).items():
-        if _contains_secret(value) or looks_secret(str(key)):
-            secret[str(key)] = unwrap(value)
+        if looks_secret(str(key)) or _contains_secret(value):
+            secret[str(key)] = value
         else:
             plain[str(key)] = value
     return plain, secret
@@ -130,9 +210,11 @@ class Redactor:
         self._values: set[str] = set()
         self.add(values)
 
-    def add(self, values: Iterable[Any]) -> None:
+    def add(self, values: Iterable[Any], secret: bool = True) -> None:
+        """Redact these values: with ``secret`` every value and every leaf of a structure (except under keys that
+        name a part, see :func:`secret_leaves`), else only the secret leaves (a var with a nested secret)."""
         for value in values:
-            for leaf in _leaves(value):
+            for leaf in secret_leaves(value, secret):
                 if len(leaf) >= MIN_SECRET_LEN and leaf != MASK:
                     self._values.add(leaf)
                     # the same value as it appears inside JSON strings
@@ -204,22 +286,30 @@ class Redactor:
         return touched
 
 
-def child_env(parent: Mapping[str, str], explicit: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+def child_env(parent: Mapping[str, str], explicit: Mapping[str, str] | None = None
+              ) -> tuple[dict[str, str], dict[str, str], list[str]]:
     """The environment for ansible-playbook: the allow-listed part of ``parent`` plus ``explicit``.
 
-    Returns (env, dropped_secret_values): values of secret-looking parent variables, for the redactor."""
+    Returns (env, secret_env, dropped): the allow-listed variables whose names look secret
+    (``ANSIBLE_HASHI_VAULT_SECRET_ID``, ``TRADEOPS_PGPASSWORD``) go to ``secret_env``, passed like ``--secret-env``
+    (a 0600 file the launcher reads), never recorded; ``dropped`` are the values of the other secret-looking parent
+    variables, left behind, for the redactor."""
     env: dict[str, str] = {}
+    secret_env: dict[str, str] = {}
     dropped: list[str] = []
     for key, value in parent.items():
         allowed = key in ENV_ALLOW or key.startswith(ENV_ALLOW_PREFIXES)
         if looks_secret(key):
-            dropped.append(value)
+            if allowed:
+                secret_env[key] = value
+            else:
+                dropped.append(value)
             continue
         if allowed:
             env[key] = value
     for key, value in (explicit or {}).items():
         env[str(key)] = str(value)
-    return env, dropped
+    return env, secret_env, dropped
 
 
 def _private_tmp_base() -> str | None:
@@ -230,16 +320,31 @@ def _private_tmp_base() -> str | None:
     return None
 
 
-def yaml_unsafe(value: Any) -> str:
-    """A YAML document of ``value`` where every string is tagged !unsafe (never templated by Ansible)."""
+def _yaml_all_unsafe(value: Any) -> str:
     if isinstance(value, str):
         return "!unsafe " + json.dumps(value)
     if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_yaml_all_unsafe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_all_unsafe(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def yaml_unsafe(value: Any, secret: bool = True) -> str:
+    """A YAML document of ``value`` where every secret string (see :func:`secret_leaves`; with ``secret`` all of
+    them) is tagged !unsafe, never templated by Ansible. Other strings stay plain, templated as in any -e."""
+    if isinstance(value, Secret):  # all of it, whatever its keys
+        return _yaml_all_unsafe(unwrap(value))
+    if isinstance(value, str):
+        return ("!unsafe " if secret else "") + json.dumps(value)
+    if isinstance(value, Mapping):
         if not value:
             return "{}"
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {yaml_unsafe(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(
+            f"{json.dumps(str(k))}: {yaml_unsafe(v, looks_secret(str(k)) or (secret and not _names_a_part(str(k))))}"
+            for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(yaml_unsafe(v) for v in value) + "]"
+        return "[" + ", ".join(yaml_unsafe(v, secret) for v in value) + "]"
     return json.dumps(value)
 
 
@@ -259,7 +364,8 @@ class SecretFiles:
         return path
 
     def write_extravars(self, secret_vars: Mapping[str, Any], name: str = "secret_extravars.yml") -> Path:
-        return self.write(name, yaml_unsafe(dict(secret_vars)) + "\n")
+        """The extra vars from :func:`split_extravars`: their secret leaves tagged !unsafe."""
+        return self.write(name, yaml_unsafe(dict(secret_vars), secret=False) + "\n")
 
     def write_env(self, env: Mapping[str, str], name: str = "secret_env.json") -> Path:
         return self.write(name, json.dumps(dict(env)))

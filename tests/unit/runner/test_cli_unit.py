@@ -21,6 +21,43 @@ def test_extra_vars_like_ansible_playbook(tmp_path):
             parse_extra_vars([bad])
 
 
+def test_extra_vars_accept_what_ansible_playbook_accepts():
+    # README's example: the shell has taken the quotes off, the value has spaces
+    assert parse_extra_vars(["p0_outage_reason=INC-1234 engines down"]) == {"p0_outage_reason": "INC-1234 engines down"}
+    assert parse_extra_vars(["p0_outage_reason='INC-1234 engines down' resume_trading_approved=true"]) == \
+        {"p0_outage_reason": "INC-1234 engines down", "resume_trading_approved": "true"}
+    assert parse_extra_vars(["a=1 b=two words c=3"]) == {"a": "1", "b": "two words", "c": "3"}
+    # Jinja blocks and '=' inside values are kept whole, as ansible-playbook's own splitter keeps them
+    assert parse_extra_vars(["t={{ lookup('env', 'X') | default('a b=c') }} u=v=w"]) == \
+        {"t": "{{ lookup('env', 'X') | default('a b=c') }}", "u": "v=w"}
+    assert parse_extra_vars(['{"p0_outage_reason": "INC-1 x"}', "{k: [1]}"]) == \
+        {"p0_outage_reason": "INC-1 x", "k": [1]}
+
+
+def test_a_bad_extra_vars_file_says_where_not_what(tmp_path):
+    canary = "cnry-3f0e9a1b77"
+    f = tmp_path / "vars.yml"
+    f.write_text(f"ok: 1\ndb_password: '{canary}\n")
+    with pytest.raises(IncidentInputError) as err:
+        parse_extra_vars([f"@{f}"])
+    assert canary not in str(err.value) and str(f) in str(err.value) and "line 3, column" in str(err.value)
+    f.write_bytes(b"k: \xff" + canary.encode())
+    with pytest.raises(IncidentInputError) as err:
+        parse_extra_vars([f"@{f}"])
+    assert canary not in str(err.value) and "not UTF-8" in str(err.value)
+    with pytest.raises(IncidentInputError) as err:
+        parse_extra_vars(['{"db_password": "' + canary])
+    assert canary not in str(err.value) and "line 1" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "inf", "nan", "-inf", "1e99", "soon"])
+def test_timeout_must_be_finite_and_positive(value, tmp_path, capsys):
+    assert main(["run", "p0_outage", f"--timeout={value}", "--runs-dir", str(tmp_path / "runs")]) == 3
+    err = capsys.readouterr().err
+    assert "--timeout" in err and value in err
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
 def test_help_documents_the_exit_codes(capsys):
     assert main(["run", "--help"]) == 0
     text = capsys.readouterr().out
