@@ -215,7 +215,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             options["rotate_artifacts"] = args.keep_runs
         out = sys.stderr if args.json else sys.stdout
         for key in on_cli:
-            print(f"tradeops: warning: {key} looks secret (or holds a secret-looking key) and was given with -e (visible in the process list); "
+            print(f"tradeops: warning: {key} looks secret (or holds a secret-looking key) and was given with -e "
+                  f"(visible in the process list); "
                   f"it is handled as a secret, but use --secret-var {key}=ENVVAR", file=sys.stderr)
         progress = _progress(args, f"tradeops run {args.incident}")
         try:
