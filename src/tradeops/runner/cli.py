@@ -161,8 +161,9 @@ def add_run_commands(subparsers: Any, parser_class: type[argparse.ArgumentParser
                      help="a secret extra var, read from the environment variable ENVVAR, else prompted (or one "
                           "line of stdin); passed through a 0600 file removed after the run; repeatable")
     run.add_argument("--secret-env", action="append", default=[], metavar="ENVVAR",
-                     help="an environment variable the playbook needs (e.g. VAULT_TOKEN); the run gets no other "
-                          "secret from the environment; repeatable")
+                     help="an environment variable the playbook needs (e.g. VAULT_TOKEN), passed through a 0600 "
+                          "file, never recorded; ANSIBLE_* and TRADEOPS_* variables whose names look secret are "
+                          "passed so too, other secrets in the environment are left behind; repeatable")
     run.add_argument("--check", action="store_true", help="check mode: report what would change, change nothing")
     run.add_argument("-l", "--limit", default=None, metavar="PATTERN", help="limit to hosts matching PATTERN")
     run.add_argument("-t", "--tags", default=None, metavar="TAGS", help="only these phases (e.g. contain)")

@@ -14,8 +14,9 @@ Each run gets its own private data dir ``<runs_dir>/<run_id>/`` (``runs_dir``: t
     <run_id>/report/                    the incident report the playbook writes (.json, .md)
     <run_id>/evidence/                  the evidence archives
     <run_id>/result.json                the IncidentResult (``tradeops report <run_id>`` reads it)
+    <run_id>/.tradeops-run              the marker of a run directory this tool created
 
-``rotate_artifacts`` keeps the newest N run directories (default 50; 0 keeps all). See
+``rotate_artifacts`` keeps the newest N run directories this tool created (default 50; 0 keeps all). See
 :mod:`tradeops.runner.secrets` for what keeps secrets out of all of it.
 """
 
@@ -695,9 +696,10 @@ def run_incident(
 
     :param incident: an incident name (``p0_outage``; ``tradeops incidents`` lists them) or a playbook path.
     :param inventory: inventory path(s); default: ansible.cfg's (``inventories/lab``).
-    :param extravars: extra vars. A :class:`~tradeops.runner.secrets.Secret` value, or a name that looks secret
-        (``*_password``, ``*_token``, ...), is passed through a 0600 file removed after the run, never through
-        ``env/extravars`` or the command line.
+    :param extravars: extra vars. A :class:`~tradeops.runner.secrets.Secret` value, a name that looks secret
+        (``*password``, ``*_pw``, ``*token``, ``api_key``, ``*_secret_id``, ...), or a var holding such a key at any
+        depth (``{"my_db": {"login_password": ...}}``) is passed through a 0600 file removed after the run, never
+        through ``env/extravars`` or the command line.
     :param limit: Ansible ``--limit`` pattern.
     :param check: run in check mode (``--check``).
     :param event_handler: called with every job event, already redacted, with a ``tradeops`` key
@@ -705,7 +707,8 @@ def run_incident(
     :param runs_dir: where run directories go (default ``$TRADEOPS_RUNS_DIR``, else ``<checkout>/runs``).
 
     Keyword-only options: ``tags``, ``skip_tags``, ``envvars`` (non-secret environment for Ansible),
-    ``secret_env`` (names of environment variables the playbook needs; passed through a 0600 file),
+    ``secret_env`` (names of environment variables the playbook needs; passed through a 0600 file, also with
+    ``via_worker``; ``ANSIBLE_*`` / ``TRADEOPS_*`` variables whose names look secret are passed so anyway),
     ``project_dir``, ``rotate_artifacts`` (keep the newest N runs, default 50, 0 keeps all), ``via_worker``
     (run through ``ansible-runner transmit | worker | process``), ``timeout`` (seconds), ``verbosity``,
     ``forks``, ``run_id``, ``status_handler`` (called with each status: starting, running, successful, ...).
