@@ -82,15 +82,14 @@ def test_repair_failure_exits_2_and_json_goes_to_stdout(lab, runs):
     assert "still NO-GO: engine-001" in proc.stderr
 
 
-def test_an_engine_that_cannot_be_halted_exits_1_via_the_worker(lab, runs):
-    lab.lab.inject("crash", engines=["engine-004"])
-    try:
-        proc = tradeops(lab.dir, runs, "run", "p0_outage", "--via-worker", "--tags", "contain", *FAST)
-    finally:
-        lab.lab.restart(["engine-004"])
+def test_an_engine_that_cannot_be_halted_exits_1_via_the_worker(lab_factory, runs):
+    # A lab of its own: on the module's lab every engine already holds a durable halt from the runs before (a
+    # flag file or a Redis key, read back as halted even while the engine is down), so none would fail to halt.
+    fresh = lab_factory(engines=3, faults={"engine-003": "crash"})
+    proc = tradeops(fresh.dir, runs, "run", "p0_outage", "--via-worker", "--tags", "contain", *FAST)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "via transmit|worker|process" in proc.stdout
-    assert "REMEDIATION FAILED: not verified halted: engine-004" in proc.stdout
+    assert "REMEDIATION FAILED: not verified halted: engine-003" in proc.stdout
     assert "phase contain" in proc.stdout
 
 
