@@ -25,7 +25,7 @@ def attempt(target: str, timeout: float) -> str:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
         return "open"
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return "dropped"
     except ConnectionRefusedError:
         return "refused"
