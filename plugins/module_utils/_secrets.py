@@ -14,10 +14,17 @@ so a client that switches never meets a server that refuses it. With ``staging="
 value goes straight to ``key`` (for verifiers that cannot read a pending slot). A failed test
 restores the store exactly as it was, so a working credential is never lost.
 
-Values never leave this module: results carry fingerprints (the first 12 hex digits of the
-sha256), messages name stores, keys and fingerprints only, and every message is scrubbed of
-every value seen before it is raised or returned. :meth:`RotationService.secret_values` gives
-the boundary the values to mask in the module output as well.
+Values never leave this module: results carry fingerprints (:class:`Fingerprinter`: the first
+12 hex digits of an HMAC-SHA256 keyed with the installation's fingerprint key, so that a report
+tells "same value" across runs but cannot confirm a guessed value offline), messages name stores,
+keys and fingerprints only, and every message is scrubbed of every value of this secret seen
+before it is raised or returned. :meth:`RotationService.secret_values` gives the boundary the
+values to mask in the module output as well: only this secret's values (current, previous,
+pending), never other entries of a store, and none shorter than :data:`MASK_MIN_LENGTH`.
+
+A file store refuses a path whose last component is a symlink, reads with ``O_NOFOLLOW`` and
+writes every file mode ``0600`` (or the store's ``mode``, never readable by others): the temp file
+is created ``O_EXCL`` with that mode, given the owner of the file, and renamed over it.
 
 Many secrets rotate concurrently in one call (:class:`BatchRotation`), and several of them may live
 in the same file, Secret or Vault path. So every write of a store is a read-modify-write done under
@@ -40,10 +47,12 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
 import secrets
+import stat
 import string
 import tempfile
 import threading
@@ -51,7 +60,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _k8s
-from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, fan_out
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, check_timeout, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._redact import redact
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
@@ -71,11 +80,150 @@ ABSENT = "(absent)"
 NEW_VALUE = "(a new generated value)"
 
 
-def fingerprint(value):
-    """The first 12 hex digits of the sha256 of ``value``, or None when there is no value."""
-    if value is None:
-        return None
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
+# Values of a secret shorter than this are not masked wherever they occur in the module output
+# (nor scrubbed from messages): "1" or "tmp" would mangle every fingerprint, path and time stamp, and
+# no such value can be told apart from the words of a path or the hex digits of a fingerprint. They
+# never reach the output anyway: results are built from names, paths and fingerprints only.
+MASK_MIN_LENGTH = 8
+
+
+def maskable(values):
+    """The values worth masking in output: strings at least :data:`MASK_MIN_LENGTH` long, unique."""
+    return sorted(set(v for v in values if isinstance(v, str) and len(v) >= MASK_MIN_LENGTH), key=len, reverse=True)
+
+
+# --------------------------------------------------------------------------------------------
+# fingerprints: keyed, so that a report cannot confirm a guessed value
+
+DEFAULT_KEY_PATH = "~/.ansible/tradeops/fingerprint.key"
+KEY_BYTES = 32
+
+
+class Fingerprinter:
+    """``fingerprint(value)``: the first 12 hex digits of HMAC-SHA256(key, value), or None for no value.
+
+    The key is the installation's (:meth:`from_file`): the same value gives the same fingerprint in
+    every run that uses that key, while a report alone cannot confirm a guessed value (an unkeyed
+    ``sha256(value)`` can be checked offline against a list of weak secrets). ``key_id`` names the key
+    without revealing it, so that fingerprints are only compared between results of the same key.
+    """
+
+    def __init__(self, key, one_off=False):
+        if not isinstance(key, bytes) or len(key) < 16:
+            raise ValidationError("a fingerprint key must be at least 16 bytes")
+        self._key = key
+        self.one_off = one_off
+        self.key_id = "one-off" if one_off else hmac.new(key, b"tradeops fingerprint key id", hashlib.sha256).hexdigest()[:8]
+
+    def __call__(self, value):
+        if value is None:
+            return None
+        return hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:12]
+
+    def __repr__(self):
+        return "Fingerprinter(key_id=%s)" % self.key_id  # never the key
+
+    @classmethod
+    def random(cls):
+        """A key of this process only: fingerprints comparable within one run, never across runs."""
+        return cls(secrets.token_bytes(KEY_BYTES), one_off=True)
+
+    @classmethod
+    def from_file(cls, path, create=True, option="fingerprint_key_path"):
+        """The key held in ``path`` (created 0600, with a 0700 directory, on first use when ``create``).
+
+        Without ``create`` (check mode) and no key yet, a one-off key is used and nothing is written.
+        The file must be a regular file (not a symlink), readable by its owner only, holding at least
+        32 hex digits. Errors name ``option``; the key itself is never put in a message.
+        """
+        path = os.path.abspath(os.path.expanduser(os.path.expandvars(path or DEFAULT_KEY_PATH)))
+        key = cls._read_key(path, option)
+        if key is None:
+            if not create:
+                return cls.random()
+            cls._create_key(path, option)
+            key = cls._read_key(path, option)
+            if key is None:
+                raise BackendError("%s: %s vanished right after it was created; re-run" % (option, path))
+        return cls(key)
+
+    @staticmethod
+    def _read_key(path, option):
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ValidationError("%s: %s is a symlink; refused: give the path of the key file itself" % (option, path))
+            raise ValidationError("%s: cannot read %s: %s" % (option, path, err.strerror or err))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValidationError("%s: %s is not a regular file" % (option, path))
+            if st.st_mode & 0o077:
+                raise ValidationError("%s: %s is readable or writable by others (mode %04o): it must be 0600; "
+                                      "replace the key (fingerprints made with it may be forged), or chmod 600 it "
+                                      "if nobody else read it" % (option, path, stat.S_IMODE(st.st_mode)))
+            if st.st_uid != os.geteuid():
+                raise ValidationError("%s: %s belongs to uid %d, not to the user running the module (uid %d)"
+                                      % (option, path, st.st_uid, os.geteuid()))
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        text = data.strip()
+        try:
+            key = binascii.unhexlify(text)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) < 16:
+            raise ValidationError("%s: %s does not hold a key (at least 32 hex digits); move it away and re-run to "
+                                  "create one" % (option, path))
+        return key
+
+    @staticmethod
+    def _create_key(path, option):
+        """Write a new random key to ``path``, atomically: a 0600 temp file linked into place (two runs
+        creating it at once keep the first one's key)."""
+        directory = os.path.dirname(path)
+        try:
+            os.makedirs(directory, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise BackendError("%s: cannot create the directory %s: %s" % (option, directory, err.strerror or err))
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".fingerprint-", dir=directory)
+        except OSError as err:
+            raise BackendError("%s: cannot create %s: %s" % (option, path, err.strerror or err))
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, binascii.hexlify(secrets.token_bytes(KEY_BYTES)) + b"\n")
+            os.fsync(fd)
+            os.close(fd)
+            fd = None
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another run created it first: its key is the installation's
+        except OSError as err:
+            raise BackendError("%s: cannot create %s: %s" % (option, path, err.strerror or err))
+        finally:
+            if fd is not None:
+                os.close(fd)
+            os.unlink(tmp)
+
+
+_ONE_OFF = []
+_ONE_OFF_GUARD = threading.Lock()
+
+
+def one_off_fingerprinter():
+    """The fingerprinter of stores built without one (tests, direct use): a key of this process only."""
+    with _ONE_OFF_GUARD:
+        if not _ONE_OFF:
+            _ONE_OFF.append(Fingerprinter.random())
+        return _ONE_OFF[0]
 
 
 def generate(length=32, alphabet="urlsafe"):
@@ -195,7 +343,7 @@ def file_lock(path, deadline):
 
 
 # --------------------------------------------------------------------------------------------
-# files: atomic writes that keep mode and owner, 0600 backups
+# files: atomic writes that keep the owner and end mode 0600 (or store.mode), 0600 backups
 
 
 def backup_file(path, data):
@@ -224,9 +372,13 @@ def backup_file(path, data):
 def atomic_write(path, data, mode, uid, gid):
     """Replace ``path`` by ``data`` atomically (temp file in the same directory + rename).
 
-    The temp file is 0600 while it is written; it then gets ``mode`` and ``uid``/``gid`` before
-    the rename, so the file never exists with other permissions or another owner.
+    The temp file is created ``O_EXCL`` and mode 0600 (``mkstemp``), never readable by anyone else;
+    it gets ``uid``/``gid`` and ``mode`` through its descriptor before any data is written and
+    before the rename, so the file never exists with other permissions or another owner. The
+    rename replaces a symlink at ``path`` itself, never its target.
     """
+    if mode & ~0o770:
+        raise ValidationError("a secret file cannot be written with mode %04o: nothing for others" % mode)
     directory = os.path.dirname(path) or "."
     try:
         fd, tmp = tempfile.mkstemp(prefix=".%s.tradeops-" % os.path.basename(path), dir=directory)
@@ -235,16 +387,16 @@ def atomic_write(path, data, mode, uid, gid):
                            % (path, directory, err.strerror or err))
     try:
         with os.fdopen(fd, "wb") as fh:
+            if (uid, gid) != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(fh.fileno(), uid, gid)
+                except PermissionError:
+                    raise BackendError("cannot keep the owner %d:%d of %s (run the task with become); nothing was "
+                                       "changed" % (uid, gid, path))
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        if (uid, gid) != (os.geteuid(), os.getegid()):
-            try:
-                os.chown(tmp, uid, gid)
-            except PermissionError:
-                raise BackendError("cannot keep the owner %d:%d of %s (run the task with become); nothing was "
-                                   "changed" % (uid, gid, path))
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
         try:
             dfd = os.open(directory, os.O_RDONLY)
@@ -287,8 +439,10 @@ class Store:
     type = None
     backs_up = False
 
-    def __init__(self, spec):
+    def __init__(self, spec, fingerprint=None):
         self.spec = spec
+        # every fingerprint of this secret (results, messages, diffs) is made with this one
+        self.fingerprint = fingerprint or one_off_fingerprinter()
         self.key = spec.get("key")
         if not self.key or not isinstance(self.key, str):
             raise ValidationError("store.key is required")
@@ -328,7 +482,7 @@ class Store:
         raise BackendError("%s changed during the rotation (%s now %s): another rotation of this secret is "
                            "running; this write was not made: re-run once it is done"
                            % (self.describe(), ", ".join(changed),
-                              ", ".join("fingerprint %s" % (fingerprint(now.values[slot]) or ABSENT)
+                              ", ".join("fingerprint %s" % (self.fingerprint(now.values[slot]) or ABSENT)
                                         for slot in SLOTS if now.values[slot] != snapshot.values[slot])))
 
 
@@ -338,16 +492,22 @@ class FileStore(Store):
     backs_up = True
     format_name = None
 
-    def __init__(self, spec, backup=True):
-        super(FileStore, self).__init__(spec)
+    def __init__(self, spec, backup=True, fingerprint=None):
+        super(FileStore, self).__init__(spec, fingerprint)
         path = spec.get("path")
         if not path:
             raise ValidationError("store.path is required for store type %s" % self.type)
         path = os.path.expanduser(os.path.expandvars(path))
         if not os.path.isabs(path):
             raise ValidationError("store.path must be absolute, got %r" % path)
-        # a symlink is followed, so that the link stays a link and its target is rotated
-        self.path = os.path.realpath(path)
+        # the directories on the way are resolved (one lock per file, whatever the path that names it);
+        # the file itself must not be a symlink: whoever can replace it by one would choose what is read
+        # and where the secret is written
+        self.path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if os.path.islink(self.path):
+            raise ValidationError("store.path %s is a symlink (to %s): refused, a secret is only written to the file "
+                                  "itself; give the real path" % (path, os.readlink(self.path)))
+        self.mode = self._mode(spec.get("mode"))
         self.backup = backup
         # what this store's own writes did, for an exact restore: the bytes before its first write and
         # after its last, and whether every write started from the bytes of the one before (nobody
@@ -356,16 +516,40 @@ class FileStore(Store):
         self._written = None
         self._chain = True
 
+    @staticmethod
+    def _mode(value):
+        """``store.mode``: 0600 by default; group bits may be given (a consumer that reads through its
+        group), bits for others never."""
+        if value is None or value == "":
+            return 0o600
+        try:
+            mode = int(str(value), 8) if not isinstance(value, int) else value
+        except ValueError:
+            raise ValidationError("store.mode must be an octal mode such as '0600' or '0640', got %r" % (value,))
+        if mode & ~0o660 or not mode & 0o600:
+            raise ValidationError("store.mode must give read (and write) to the owner, optionally to the group, "
+                                  "and nothing to others or execute (at most 0660), got %r" % (value,))
+        return mode
+
     def describe(self):
         return "%s %s" % (self.type, self.path)
 
     def read(self, deadline):
         try:
-            with open(self.path, "rb") as fh:
-                raw = fh.read()
-            st = os.stat(self.path)
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise ValidationError("%s does not exist: create it (with the consumers' current secret) first" % self.path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ValidationError("store.path %s is a symlink: refused, a secret is only read from and written to "
+                                      "the file itself" % self.path)
+            raise BackendError("cannot read %s: %s" % (self.path, err.strerror))
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise ValidationError("store.path %s is not a regular file" % self.path)
+                raw = fh.read()
         except OSError as err:
             raise BackendError("cannot read %s: %s" % (self.path, err.strerror))
         try:
@@ -383,7 +567,7 @@ class FileStore(Store):
             st = now.state
             data = self.render(st["text"], values).encode("utf-8")
             backup = backup_file(self.path, st["raw"]) if self.backup else None
-            atomic_write(self.path, data, st["mode"], st["uid"], st["gid"])
+            atomic_write(self.path, data, self.mode, st["uid"], st["gid"])
             if self._written is None:
                 self._base = st["raw"]
             elif st["raw"] != self._written:
@@ -401,7 +585,7 @@ class FileStore(Store):
             else:
                 # other secrets of this file were written meanwhile: put back this secret's keys only
                 data = self.render(st["text"], snapshot.values).encode("utf-8")
-            atomic_write(self.path, data, st["mode"], st["uid"], st["gid"])
+            atomic_write(self.path, data, self.mode, st["uid"], st["gid"])
             self._base, self._written, self._chain = None, None, True
 
     def parse(self, text):
@@ -612,8 +796,8 @@ class KubernetesSecretStore(Store):
 
     type = "kubernetes"
 
-    def __init__(self, spec):
-        super(KubernetesSecretStore, self).__init__(spec)
+    def __init__(self, spec, fingerprint=None):
+        super(KubernetesSecretStore, self).__init__(spec, fingerprint)
         self.name = spec.get("name")
         if not self.name:
             raise ValidationError("store.name (the Secret) is required for store type kubernetes")
@@ -724,8 +908,8 @@ class VaultKv2Store(Store):
 
     type = "vault_kv2"
 
-    def __init__(self, spec):
-        super(VaultKv2Store, self).__init__(spec)
+    def __init__(self, spec, fingerprint=None):
+        super(VaultKv2Store, self).__init__(spec, fingerprint)
         for option in ("url", "path", "token"):
             if not spec.get(option):
                 raise ValidationError("store.%s is required for store type vault_kv2" % option)
@@ -837,18 +1021,22 @@ class VaultKv2Store(Store):
                         raise
 
 
-def build_store(spec, backup=True):
+def build_store(spec, backup=True, fingerprint=None):
+    """The store of ``spec``; ``fingerprint`` is the :class:`Fingerprinter` of its results (default a
+    one-off key of this process)."""
     kind = spec.get("type")
+    if spec.get("mode") is not None and kind not in ("env_file", "json", "yaml"):
+        raise ValidationError("store.mode applies to file stores only (env_file, json, yaml), not %s" % kind)
     if kind == "env_file":
-        return EnvFileStore(spec, backup)
+        return EnvFileStore(spec, backup, fingerprint)
     if kind == "json":
-        return JsonStore(spec, backup)
+        return JsonStore(spec, backup, fingerprint)
     if kind == "yaml":
-        return YamlStore(spec, backup)
+        return YamlStore(spec, backup, fingerprint)
     if kind == "kubernetes":
-        return KubernetesSecretStore(spec)
+        return KubernetesSecretStore(spec, fingerprint)
     if kind == "vault_kv2":
-        return VaultKv2Store(spec)
+        return VaultKv2Store(spec, fingerprint)
     raise ValidationError("store.type must be one of %s, got %r" % (", ".join(STORE_TYPES), kind))
 
 
@@ -879,10 +1067,9 @@ class HttpTest:
         self.extra_headers = dict(spec.get("headers") or {})
         self.prefix = spec.get("prefix") or ""
         self.status = list(spec.get("status") or [200])
-        self.timeout = float(spec.get("timeout") if spec.get("timeout") is not None else 10.0)
-        self.interval = float(spec.get("interval") if spec.get("interval") is not None else 0.5)
-        if self.timeout <= 0 or self.interval <= 0:
-            raise ValidationError("test.timeout and test.interval must be positive")
+        self.timeout = check_timeout(spec.get("timeout") if spec.get("timeout") is not None else 10.0, "test.timeout")
+        self.interval = check_timeout(spec.get("interval") if spec.get("interval") is not None else 0.5,
+                                      "test.interval")
         self.concurrency = int(spec.get("concurrency") or 32)
         self.validate_certs = spec.get("validate_certs") is not False
         self.ca_path = spec.get("ca_path")
@@ -983,9 +1170,7 @@ class RotationService:
         if staging not in STAGINGS:
             raise ValidationError("staging must be one of %s, got %r" % (", ".join(STAGINGS), staging))
         self.staging = staging
-        self.revoke_grace = float(revoke_grace or 0.0)
-        if self.revoke_grace < 0:
-            raise ValidationError("revoke_grace cannot be negative")
+        self.revoke_grace = check_timeout(revoke_grace or 0.0, "revoke_grace", minimum=0.0)
         self._sleep = sleep
         self.value = value
         self.generate_spec = generate or {}
@@ -1008,22 +1193,24 @@ class RotationService:
                                       "previous value is kept on purpose and still works")
             if self.test.old_must_fail is None:
                 self.test.old_must_fail = self.revoke_previous
-        if timeout is None or timeout <= 0:
-            raise ValidationError("timeout must be positive")
-        self.timeout = float(timeout)
+        if timeout is None:
+            raise ValidationError("timeout: expected a number of seconds, got None")
+        self.timeout = check_timeout(timeout, "timeout")
         self.check_mode = check_mode
+        self.fingerprint = store.fingerprint
         self._values = [value] if value else []
 
     def secret_values(self):
-        """Every value this run has seen, for the boundary to mask in the module output."""
-        return [v for v in self._values if v]
+        """The values of this secret this run has seen (current, previous, pending, new), for the boundary
+        to mask in the module output: none shorter than :data:`MASK_MIN_LENGTH`, no other entry of the store."""
+        return maskable(self._values)
 
     def _seen(self, *values):
         self._values.extend(v for v in values if v)
 
     def _diff(self, before, after):
         def show(value):
-            return NEW_VALUE if value is NEW_VALUE else (fingerprint(value) or ABSENT)
+            return NEW_VALUE if value is NEW_VALUE else (self.fingerprint(value) or ABSENT)
 
         def render(pair):
             text = "%s: %s\n%s: %s\n" % (self.store.key, show(pair[0]), self.store.previous_key, show(pair[1]))
@@ -1032,8 +1219,8 @@ class RotationService:
             return text
 
         where = self.store.describe()
-        return {"before": render(before), "after": render(after),
-                "before_header": "%s (sha256 fingerprints)" % where, "after_header": "%s (sha256 fingerprints)" % where}
+        header = "%s (fingerprints, key %s)" % (where, self.fingerprint.key_id)
+        return {"before": render(before), "after": render(after), "before_header": header, "after_header": header}
 
     def _fail(self, result, message):
         result["msg"] = message
@@ -1048,6 +1235,7 @@ class RotationService:
             "changed": False,
             "store": {"type": store.type, "location": store.describe(), "key": store.key,
                       "previous_key": store.previous_key, "pending_key": store.pending_key},
+            "fingerprint_key_id": self.fingerprint.key_id,
             "fingerprint": None,
             "previous_fingerprint": None,
             "pending_fingerprint": None,
@@ -1125,8 +1313,8 @@ class RotationService:
         snap = store.read(deadline)
         old, prev = snap.current, snap.previous
         self._seen(old, prev, snap.pending)
-        result["fingerprint"] = fingerprint(old)
-        result["previous_fingerprint"] = fingerprint(prev)
+        result["fingerprint"] = self.fingerprint(old)
+        result["previous_fingerprint"] = self.fingerprint(prev)
 
         if self.revoke_only:
             # the second pass of a routine rotation: the new value is current, the old one previous
@@ -1139,7 +1327,7 @@ class RotationService:
 
         if self.value is not None and old is not None and self.value == old:
             step("create", "skipped", "%s already holds this value (fingerprint %s)"
-                 % (store.describe(), fingerprint(old)))
+                 % (store.describe(), self.fingerprint(old)))
             if not (self.revoke_previous and prev is not None):
                 result["stage"] = "unchanged"
                 result["diff"] = self._diff((old, prev), (old, prev))
@@ -1154,7 +1342,7 @@ class RotationService:
                                      self.generate_spec.get("alphabet") or "urlsafe")
         self._seen(pending)
         keep = old if old is not None else prev
-        result["pending_fingerprint"] = fingerprint(pending)
+        result["pending_fingerprint"] = self.fingerprint(pending)
         if self.check_mode:
             result["changed"] = True
             result["stage"] = "would_rotate"
@@ -1163,21 +1351,21 @@ class RotationService:
             step("create", "skipped", "check mode: a new value would be %s" % (
                 "generated" if self.value is None else "set"))
             return result
-        step("create", "ok", "pending value created (fingerprint %s)" % fingerprint(pending))
+        step("create", "ok", "pending value created (fingerprint %s)" % self.fingerprint(pending))
 
         # 2. set it: staged in the pending slot, which the servers accept and no client sends yet
         #    (or, with staging=direct, straight in as current with the old one kept as previous)
         if self.staging == "pending":
             if snap.pending is not None:
                 step("set", "ok", "%s: replacing a stale %s (fingerprint %s) left by an unfinished rotation"
-                     % (store.describe(), store.pending_key, fingerprint(snap.pending)))
+                     % (store.describe(), store.pending_key, self.fingerprint(snap.pending)))
             backup = store.write(snap, {"current": old, "previous": prev, "pending": pending}, deadline)
             where = "%s holds the pending value; %s (fingerprint %s) is untouched and still what clients send" % (
-                store.pending_key, store.key, fingerprint(old) or ABSENT)
+                store.pending_key, store.key, self.fingerprint(old) or ABSENT)
         else:
             backup = store.write(snap, {"current": pending, "previous": keep, "pending": None}, deadline)
             where = "%s set to the pending value, %s keeps the previous one (fingerprint %s)" % (
-                store.key, store.previous_key, fingerprint(keep) or ABSENT)
+                store.key, store.previous_key, self.fingerprint(keep) or ABSENT)
         result["changed"] = True
         result["stage"] = "set"
         if backup:
@@ -1203,8 +1391,8 @@ class RotationService:
                         "Make the consumer read %s (or notify it through a handler) and re-run." % store.describe())
                 self._fail(result, "the test %s refused the new value (fingerprint %s): %s. Rolled back: %s is "
                            "exactly as before (fingerprint %s).%s %s"
-                           % (self.test.describe(), fingerprint(pending), detail, store.describe(),
-                              fingerprint(old) or ABSENT, still, hint))
+                           % (self.test.describe(), self.fingerprint(pending), detail, store.describe(),
+                              self.fingerprint(old) or ABSENT, still, hint))
             step("test", "ok", "the new value is accepted: %s" % detail)
         else:
             step("test", "skipped", "no test given: the new value is not proven")
@@ -1213,11 +1401,11 @@ class RotationService:
             self._promote(store, snap, old, keep, pending, result, step, deadline)
 
         # 4. finish: the pending value is the current one, the previous kept for rollback
-        result["fingerprint"] = fingerprint(pending)
-        result["previous_fingerprint"] = fingerprint(keep)
+        result["fingerprint"] = self.fingerprint(pending)
+        result["previous_fingerprint"] = self.fingerprint(keep)
         result["stage"] = "finished"
         step("finish", "ok", "promoted: current %s, previous %s kept for rollback"
-             % (fingerprint(pending), fingerprint(keep) or ABSENT))
+             % (self.fingerprint(pending), self.fingerprint(keep) or ABSENT))
         result["diff"] = self._diff((old, prev, snap.pending), (pending, keep))
 
         if self.revoke_previous:
@@ -1233,8 +1421,8 @@ class RotationService:
             self._seen(now.current, now.previous, now.pending)
             if (now.current, now.pending) != (old, pending):
                 raise BackendError("%s changed during the rotation (%s is now %s, %s %s)" % (
-                    store.describe(), store.key, fingerprint(now.current) or ABSENT, store.pending_key,
-                    fingerprint(now.pending) or ABSENT))
+                    store.describe(), store.key, self.fingerprint(now.current) or ABSENT, store.pending_key,
+                    self.fingerprint(now.pending) or ABSENT))
             backup = store.write(now, {"current": pending, "previous": keep, "pending": None}, deadline)
         except TradeopsError as err:
             step("finish", "failed", str(err))
@@ -1242,7 +1430,7 @@ class RotationService:
             self._fail(result, "the new value (fingerprint %s) passed its test but could not be promoted: %s. "
                        "Rolled back: %s is exactly as before (fingerprint %s), which clients still send and the "
                        "servers still accept. Fix the store and re-run."
-                       % (fingerprint(pending), err, store.describe(), fingerprint(old) or ABSENT))
+                       % (self.fingerprint(pending), err, store.describe(), self.fingerprint(old) or ABSENT))
         if backup:
             result["backup_files"].append(backup)
 
@@ -1271,10 +1459,10 @@ class RotationService:
         result["rolled_back"] = True
         result["changed"] = True
         result["stage"] = "rolled_back"
-        result["fingerprint"] = fingerprint(snap.current)
-        result["previous_fingerprint"] = fingerprint(snap.previous)
+        result["fingerprint"] = self.fingerprint(snap.current)
+        result["previous_fingerprint"] = self.fingerprint(snap.previous)
         step("rollback", "ok", "%s restored exactly as before (fingerprint %s)"
-             % (store.describe(), fingerprint(snap.current) or ABSENT))
+             % (store.describe(), self.fingerprint(snap.current) or ABSENT))
 
     def _revoke(self, store, deadline, result, step, snap, current):
         if snap is None:
@@ -1282,7 +1470,7 @@ class RotationService:
         self._seen(snap.current, snap.previous)
         if snap.current != current:
             self._fail(result, "%s changed during the rotation (it now holds fingerprint %s): not revoking; "
-                       "re-run" % (store.describe(), fingerprint(snap.current) or ABSENT))
+                       "re-run" % (store.describe(), self.fingerprint(snap.current) or ABSENT))
         old = snap.previous
         if old is None:
             step("revoke", "skipped", "%s holds no previous value" % store.describe())
@@ -1294,7 +1482,7 @@ class RotationService:
             result["stage"] = "would_revoke"
             result["diff"] = self._diff((snap.current, old), (snap.current, None))
             step("revoke", "skipped", "check mode: %s (fingerprint %s) would be removed" % (store.previous_key,
-                                                                                            fingerprint(old)))
+                                                                                            self.fingerprint(old)))
             return
         backup = store.write(snap, {"previous": None}, deadline)
         result["changed"] = True
@@ -1308,9 +1496,9 @@ class RotationService:
                 step("revoke", "failed", "%s; %s" % (message, err))
                 self._fail(result, "%s. The new value (fingerprint %s) is current and the previous one (fingerprint "
                            "%s) is no longer in the store; call the revoke endpoint again (re-run with "
-                           "revoke_previous)" % (err, fingerprint(current), fingerprint(old)))
+                           "revoke_previous)" % (err, self.fingerprint(current), self.fingerprint(old)))
         step("revoke", "ok", message)
-        result["revoked_fingerprint"] = fingerprint(old)
+        result["revoked_fingerprint"] = self.fingerprint(old)
         result["previous_fingerprint"] = None
         result["stage"] = "revoked"
         result["diff"] = self._diff((current, old), (current, None))
@@ -1325,11 +1513,11 @@ class RotationService:
                 self._fail(result, "after the revocation the test %s refused the current value (fingerprint %s): "
                            "%s. Rolled back: %s holds the previous value (fingerprint %s) again next to the current "
                            "one. Check the consumer, then re-run with revoke_previous."
-                           % (self.test.describe(), fingerprint(current), detail, store.describe(),
-                              fingerprint(old)))
+                           % (self.test.describe(), self.fingerprint(current), detail, store.describe(),
+                              self.fingerprint(old)))
             self._fail(result, "after the revocation the test %s refused the current value (fingerprint %s): %s. "
                        "The previous value was revoked at the endpoint, so it is not put back; check the consumer "
-                       "(backups: %s)" % (self.test.describe(), fingerprint(current), detail,
+                       "(backups: %s)" % (self.test.describe(), self.fingerprint(current), detail,
                                           ", ".join(result["backup_files"]) or "none"))
         if self.test.old_must_fail:
             refused, detail_old, dummy = self.test.wait_for(old, accepted=False)
@@ -1338,8 +1526,8 @@ class RotationService:
                 self._fail(result, "the revoked value (fingerprint %s) is still accepted by %s: the consumer has not "
                            "dropped it (does it re-read %s, or does it need a reload handler?). The new value "
                            "(fingerprint %s) is current and works; reload the consumer and re-run with "
-                           "revoke_previous" % (fingerprint(old), self.test.describe(), store.describe(),
-                                                fingerprint(current)))
+                           "revoke_previous" % (self.fingerprint(old), self.test.describe(), store.describe(),
+                                                self.fingerprint(current)))
             step("retest", "ok", "the current value is accepted and the revoked one refused: %s" % detail_old)
         else:
             step("retest", "ok", "the current value is accepted: %s" % detail)
@@ -1377,9 +1565,7 @@ class BatchRotation:
         if dupes:
             raise ValidationError("secret names must be unique; repeated: %s" % ", ".join(dupes))
         self._check_no_shared_keys()
-        self.revoke_grace = float(revoke_grace or 0.0)
-        if self.revoke_grace < 0:
-            raise ValidationError("revoke_grace cannot be negative")
+        self.revoke_grace = check_timeout(revoke_grace or 0.0, "revoke_grace", minimum=0.0)
         self.check_mode = check_mode
         self._sleep = sleep
 
@@ -1399,7 +1585,7 @@ class BatchRotation:
         values = []
         for dummy, service in self.services:
             values.extend(service.secret_values())
-        return values
+        return maskable(values)
 
     def _each(self, work, services):
         """``work(name, service)`` for every service, at most ``concurrency`` at once; errors are collected."""

@@ -24,15 +24,24 @@ description:
   - With O(revoke_previous=true) the previous value is then removed from the store (and sent to the
     O(revoke) endpoint, if any), and the test is run again - the current value must be accepted and,
     by default, the revoked one refused.
-  - When the test refuses the new value, the store is put back B(exactly) as it was (the same bytes,
-    mode and owner for a file) and the task fails saying why. A working credential is never lost. When other
+  - When the test refuses the new value, the store is put back B(exactly) as it was (the same bytes
+    and owner for a file, mode O(store.mode)) and the task fails saying why. A working credential is never lost. When other
     secrets of the same file, Secret or Vault path were written meanwhile (O(secrets), or another task), this
     secret's keys are put back as they were and the others' updates are kept.
-  - Values never appear in results, messages or diffs; a fingerprint does (the first 12 hex digits of
-    the sha256 of the value).
-  - File writes are atomic (a temp file in the same directory, renamed over the file) and keep the
-    file's mode and owner. With O(backup=true) the file is copied to a mode 0600 backup before every
-    write; RV(backup_files) lists them. Backups hold secrets, so remove them once the rotation is proven.
+  - Values never appear in results, messages or diffs; a fingerprint does. A fingerprint is the first 12 hex
+    digits of the HMAC-SHA256 of the value keyed with the installation's fingerprint key
+    (O(fingerprint_key_path)), so the same value has the same fingerprint in every run that uses that key,
+    while a report alone cannot confirm a guessed value. RV(fingerprint_key_id) names the key; compare
+    fingerprints only between results with the same key id.
+  - As a second line of defence the values of the secret being rotated (current, previous, pending, new)
+    are masked wherever they occur in the output, except values shorter than 8 characters, which cannot
+    be told apart from the words of a path or the digits of a fingerprint (a 1-character value would
+    mangle every one). Other entries of the store are not secrets of this task and are never masked.
+  - File writes are atomic (a temp file created in the same directory with O_EXCL and mode 0600, given the
+    file's owner and O(store.mode), then renamed over the file), so the file is never readable by others,
+    not even for a moment; the file ends mode O(store.mode) (default 0600), whatever its mode was. With
+    O(backup=true) the file is copied to a mode 0600 backup before every write; RV(backup_files) lists them.
+    Backups hold secrets, so remove them once the rotation is proven.
   - "B(Many secrets in one call:) O(secrets) lists them, each with the options of one rotation. They rotate
     concurrently (O(concurrency) at a time), each with the same steps and guarantees; with a grace, every
     secret is rotated first, then O(revoke_grace) is waited B(once), then every previous value is revoked.
@@ -102,9 +111,17 @@ options:
         type: str
       path:
         description:
-          - (env_file, json, yaml) Absolute path of the file on the host the module runs on. It must exist.
-            A symlink is followed.
+          - (env_file, json, yaml) Absolute path of the file on the host the module runs on. It must exist and be
+            a regular file. A path whose last component is a symlink is refused (nothing is read or written), as
+            whoever could replace the file by a symlink would choose where the secret is written. Symlinked
+            directories on the way are followed.
           - (vault_kv2) Path of the secret under O(store.mount_point), for example V(trading/engine).
+        type: str
+      mode:
+        description:
+          - (env_file, json, yaml) The mode of the file after every write (and rollback), as an octal string.
+          - Default V('0600'), whatever the mode of the file was. Give V('0640') (or V('0440')) for a consumer that
+            reads the file through its group. Bits for others and execute bits are refused.
         type: str
       namespace:
         description: (kubernetes) Namespace of the Secret. Default V(default).
@@ -211,11 +228,11 @@ options:
             previous value is kept on purpose and still works.
         type: bool
       timeout:
-        description: Seconds to wait for the expected answer.
+        description: Seconds to wait for the expected answer; a finite number from 0.05 to 86400.
         type: float
         default: 10.0
       interval:
-        description: Seconds between two tries.
+        description: Seconds between two tries; a finite number from 0.05 to 86400.
         type: float
         default: 0.5
       validate_certs:
@@ -328,6 +345,7 @@ options:
         their own schedule switch to the new value before the old one stops working. Set it to the longest
         client refresh interval for a routine rotation; V(0) in a breach, where the old value is compromised.
       - With O(secrets), waited once for all of them, after the last one is promoted.
+      - A finite number from 0 to 86400.
     type: float
     default: 0
   revoke_only:
@@ -348,8 +366,21 @@ options:
     description:
       - Deadline in seconds for the store operations of each step (the test has O(test.timeout)), including
         the wait for the store's lock while other secrets of the same file, Secret or Vault path are written.
+      - A finite number from 0.05 to 86400; V(inf), V(nan) and negative values are refused.
     type: float
     default: 30.0
+  fingerprint_key_path:
+    description:
+      - The file holding the installation's fingerprint key, on the host the module runs on. The key makes the
+        fingerprints in results and diffs (HMAC-SHA256, see the description) and never appears in the output.
+      - Created on first use with 32 random bytes (hex), mode 0600, its directory 0700. In check mode a missing key
+        is not created; the run uses a one-off key (RV(fingerprint_key_id) V(one-off)), so its fingerprints cannot
+        be compared with other runs.
+      - It must be a regular file (not a symlink) of the user running the module, readable by that user only.
+        For fingerprints that agree across hosts, install the same key file on each host the module runs on.
+      - Default the environment variable E(TRADEOPS_FINGERPRINT_KEY_PATH) of the module's host, else
+        C(~/.ansible/tradeops/fingerprint.key) of the user running the module.
+    type: path
 notes:
   - Runs on the host the task runs on; file stores are files of that host. The V(kubernetes) store needs
     the Python library C(kubernetes) and the V(vault_kv2) store C(hvac) there.
@@ -433,7 +464,7 @@ RETURN = r"""
 results:
   description:
     - With O(secrets), one entry per secret, in the order given, never a value. Besides C(name), C(failed)
-      and C(msg), each entry has the keys the single form returns (RV(stage), RV(fingerprint),
+      and C(msg), each entry has the keys the single form returns (RV(stage), RV(fingerprint_key_id), RV(fingerprint),
       RV(previous_fingerprint), RV(pending_fingerprint), RV(revoked_fingerprint), RV(rolled_back), RV(store),
       RV(steps), RV(backup_files)) and C(changed).
   returned: with O(secrets)
@@ -459,8 +490,19 @@ stage:
   returned: without O(secrets)
   type: str
   sample: revoked
+fingerprint_key_id:
+  description:
+    - An id of the fingerprint key (O(fingerprint_key_path)), never the key. Fingerprints are comparable between
+      results with the same id only. V(one-off) in check mode before the key exists.
+  returned: always (with O(secrets), in each entry of RV(results))
+  type: str
+  sample: 5c2e91d0
 fingerprint:
-  description: Fingerprint (first 12 hex digits of the sha256) of the current value in the store.
+  description:
+    - Fingerprint of the current value in the store - the first 12 hex digits of HMAC-SHA256(key, value) with the
+      key of O(fingerprint_key_path) - or V(null) when the store holds none. The same value gives the same
+      fingerprint in every run with the same RV(fingerprint_key_id); without the key a guessed value cannot be
+      confirmed from it.
   returned: without O(secrets)
   type: str
   sample: 3f0a9c1be27d
@@ -506,12 +548,14 @@ backup_files:
   sample: [/etc/trading/engine.env.20250101T120000.000001.4242.bak]
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, env_fallback
 
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import check_timeout
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError, ValidationError
 from ansible_collections.tradeops.remediation.plugins.module_utils._secrets import (
     STORE_TYPES,
     BatchRotation,
+    Fingerprinter,
     RotationFailed,
     RotationService,
     build_store,
@@ -523,6 +567,7 @@ STORE_SPEC = dict(
     previous_key=dict(type="str", no_log=False),
     pending_key=dict(type="str", no_log=False),
     path=dict(type="str"),
+    mode=dict(type="str"),
     # kubernetes
     namespace=dict(type="str"),
     name=dict(type="str"),
@@ -605,12 +650,18 @@ ARGUMENT_SPEC = dict(
     revoke_grace=dict(type="float", default=0.0),
     revoke_only=dict(type="bool", default=False),
     timeout=dict(type="float", default=30.0),
+    fingerprint_key_path=dict(type="path", no_log=False, fallback=(env_fallback, ["TRADEOPS_FINGERPRINT_KEY_PATH"])),
 )
 
 
-def _service(secret, params, check_mode):
+def _fingerprinter(module):
+    """The installation's keyed fingerprints (the key file is created on first use, not in check mode)."""
+    return Fingerprinter.from_file(module.params["fingerprint_key_path"], create=not module.check_mode)
+
+
+def _service(secret, params, check_mode, fingerprint):
     """A RotationService for one secret's options (``secret``) and the batch-wide ones (``params``)."""
-    store = build_store(secret["store"], backup=secret["backup"])
+    store = build_store(secret["store"], backup=secret["backup"], fingerprint=fingerprint)
     return RotationService(
         store,
         value=secret["value"],
@@ -630,7 +681,7 @@ def run_single(module):
     p = module.params
     service = None
     try:
-        service = _service(p, p, module.check_mode)
+        service = _service(p, p, module.check_mode, _fingerprinter(module))
         result = service.run()
     except ValidationError as err:
         module.fail_json(msg="rotate_secret: %s. Nothing was changed: fix the options and re-run." % err)
@@ -655,19 +706,25 @@ def run_batch(module):
     p = module.params
     services = []
     try:
+        # the batch-wide options first, so that an error names them and not the first secret
+        check_timeout(p["timeout"], "timeout")
+        check_timeout(p["revoke_grace"], "revoke_grace", minimum=0.0)
+        fingerprint = _fingerprinter(module)
         for i, item in enumerate(p["secrets"]):
             secret = dict(item)
             for option in INHERITED:
                 if secret[option] is None:
                     secret[option] = p[option]
             try:
-                services.append((item["name"], _service(secret, p, module.check_mode)))
+                services.append((item["name"], _service(secret, p, module.check_mode, fingerprint)))
             except ValidationError as err:
                 raise ValidationError("secrets[%d] (%s): %s" % (i, item["name"], err))
         batch = BatchRotation(services, concurrency=p["concurrency"], revoke_grace=p["revoke_grace"],
                               check_mode=module.check_mode)
     except ValidationError as err:
         module.fail_json(msg="rotate_secret: %s. Nothing was changed: fix the options and re-run." % err)
+    except TradeopsError as err:
+        module.fail_json(msg="rotate_secret: %s. Nothing was changed." % err)
 
     results, diffs, failed = batch.run()
     # every value seen is masked in the output too, as a second line of defence

@@ -79,8 +79,11 @@ def refused_everywhere(lab, token, wait=2.0) -> bool:
         time.sleep(0.1)
 
 
-def fingerprint(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()[:12]
+def fingerprint(value: str, key_path: Path) -> str:
+    """rotate_secret's fingerprint of ``value``: keyed with the fingerprint key file of ``key_path``."""
+    from ansible_collections.tradeops.remediation.plugins.module_utils._secrets import Fingerprinter
+
+    return Fingerprinter.from_file(str(key_path))(value)
 
 
 class Gate:
@@ -308,10 +311,15 @@ def plant(lab, value):
     assert accepted_everywhere(lab, value)
 
 
-def test_a_planted_secret_is_not_shown_by_check_diff_at_vvv(lab_factory, tmp_path):
+def test_a_planted_secret_is_not_shown_by_check_diff_at_vvv(lab_factory, tmp_path, monkeypatch):
     lab = lab_factory(engines=3)
     canary = "CANARYplanted" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
     plant(lab, canary)
+    # the installation's fingerprint key, made by an earlier run (check mode creates none); ansible-playbook
+    # and its modules inherit the variable (tests.conftest.ansible_env)
+    key_path = tmp_path / "state" / "fingerprint.key"
+    monkeypatch.setenv("TRADEOPS_FINGERPRINT_KEY_PATH", str(key_path))
+    expected = fingerprint(canary, key_path)
     before = (lab.dir / "secrets.env").read_bytes()
     for playbook in ("rotate_secrets.yml", "security_breach.yml"):
         proc = lab.run_playbook(playbook, "--check", "--diff", "-vvv", "-e", f"incident_report_dir={tmp_path}",
@@ -319,7 +327,8 @@ def test_a_planted_secret_is_not_shown_by_check_diff_at_vvv(lab_factory, tmp_pat
         out = proc.stdout + proc.stderr
         # the rotation ran in check mode and showed its diff: fingerprints, never the value
         assert "Stage, test and promote each secret" in out, out[-3000:]
-        assert f"ADMIN_TOKEN: {fingerprint(canary)}" in out, out[-3000:]
+        assert f"ADMIN_TOKEN: {expected}" in out, out[-3000:]
+        assert hashlib.sha256(canary.encode()).hexdigest()[:12] not in out  # keyed, not a bare sha256
         assert canary not in out, playbook
     assert (lab.dir / "secrets.env").read_bytes() == before  # check mode changed nothing
     assert accepted_everywhere(lab, canary, wait=0)

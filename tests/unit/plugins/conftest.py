@@ -1,4 +1,4 @@
-"""Fixtures shared by the module_utils and module tests of rotate_secret's batch form."""
+"""Fixtures shared by the module_utils and module tests of rotate_secret."""
 
 from __future__ import annotations
 
@@ -8,6 +8,15 @@ import pytest
 
 from tests.unit.plugins.module_utils.test_secrets import Consumer
 from tests.unit.plugins.module_utils.test_secrets_batch import HEAD, KEYS, TAIL, env_values, old_value
+
+
+@pytest.fixture(autouse=True)
+def fingerprint_key_path(tmp_path_factory, monkeypatch):
+    """rotate_secret's fingerprint key (TRADEOPS_FINGERPRINT_KEY_PATH) in a temp dir of each test, never the
+    real ~/.ansible/tradeops/fingerprint.key; created by the module on first use."""
+    path = tmp_path_factory.mktemp("fpkey") / "state" / "fingerprint.key"
+    monkeypatch.setenv("TRADEOPS_FINGERPRINT_KEY_PATH", str(path))
+    return path
 
 
 @pytest.fixture

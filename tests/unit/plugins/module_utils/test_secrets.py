@@ -29,10 +29,13 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._secrets impo
     RotationFailed,
     RotationService,
     build_store,
-    fingerprint,
+    one_off_fingerprinter,
 )
 
 from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
+
+# stores built without a fingerprinter use this process's one-off key
+fingerprint = one_off_fingerprinter()
 
 CANARY = "CANARY-old-secret-7f3e9a1d2c"
 
@@ -223,8 +226,26 @@ def env_file(tmp_path, text, mode=0o640):
 # ---------------------------------------------------------------------------- helpers
 
 
-def test_fingerprint_is_a_sha256_prefix_and_generate_uses_the_alphabet():
-    assert fingerprint("abc") == "ba7816bf8f01"
+def test_fingerprints_are_keyed_with_the_installations_key_file(tmp_path):
+    import hashlib
+
+    key_path = tmp_path / "state" / "fingerprint.key"
+    # check mode (create=False): no key yet, a one-off key, and nothing written
+    one_off = _secrets.Fingerprinter.from_file(str(key_path), create=False)
+    assert one_off.key_id == "one-off" and not key_path.parent.exists()
+    first = _secrets.Fingerprinter.from_file(str(key_path))
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    again = _secrets.Fingerprinter.from_file(str(key_path))  # another run of the same installation
+    other = _secrets.Fingerprinter.from_file(str(tmp_path / "other.key"))
+    assert first("abc") == again("abc") and first.key_id == again.key_id
+    assert re.match(r"^[0-9a-f]{12}$", first("abc")) and first("abc") != first("abd")
+    assert first("abc") != hashlib.sha256(b"abc").hexdigest()[:12] != other("abc")
+    assert first("abc") != other("abc") and first.key_id != other.key_id
+    assert key_path.read_text().strip() not in repr(first) and first(None) is None
+    assert _secrets.Fingerprinter.from_file(str(key_path), create=False).key_id == first.key_id
+
+
+def test_generate_uses_the_alphabet():
     assert fingerprint(None) is None
     for alphabet, pattern in (("hex", r"^[0-9a-f]{40}$"), ("alnum", r"^[A-Za-z0-9]{40}$"),
                               ("urlsafe", r"^[A-Za-z0-9_-]{40}$")):
@@ -314,7 +335,7 @@ def test_json_and_yaml_rotate_at_a_dotted_path(tmp_path, kind, consumer):
         assert path.read_text().startswith('{\n    "engine"')  # indentation kept
     assert result["stage"] == "finished" and result["fingerprint"] == fingerprint(new)
     assert result["previous_fingerprint"] == fingerprint(CANARY)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o604
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # it was 0604: a secret file ends 0600
     backup = result["backup_files"][0]  # one before the set, one before the finish
     assert len(result["backup_files"]) == 2
     assert open(backup, "rb").read() == before and stat.S_IMODE(os.stat(backup).st_mode) == 0o600

@@ -21,11 +21,14 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._secrets impo
     BatchRotation,
     RotationService,
     build_store,
-    fingerprint,
+    one_off_fingerprinter,
 )
 
 from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
 from tests.unit.plugins.module_utils.test_secrets import CANARY, Consumer, FakeVault
+
+# stores built without a fingerprinter use this process's one-off key
+fingerprint = one_off_fingerprinter()
 
 KEYS = [f"TOKEN_{i:02d}" for i in range(20)]
 HEAD = "# engine secrets: keep this comment\nexport DB_URL=postgres://db/x\n"
@@ -64,7 +67,7 @@ def assert_rotated_and_intact(path, keys, st_before):
     text = path.read_text()
     assert text.startswith(HEAD) and text.endswith(TAIL), "the file's other lines changed"
     st = os.stat(path)
-    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, st_before.st_uid, st_before.st_gid)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, st_before.st_uid, st_before.st_gid)  # was 0640
     assert [p.name for p in path.parent.iterdir() if ".tradeops-" in p.name] == []  # no temp file left
 
 

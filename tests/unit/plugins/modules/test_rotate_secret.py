@@ -17,6 +17,7 @@ import stat
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
+from ansible_collections.tradeops.remediation.plugins.module_utils._secrets import Fingerprinter
 from ansible_collections.tradeops.remediation.plugins.modules import rotate_secret
 
 from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
@@ -26,9 +27,8 @@ NEW_CANARY = "CANARY-provided-new-value-51b0e2"
 
 
 def fp(value):
-    import hashlib
-
-    return hashlib.sha256(value.encode()).hexdigest()[:12]
+    """The fingerprint the module gives ``value``: keyed with this test's key file (conftest.py)."""
+    return Fingerprinter.from_file(os.environ["TRADEOPS_FINGERPRINT_KEY_PATH"])(value)
 
 
 @pytest.fixture
@@ -84,9 +84,9 @@ def test_env_file_rotation_promotes_and_returns_only_fingerprints(capsys, tmp_pa
     assert out["fingerprint"] == fp(new) and out["previous_fingerprint"] == fp(CANARY)
     assert out["pending_fingerprint"] == fp(new) and out["revoked_fingerprint"] is None
     assert [s["step"] for s in out["steps"]] == ["create", "set", "test", "finish"]
-    # atomic write kept mode and owner; the backup is 0600 and holds the file as it was
+    # atomic write kept the owner; the file ends 0600 (it was 0640); the backup is 0600 and holds the file as it was
     st2 = os.stat(path)
-    assert stat.S_IMODE(st2.st_mode) == 0o640 and (st2.st_uid, st2.st_gid) == (st.st_uid, st.st_gid)
+    assert stat.S_IMODE(st2.st_mode) == 0o600 and (st2.st_uid, st2.st_gid) == (st.st_uid, st.st_gid)
     assert len(out["backup_files"]) == 2  # before the set (pending) and before the finish (promote)
     backup = out["backup_files"][0]
     assert stat.S_IMODE(os.stat(backup).st_mode) == 0o600 and open(backup, "rb").read() == before
@@ -107,7 +107,8 @@ def test_failed_test_rolls_back_byte_identical_and_the_previous_token_still_work
     assert out["_rc"] == 1 and out["failed"] is True
     assert path.read_bytes() == before
     st2 = os.stat(path)
-    assert (stat.S_IMODE(st2.st_mode), st2.st_uid, st2.st_gid) == (0o640, st.st_uid, st.st_gid)
+    # the same bytes and owner; a secret file ends 0600 (it was 0640), a rollback too
+    assert (stat.S_IMODE(st2.st_mode), st2.st_uid, st2.st_gid) == (0o600, st.st_uid, st.st_gid)
     assert consumer.works(CANARY)
     assert out["rolled_back"] is True and out["stage"] == "rolled_back" and out["fingerprint"] == fp(CANARY)
     assert out["msg"].startswith(f"rotate_secret: the test GET {consumer.url}/whoami refused the new value "
