@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import read_json
+from tests.unit.lab.helpers import wait_until
 from tradeops.lab.procs import http_request
 
 pytestmark = pytest.mark.integration
@@ -37,17 +38,6 @@ def trading_status(lab, name):
     res = engine_call(lab, name, "GET", "/api/v1/trading/status")
     assert res.status == 200, (name, res.status, res.text)
     return res.json()
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def flushed_past(lab, witness, moment, orders=3, timeout=10.0):
