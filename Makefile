@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # (/tmp/pytest-of-$USER), which would delete the lab (and its halt flags) of another run.
 PYTEST_BASE := --basetemp=$(abspath tests/output/tmp)
 
-.PHONY: setup test unit integration sanity drill lint bench clean images molecule
+.PHONY: setup test unit integration sanity drill lint bench clean images molecule docs
 
 setup:
 	@scripts/setup.sh
@@ -44,6 +44,11 @@ sanity: setup
 ## The main job: a P0 drill against a 20-engine lab, with its report.
 drill: setup
 	$(BIN)/tradeops drill p0 --engines $(ENGINES)
+
+## Write the backends' doc fragments (plugins/doc_fragments) into the modules' DOCUMENTATION, where they take
+## the options inside lists; tests/unit/plugins/test_doc_fragments.py fails while a copy is stale.
+docs: setup
+	$(BIN)/python scripts/docs.py
 
 lint: setup
 	$(BIN)/ruff check src tests bench plugins

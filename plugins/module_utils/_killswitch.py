@@ -30,40 +30,20 @@ import io
 import json
 import os
 import posixpath
-import socket
 import tarfile
 import tempfile
 import time
 
-from ansible_collections.tradeops.remediation.plugins.module_utils import _http
+from ansible_collections.tradeops.remediation.plugins.module_utils import _docker, _http, _kubernetes, _redis
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import check_timeout, fan_out
-from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
-    BackendError,
-    MissingLibraryError,
-    TradeopsError,
-    ValidationError,
-)
+from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, TradeopsError, ValidationError
+from ansible_collections.tradeops.remediation.plugins.module_utils._validate import compose, require, whole
 
 HALTED = "halted"
 RESUMED = "resumed"
 METHOD_TYPES = ("http", "redis", "file", "docker", "kubernetes")
 K8S_REPLICAS_ANNOTATION = "tradeops.io/halted-replicas"
 VERIFY_POLL_INTERVAL = 0.1
-
-
-def _whole(value, option, default, minimum, maximum):
-    """A whole number option within [minimum, maximum] (``default`` when unset), naming the option."""
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValidationError("%s must be a whole number, got %r" % (option, value))
-    if isinstance(value, float) and value != number:
-        raise ValidationError("%s must be a whole number, got %r" % (option, value))
-    if not minimum <= number <= maximum:
-        raise ValidationError("%s must be between %d and %d, got %d" % (option, minimum, maximum, number))
-    return number
 
 
 def hold_summary(holds, expires_at, durable):
@@ -97,6 +77,10 @@ def _now_ms(start):
 class VerifyRequest:
     """GET a status URL and compare one JSON field with the halted / resumed value."""
 
+    argspec = _http.argspec("transport", "auth", url=dict(type="str"), method=dict(type="str"),
+                            field=dict(type="str"), value=dict(type="raw"), resumed_value=dict(type="raw"),
+                            wait=dict(type="float"))
+
     def __init__(self, spec, where):
         self.where = where
         self.url = spec.get("url")
@@ -112,18 +96,13 @@ class VerifyRequest:
                                   % (where, self.field))
         self.halted_value = spec.get("value")
         self.resumed_value = spec.get("resumed_value")
-        self.headers = dict(spec.get("headers") or {})
-        if spec.get("token"):
-            self.headers[spec.get("token_header") or "X-Admin-Token"] = spec["token"]
         self.wait = check_timeout(spec.get("wait") if spec.get("wait") is not None else 2.0, where + ".wait",
                                   minimum=0)
-        self.validate_certs = spec.get("validate_certs", True) is not False
-        self.ca_path = spec.get("ca_path")
+        self.client = _http.client(_http.http_options(spec, where))
 
     def read(self, deadline):
         """Return (halted: bool|None, observed value) from one request. None = cannot tell."""
-        resp = _http.request(self.url, self.method, self.headers, None, deadline.call_timeout(),
-                             self.validate_certs, self.ca_path)
+        resp = self.client.request(self.url, self.method, deadline=deadline)
         if resp.status >= 400:
             raise BackendError("verify %s answered HTTP %d" % (self.url, resp.status))
         try:
@@ -158,6 +137,9 @@ class Method:
 
     type = None
     required = ()
+    # The argument spec of this type's options (its own and its backend's fragment), no defaults:
+    # halt_trading composes the methods' suboptions from every type's (method_argspec()).
+    argspec = {}
     # A method that stops the engine itself (container stop, scale to zero): with apply_all it is still
     # used as a fallback, but not applied on top of a halt that already verified, since it would take
     # the engine (and the evidence in it) down when a durable flag holds the halt as well.
@@ -166,9 +148,7 @@ class Method:
     def __init__(self, spec, where):
         self.spec = spec
         self.where = where
-        for opt in self.required:
-            if spec.get(opt) in (None, ""):
-                raise ValidationError("%s.%s is required for the %s method" % (where, opt, self.type))
+        require(spec, self.required, where, "the %s method" % self.type)
         verify = spec.get("verify")
         self.verify = VerifyRequest(verify, where + ".verify") if verify else None
 
@@ -200,14 +180,14 @@ class Method:
 class HttpMethod(Method):
     type = "http"
     required = ("url",)
+    argspec = _http.argspec("transport", "auth", url=dict(type="str"), method=dict(type="str"), body=dict(type="raw"),
+                            status_codes=dict(type="list", elements="int"), resume_url=dict(type="str"),
+                            resume_method=dict(type="str"), resume_body=dict(type="raw"))
 
     def __init__(self, spec, where):
         super(HttpMethod, self).__init__(spec, where)
         self.url = _http.check_url(spec["url"], where + ".url")
         self.http_method = (spec.get("method") or "POST").upper()
-        self.headers = dict(spec.get("headers") or {})
-        if spec.get("token"):
-            self.headers[spec.get("token_header") or "X-Admin-Token"] = spec["token"]
         self.body = spec.get("body")
         self.status_codes = list(spec.get("status_codes") or [200, 201, 202, 204])
         self.resume_url = spec.get("resume_url")
@@ -215,15 +195,13 @@ class HttpMethod(Method):
             _http.check_url(self.resume_url, where + ".resume_url")
         self.resume_method = (spec.get("resume_method") or "POST").upper()
         self.resume_body = spec.get("resume_body")
-        self.validate_certs = spec.get("validate_certs", True) is not False
-        self.ca_path = spec.get("ca_path")
+        self.client = _http.client(_http.http_options(spec, where))
 
     def describe(self):
         return "http %s %s" % (self.http_method, self.url)
 
     def _send(self, url, method, body, deadline):
-        resp = _http.request(url, method, self.headers, body, deadline.call_timeout(),
-                             self.validate_certs, self.ca_path)
+        resp = self.client.request(url, method, body, deadline=deadline)
         if resp.status not in self.status_codes:
             raise BackendError("%s %s answered HTTP %d: %s" % (method, url, resp.status, resp.text(120)))
         return "HTTP %d" % resp.status
@@ -252,6 +230,7 @@ class FileMethod(Method):
 
     type = "file"
     required = ("path",)
+    argspec = dict(path=dict(type="path"))
 
     def __init__(self, spec, where):
         super(FileMethod, self).__init__(spec, where)
@@ -297,47 +276,22 @@ class RedisMethod(Method):
 
     type = "redis"
     required = ("key",)
+    argspec = _redis.argspec(key=dict(type="str", no_log=False), ttl=dict(type="int"), value=dict(type="str"))
 
     def __init__(self, spec, where):
         super(RedisMethod, self).__init__(spec, where)
         self.key = spec["key"]
-        self.ttl = _whole(spec.get("ttl"), where + ".ttl", 3600, 1, 366 * 86400)
+        self.ttl = whole(spec.get("ttl"), where + ".ttl", 3600, 1, 366 * 86400)
         # Set by HaltService: no expiry on the key while the incident is open (see the module docs).
         self.hold_until_resumed = True
-        self.host = spec.get("host") or "127.0.0.1"
-        self.port = _whole(spec.get("port"), where + ".port", 6379, 1, 65535)
-        self.db = _whole(spec.get("db"), where + ".db", 0, 0, 2 ** 31 - 1)
-        self.username = spec.get("username")
-        self.password = spec.get("password")
-        self.tls = bool(spec.get("tls"))
+        self.redis = _redis.redis_options(spec, where)
         self.value = spec.get("value")
 
     def describe(self):
-        return "redis %s:%d/%d key %s" % (self.host, self.port, self.db, self.key)
-
-    def _client(self, deadline):
-        try:
-            import redis
-        except ImportError:
-            raise MissingLibraryError("redis", "the redis kill-switch method")
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-        timeout = deadline.call_timeout()
-        # No retries: redis-py's default retry makes a refused connection take seconds whatever the
-        # timeout, and the next method of the chain must still get its share of the deadline.
-        return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
-                           password=self.password, ssl=self.tls, socket_timeout=timeout,
-                           socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        return "redis %s key %s" % (self.redis.describe(), self.key)
 
     def _call(self, deadline, fn):
-        import redis
-        client = self._client(deadline)
-        try:
-            return fn(client)
-        except redis.RedisError as err:
-            raise BackendError("redis %s:%d: %s" % (self.host, self.port, err))
-        finally:
-            client.close()
+        return _redis.call(self.redis, deadline, fn, "the redis kill-switch method")
 
     def read_flag(self, deadline):
         return bool(self._call(deadline, lambda c: c.exists(self.key)))
@@ -383,17 +337,18 @@ class DockerMethod(Method):
 
     type = "docker"
     required = ("container",)
+    argspec = _docker.argspec(action=dict(type="str"), flag_path=dict(type="str"), stop_timeout=dict(type="int"))
 
     def __init__(self, spec, where):
         super(DockerMethod, self).__init__(spec, where)
-        self.container = spec["container"]
+        self.docker = _docker.docker_options(spec, where)
+        self.container = self.docker.container
         self.action = spec.get("action") or "flag"
         if self.action not in ("flag", "stop"):
             raise ValidationError("%s.action must be flag or stop, got %r" % (where, self.action))
         self.disruptive = self.action == "stop"
         self.flag_path = spec.get("flag_path") or "/tmp/EMERGENCY_STOP"
-        self.docker_host = spec.get("docker_host") or "unix:///var/run/docker.sock"
-        self.stop_timeout = _whole(spec.get("stop_timeout"), where + ".stop_timeout", 10, 0, 3600)
+        self.stop_timeout = whole(spec.get("stop_timeout"), where + ".stop_timeout", 10, 0, 3600)
 
     def describe(self):
         if self.action == "stop":
@@ -401,23 +356,7 @@ class DockerMethod(Method):
         return "docker flag %s:%s" % (self.container, self.flag_path)
 
     def _call(self, deadline, fn):
-        try:
-            import docker
-            from docker.errors import DockerException
-        except ImportError:
-            raise MissingLibraryError("docker", "the docker kill-switch method")
-        try:
-            client = docker.DockerClient(base_url=self.docker_host, timeout=deadline.call_timeout())
-        except DockerException as err:
-            raise BackendError("docker at %s: %s" % (self.docker_host, err))
-        try:
-            return fn(client.containers.get(self.container))
-        except DockerException as err:
-            raise BackendError("docker container %s: %s" % (self.container, err))
-        except (socket.timeout, OSError) as err:
-            raise BackendError("docker at %s: %s" % (self.docker_host, err))
-        finally:
-            client.close()
+        return _docker.container_call(self.docker, deadline, fn, "the docker kill-switch method")
 
     def _exec(self, container, argv):
         if container.status != "running":
@@ -491,53 +430,21 @@ class KubernetesMethod(Method):
 
     type = "kubernetes"
     required = ("deployment",)
+    argspec = _kubernetes.argspec(deployment=dict(type="str"))
     disruptive = True
 
     def __init__(self, spec, where):
         super(KubernetesMethod, self).__init__(spec, where)
         self.deployment = spec["deployment"]
-        self.namespace = spec.get("namespace") or "default"
-        self.kubeconfig = spec.get("kubeconfig")
-        self.context = spec.get("context")
-        self.api_host = spec.get("api_url")
-        self.api_key = spec.get("api_key")
-        self.validate_certs = spec.get("validate_certs", True) is not False
+        self.k8s = _kubernetes.kubernetes_options(spec, where)
+        self.namespace = self.k8s.namespace
 
     def describe(self):
         return "kubernetes scale %s/%s to 0" % (self.namespace, self.deployment)
 
-    def _api(self):
-        try:
-            from kubernetes import client, config
-        except ImportError:
-            raise MissingLibraryError("kubernetes", "the kubernetes kill-switch method")
-        if self.api_host:
-            conf = client.Configuration()
-            conf.host = self.api_host
-            conf.verify_ssl = self.validate_certs
-            if self.api_key:
-                conf.api_key = {"authorization": "Bearer " + self.api_key}
-            api_client = client.ApiClient(conf)
-        else:
-            try:
-                api_client = config.new_client_from_config(config_file=self.kubeconfig, context=self.context)
-            except Exception as err:  # noqa: BLE001 - kubeconfig errors come in many types
-                raise BackendError("cannot load kubeconfig: %s" % err)
-        return client.AppsV1Api(api_client), api_client
-
     def _call(self, deadline, fn):
-        api, api_client = self._api()
-        try:
-            return fn(api, deadline.call_timeout())
-        except TradeopsError:
-            raise
-        except Exception as err:  # noqa: BLE001 - ApiException, urllib3 errors
-            status = getattr(err, "status", None)
-            reason = getattr(err, "reason", None) or str(err).splitlines()[0]
-            raise BackendError("deployment %s/%s: %s%s" % (
-                self.namespace, self.deployment, ("HTTP %s " % status) if status else "", reason))
-        finally:
-            api_client.close()
+        return _kubernetes.call(self.k8s, deadline, fn, "deployment %s/%s" % (self.namespace, self.deployment),
+                                purpose="the kubernetes kill-switch method")
 
     def _read(self, api, timeout):
         return api.read_namespaced_deployment(self.deployment, self.namespace, _request_timeout=timeout)
@@ -584,6 +491,18 @@ BACKENDS = {
     "docker": DockerMethod,
     "kubernetes": KubernetesMethod,
 }
+
+
+def verify_argspec():
+    """The suboptions of a verify request (``targets[].verify``, ``targets[].methods[].verify``)."""
+    return compose(VerifyRequest.argspec)
+
+
+def method_argspec():
+    """The suboptions of ``targets[].methods``: every method type's options, merged (an option two types
+    share, like ``validate_certs``, has the same spec in both), and the method's own verify request."""
+    return compose(dict(type=dict(type="str")), *(BACKENDS[t].argspec for t in METHOD_TYPES),
+                   dict(verify=dict(type="dict", options=verify_argspec())))
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,15 +27,16 @@ import time
 
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
-from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _postgres
+from ansible_collections.tradeops.remediation.plugins.module_utils import _docker, _http, _kubernetes, _postgres, _redis
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import MAX_TIMEOUT, Deadline, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._redact import redact
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
-    MissingLibraryError,
     TradeopsError,
     ValidationError,
 )
+from ansible_collections.tradeops.remediation.plugins.module_utils._validate import missing as _missing
+from ansible_collections.tradeops.remediation.plugins.module_utils._validate import compose, number
 
 GO = "GO"
 NOGO = "NO-GO"
@@ -58,36 +59,12 @@ def _elapsed_ms(start):
     return int((time.monotonic() - start) * 1000)
 
 
-def _missing(value):
-    return value is None or value == ""
-
-
 # --------------------------------------------------------------------------------------------
 # Option helpers: every message names the probe and the option
 # --------------------------------------------------------------------------------------------
-def _number(spec, option, where, integer=False, minimum=None, maximum=None, above=None, default=None):
-    value = spec.get(option)
-    if value is None:
-        return default
-    kind = "a whole number" if integer else "a number"
-    where = (where + ": ") if where else ""
-    try:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        number = int(value) if integer else float(value)
-        if integer and float(value) != number:
-            raise ValueError(value)
-    except (TypeError, ValueError):
-        raise ValidationError("%s%s must be %s, got %r" % (where, option, kind, value))
-    if not integer and not math.isfinite(number):
-        raise ValidationError("%s%s must be a finite number, got %s" % (where, option, value))
-    if above is not None and not number > above:
-        raise ValidationError("%s%s must be greater than %s, got %s" % (where, option, above, value))
-    if minimum is not None and number < minimum:
-        raise ValidationError("%s%s must be at least %s, got %s" % (where, option, minimum, value))
-    if maximum is not None and number > maximum:
-        raise ValidationError("%s%s must be at most %s, got %s" % (where, option, maximum, value))
-    return number
+def _number(spec, option, where, default=None, **bounds):
+    """``spec[option]`` as a bounded number (see :func:`_validate.number`), named "<where>: <option>"."""
+    return number(spec.get(option), ("%s: %s" % (where, option)) if where else option, default=default, **bounds)
 
 
 def _port(spec, option, where, default=None):
@@ -261,18 +238,19 @@ class Probe:
 
     type = None
     required = ()
-    options = ()
-    secret_options = ()
+    # The argument spec of this type's options (its own and its backend's fragment), no defaults:
+    # health_check composes the probes' suboptions from every type's (probe_argspec()).
+    argspec = {}
 
     def __init__(self, index, spec):
         self.index = index
         self.spec = spec
         self.name = spec["name"]
         self.where = "probes[%d] (%s)" % (index, self.name)
-        allowed = set(COMMON_OPTIONS) | set(self.options)
+        allowed = set(COMMON_OPTIONS) | set(self.argspec)
         for option in sorted(spec):
             if option not in allowed and spec[option] is not None:
-                users = [t for t in PROBE_TYPES if option in PROBES[t].options]
+                users = [t for t in PROBE_TYPES if option in PROBES[t].argspec]
                 raise ValidationError("%s: %s does not apply to the %s probe%s" % (
                     self.where, option, self.type,
                     " (it is an option of the %s probe)" % " and ".join(users) if users else ""))
@@ -285,7 +263,8 @@ class Probe:
             raise ValidationError("%s: severity must be critical or warning, got %r" % (self.where, self.severity))
         component = spec.get("component")
         self.component = None if _missing(component) else str(component)
-        self.secrets = [str(spec[o]) for o in self.secret_options if not _missing(spec.get(o))]
+        self.secrets = [str(spec[o]) for o, option in self.argspec.items()
+                        if option.get("no_log") and not _missing(spec.get(o))]
 
     def check(self, deadline):
         """Return (ok, value, message); raise TradeopsError for a NO-GO with a message only."""
@@ -297,9 +276,9 @@ class HttpProbe(Probe):
 
     type = "http"
     required = ("url",)
-    options = ("url", "method", "headers", "token", "token_header", "status", "field", "value",
-               "max_latency_ms", "validate_certs", "ca_path")
-    secret_options = ("token",)
+    argspec = _http.argspec("transport", "auth", url=dict(type="str"), method=dict(type="str"),
+                            status=dict(type="list", elements="int"), field=dict(type="str"),
+                            value=dict(type="raw"), max_latency_ms=dict(type="float"))
 
     def __init__(self, index, spec):
         super(HttpProbe, self).__init__(index, spec)
@@ -309,12 +288,7 @@ class HttpProbe(Probe):
         if self.method not in SAFE_HTTP_METHODS:
             raise ValidationError("%s: method must be one of %s (a probe never changes anything), got %r"
                                   % (where, ", ".join(SAFE_HTTP_METHODS), spec.get("method")))
-        headers = spec.get("headers") or {}
-        if not isinstance(headers, dict):
-            raise ValidationError("%s: headers must be a dict" % where)
-        self.headers = dict((str(k), str(v)) for k, v in headers.items())
-        if not _missing(spec.get("token")):
-            self.headers[spec.get("token_header") or "X-Admin-Token"] = str(spec["token"])
+        self.client = _http.client(_http.http_options(spec, where + ": "))
         status = spec.get("status")
         if status is None:
             status = [200]
@@ -334,12 +308,9 @@ class HttpProbe(Probe):
         if not _missing(self.field) and self.method == "HEAD":
             raise ValidationError("%s: field needs a response body; use method GET, not HEAD" % where)
         self.max_latency_ms = _number(spec, "max_latency_ms", where, above=0)
-        self.validate_certs = spec.get("validate_certs") is not False
-        self.ca_path = spec.get("ca_path")
 
     def check(self, deadline):
-        resp = _http.request(self.url, self.method, self.headers, None, deadline.call_timeout(),
-                             self.validate_certs, self.ca_path)
+        resp = self.client.request(self.url, self.method, deadline=deadline)
         what = "%s %s answered HTTP %d in %d ms" % (self.method, self.url, resp.status, resp.latency_ms)
         if resp.status not in self.status:
             return False, resp.status, "%s, expected %s: %s" % (
@@ -364,7 +335,7 @@ class TcpProbe(Probe):
 
     type = "tcp"
     required = ("host", "port")
-    options = ("host", "port")
+    argspec = dict(host=dict(type="str"), port=dict(type="int"))
 
     def __init__(self, index, spec):
         super(TcpProbe, self).__init__(index, spec)
@@ -389,8 +360,7 @@ class PostgresProbe(Probe):
     """Connect to PostgreSQL and run SELECT 1."""
 
     type = "postgres"
-    options = tuple(_postgres.postgres_connection_spec())
-    secret_options = ("login_password",)
+    argspec = _postgres.probe_connection_spec()
 
     def __init__(self, index, spec):
         super(PostgresProbe, self).__init__(index, spec)
@@ -420,37 +390,15 @@ class RedisProbe(Probe):
     """Redis PING."""
 
     type = "redis"
-    options = ("host", "port", "db", "username", "password", "tls")
-    secret_options = ("password",)
+    argspec = _redis.argspec()
 
     def __init__(self, index, spec):
         super(RedisProbe, self).__init__(index, spec)
-        self.host = spec.get("host") or "127.0.0.1"
-        self.port = _port(spec, "port", self.where, default=6379)
-        self.db = _number(spec, "db", self.where, integer=True, minimum=0, default=0)
-        self.username = spec.get("username")
-        self.password = spec.get("password")
-        self.tls = bool(spec.get("tls"))
+        self.redis = _redis.redis_options(spec, self.where + ": ", range_messages=False)
+        self.host, self.port = self.redis.host, self.redis.port
 
     def check(self, deadline):
-        try:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError:
-            raise MissingLibraryError("redis", "the redis probe")
-        timeout = deadline.call_timeout()
-        # One attempt: redis-py retries connection errors with backoff by default, which would
-        # spend the probe's timeout on a peer that already refused.
-        client = redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
-                             password=self.password, ssl=self.tls, socket_timeout=timeout,
-                             socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
-        try:
-            pong = client.ping()
-        except redis.RedisError as err:
-            raise BackendError("redis %s:%d: %s" % (self.host, self.port, err))
-        finally:
-            client.close()
+        pong = _redis.call(self.redis, deadline, lambda client: client.ping(), "the redis probe")
         if pong is not True:
             return False, str(pong), "redis %s:%d answered PING with %r" % (self.host, self.port, pong)
         return True, "PONG", "redis %s:%d answered PING" % (self.host, self.port)
@@ -461,32 +409,16 @@ class DockerProbe(Probe):
 
     type = "docker"
     required = ("container",)
-    options = ("container", "docker_host")
+    argspec = _docker.argspec()
 
     def __init__(self, index, spec):
         super(DockerProbe, self).__init__(index, spec)
-        self.container = str(spec["container"])
-        self.docker_host = spec.get("docker_host") or "unix:///var/run/docker.sock"
+        self.docker = _docker.docker_options(spec, self.where + ": ")
+        self.container = self.docker.container
 
     def _inspect(self, deadline):
-        try:
-            import docker
-            from docker.errors import DockerException, NotFound
-        except ImportError:
-            raise MissingLibraryError("docker", "the docker probe")
-        try:
-            client = docker.DockerClient(base_url=self.docker_host, timeout=deadline.call_timeout())
-        except (DockerException, OSError) as err:
-            raise BackendError("docker at %s: cannot reach the Docker daemon (is dockerd running, and can this "
-                               "user read its socket?): %s" % (self.docker_host, err))
-        try:
-            return client.api.inspect_container(self.container)
-        except NotFound:
-            raise BackendError("docker at %s: no container named %s" % (self.docker_host, self.container))
-        except (DockerException, OSError) as err:
-            raise BackendError("docker container %s at %s: %s" % (self.container, self.docker_host, err))
-        finally:
-            client.close()
+        return _docker.call(self.docker, deadline, lambda client: client.api.inspect_container(self.container),
+                            "the docker probe")
 
     def check(self, deadline):
         state = self._inspect(deadline).get("State") or {}
@@ -508,61 +440,24 @@ class DockerProbe(Probe):
         return True, value, "container %s is running and healthy" % self.container
 
 
-def kubernetes_apps_api(api_url=None, api_key=None, validate_certs=True, kubeconfig=None, context=None):
-    """An AppsV1Api and its ApiClient (close it), from an API URL + token or a kubeconfig."""
-    try:
-        from kubernetes import client, config
-    except ImportError:
-        raise MissingLibraryError("kubernetes", "the kubernetes probe")
-    if api_url:
-        conf = client.Configuration()
-        conf.host = api_url
-        conf.verify_ssl = validate_certs
-        if api_key:
-            conf.api_key = {"authorization": "Bearer " + api_key}
-        api_client = client.ApiClient(conf)
-    else:
-        try:
-            api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
-        except Exception as err:  # noqa: BLE001 - kubeconfig errors come in many types
-            raise BackendError("cannot load kubeconfig: %s" % err)
-    return client.AppsV1Api(api_client), api_client
-
-
 class KubernetesProbe(Probe):
     """A deployment has at least min_ready ready replicas (default: all of spec.replicas)."""
 
     type = "kubernetes"
     required = ("deployment",)
-    options = ("deployment", "namespace", "kubeconfig", "context", "api_url", "api_key", "validate_certs",
-               "min_ready")
-    secret_options = ("api_key",)
+    argspec = _kubernetes.argspec(deployment=dict(type="str"), min_ready=dict(type="int"))
 
     def __init__(self, index, spec):
         super(KubernetesProbe, self).__init__(index, spec)
         self.deployment = str(spec["deployment"])
-        self.namespace = spec.get("namespace") or "default"
+        self.k8s = _kubernetes.kubernetes_options(spec, self.where + ": ")
+        self.namespace = self.k8s.namespace
         self.min_ready = _number(spec, "min_ready", self.where, integer=True, minimum=0)
-        self.validate_certs = spec.get("validate_certs") is not False
-        if not _missing(spec.get("api_url")):
-            _http_url(spec, "api_url", self.where)
 
     def check(self, deadline):
-        spec = self.spec
-        api, api_client = kubernetes_apps_api(spec.get("api_url"), spec.get("api_key"), self.validate_certs,
-                                              spec.get("kubeconfig"), spec.get("context"))
         name = "deployment %s/%s" % (self.namespace, self.deployment)
-        try:
-            dep = api.read_namespaced_deployment(self.deployment, self.namespace,
-                                                 _request_timeout=deadline.call_timeout())
-        except TradeopsError:
-            raise
-        except Exception as err:  # noqa: BLE001 - ApiException, urllib3 errors
-            status = getattr(err, "status", None)
-            reason = getattr(err, "reason", None) or (str(err).splitlines() or [type(err).__name__])[0]
-            raise BackendError("%s: %s%s" % (name, ("HTTP %s " % status) if status else "", reason))
-        finally:
-            api_client.close()
+        dep = _kubernetes.call(self.k8s, deadline, lambda api, timeout: api.read_namespaced_deployment(
+            self.deployment, self.namespace, _request_timeout=timeout), name, purpose="the kubernetes probe")
         desired = dep.spec.replicas if dep.spec.replicas is not None else 1
         ready = (dep.status.ready_replicas or 0) if dep.status else 0
         if self.min_ready is None and desired == 0:
@@ -578,7 +473,7 @@ class DiskProbe(Probe):
 
     type = "disk"
     required = ("path",)
-    options = ("path", "min_free_bytes", "min_free_percent")
+    argspec = dict(path=dict(type="path"), min_free_bytes=dict(type="bytes"), min_free_percent=dict(type="float"))
 
     def __init__(self, index, spec):
         super(DiskProbe, self).__init__(index, spec)
@@ -623,7 +518,7 @@ class MemoryProbe(Probe):
 
     type = "memory"
     required = ("max_used_percent",)
-    options = ("max_used_percent",)
+    argspec = dict(max_used_percent=dict(type="float"))
     meminfo = MEMINFO
 
     def __init__(self, index, spec):
@@ -658,7 +553,7 @@ class LoadProbe(Probe):
 
     type = "load"
     required = ("max_load_per_cpu",)
-    options = ("max_load_per_cpu",)
+    argspec = dict(max_load_per_cpu=dict(type="float"))
 
     def __init__(self, index, spec):
         super(LoadProbe, self).__init__(index, spec)
@@ -680,11 +575,12 @@ class LoadProbe(Probe):
 class MetricProbe(Probe):
     """One Prometheus sample from a /metrics page, within [min, max]."""
 
+    ACCEPT = {"Accept": "text/plain;version=0.0.4;q=0.9,*/*;q=0.1"}
+
     type = "metric"
     required = ("url", "metric")
-    options = ("url", "metric", "labels", "min", "max", "headers", "token", "token_header", "validate_certs",
-               "ca_path")
-    secret_options = ("token",)
+    argspec = _http.argspec("transport", "auth", url=dict(type="str"), metric=dict(type="str"),
+                            labels=dict(type="dict"), min=dict(type="float"), max=dict(type="float"))
 
     def __init__(self, index, spec):
         super(MetricProbe, self).__init__(index, spec)
@@ -701,19 +597,10 @@ class MetricProbe(Probe):
             raise ValidationError("%s: min or max is required for the metric probe" % where)
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValidationError("%s: min (%s) is greater than max (%s)" % (where, _fmt(self.min), _fmt(self.max)))
-        headers = spec.get("headers") or {}
-        if not isinstance(headers, dict):
-            raise ValidationError("%s: headers must be a dict" % where)
-        self.headers = dict((str(k), str(v)) for k, v in headers.items())
-        self.headers["Accept"] = "text/plain;version=0.0.4;q=0.9,*/*;q=0.1"
-        if not _missing(spec.get("token")):
-            self.headers[spec.get("token_header") or "X-Admin-Token"] = str(spec["token"])
-        self.validate_certs = spec.get("validate_certs") is not False
-        self.ca_path = spec.get("ca_path")
+        self.client = _http.client(_http.http_options(spec, where + ": "))
 
     def check(self, deadline):
-        resp = _http.request(self.url, "GET", self.headers, None, deadline.call_timeout(), self.validate_certs,
-                             self.ca_path)
+        resp = self.client.request(self.url, "GET", deadline=deadline, headers=self.ACCEPT)
         if resp.status != 200:
             raise BackendError("GET %s answered HTTP %d: %s" % (self.url, resp.status,
                                                                 " ".join(resp.text(120).split())))
@@ -771,6 +658,19 @@ PROBES = {
     "load": LoadProbe,
     "metric": MetricProbe,
 }
+
+
+def probe_argspec():
+    """The suboptions of ``probes``: the common options, then every type's, merged (an option that two
+    types share, like ``port``, must have the same spec in both)."""
+    spec = dict(
+        name=dict(type="str"),
+        type=dict(type="str"),
+        timeout=dict(type="float", default=DEFAULT_TIMEOUT),
+        severity=dict(type="str", default=CRITICAL),
+        component=dict(type="str"),
+    )
+    return compose(spec, *(PROBES[t].argspec for t in PROBE_TYPES))
 
 
 def _fmt(number):

@@ -59,7 +59,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _k8s
+from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _kubernetes
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, check_timeout, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._redact import redact
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
@@ -817,22 +817,15 @@ class KubernetesSecretStore(Store):
                 self.name)
 
     def _call(self, deadline, fn):
-        spec = self.spec
-        api, api_client = _k8s.core_v1_api(spec.get("api_url"), spec.get("api_key"),
-                                           spec.get("validate_certs") is not False, spec.get("kubeconfig"),
-                                           spec.get("context"), purpose="the kubernetes store")
-        try:
-            return fn(api, deadline.call_timeout())
-        except TradeopsError:
-            raise
-        except Exception as err:  # noqa: BLE001 - ApiException, urllib3 errors; never the body
-            if getattr(err, "status", None) == 404:
-                raise ValidationError("%s does not exist: create it first" % self.describe())
-            if getattr(err, "status", None) == 409:
-                raise StoreConflict("%s changed while rotating (HTTP 409 Conflict): re-run" % self.describe())
-            raise BackendError("%s: %s" % (self.describe(), _k8s.api_error(err)))
-        finally:
-            api_client.close()
+        def missing(err):
+            return ValidationError("%s does not exist: create it first" % self.describe())
+
+        def conflict(err):
+            return StoreConflict("%s changed while rotating (HTTP 409 Conflict): re-run" % self.describe())
+
+        options = _kubernetes.kubernetes_options(self.spec, "store")
+        return _kubernetes.call(options, deadline, fn, self.describe(), api="core", purpose="the kubernetes store",
+                                on_status={404: missing, 409: conflict})
 
     def _decode(self, data, key):
         raw = (data or {}).get(key)

@@ -76,24 +76,36 @@ options:
           resumed_value:
             description: The value of O(targets[].verify.field) that means trading is active. Needed for O(state=resumed).
             type: raw
+          # fragment: http.auth
           headers:
-            description: Extra request headers. Put secrets in O(targets[].verify.token), not here.
+            description: Extra request headers. Put a secret in the token option, not here.
             type: dict
           token:
-            description: A token sent in the O(targets[].verify.token_header) header.
+            description: A token sent in the header named by the token_header option, for example an admin token.
             type: str
           token_header:
-            description: Header that carries O(targets[].verify.token). Default V(X-Admin-Token).
+            description: The header that carries the token. Default V(X-Admin-Token).
             type: str
+          # end fragment
           wait:
             description: Seconds to keep polling for the expected state after acting. Default V(2.0).
             type: float
+          # fragment: http.transport
           validate_certs:
-            description: Validate TLS certificates. Default V(true).
+            description: Validate the server's TLS certificate and host name. Default V(true).
             type: bool
           ca_path:
-            description: A CA bundle to validate TLS certificates with.
+            description: A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
             type: path
+          client_cert:
+            description:
+              - A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
+            type: path
+          client_key:
+            description:
+              - The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
+            type: path
+          # end fragment
       methods:
         description:
           - The ordered chain of kill-switch methods. The first one that verifies wins.
@@ -112,15 +124,17 @@ options:
           method:
             description: (http) HTTP method of the halt request. Default V(POST).
             type: str
+          # fragment: http.auth prefix=(http)
           headers:
-            description: (http) Extra request headers. Put secrets in O(targets[].methods[].token), not here.
+            description: (http) Extra request headers. Put a secret in the token option, not here.
             type: dict
           token:
-            description: (http) A token sent in the O(targets[].methods[].token_header) header, for example an admin token.
+            description: (http) A token sent in the header named by the token_header option, for example an admin token.
             type: str
           token_header:
-            description: (http) Header that carries O(targets[].methods[].token). Default V(X-Admin-Token).
+            description: (http) The header that carries the token. Default V(X-Admin-Token).
             type: str
+          # end fragment
           body:
             description:
               - (http) JSON body of the halt request. When it is a dict without a C(reason) key,
@@ -140,30 +154,42 @@ options:
           resume_body:
             description: (http) JSON body of the resume request.
             type: raw
+          # fragment: http.transport prefix="(http, kubernetes)"
           validate_certs:
-            description: (http) Validate TLS certificates. Default V(true).
+            description: (http, kubernetes) Validate the server's TLS certificate and host name. Default V(true).
             type: bool
           ca_path:
-            description: (http) A CA bundle to validate TLS certificates with.
+            description: (http, kubernetes) A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
             type: path
+          client_cert:
+            description:
+              - (http, kubernetes) A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
+            type: path
+          client_key:
+            description:
+              - (http, kubernetes) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
+            type: path
+          # end fragment
+          # fragment: redis prefix=(redis)
           host:
-            description: (redis) Redis host. Default V(127.0.0.1).
+            description: (redis) The Redis server's host name or address. Default V(127.0.0.1).
             type: str
           port:
-            description: (redis) Redis port. Default V(6379).
+            description: (redis) The Redis server's port. Default V(6379).
             type: int
           db:
-            description: (redis) Redis database number. Default V(0).
+            description: (redis) The Redis database number. Default V(0).
             type: int
           username:
-            description: (redis) Redis ACL user name.
+            description: (redis) The Redis ACL user name.
             type: str
           password:
-            description: (redis) Redis password.
+            description: (redis) The Redis password. Keep it in Ansible Vault; it is never returned or logged.
             type: str
           tls:
             description: (redis) Connect with TLS. Default V(false).
             type: bool
+          # end fragment
           key:
             description: (redis) The halt key, for example V(emergency_halt).
             type: str
@@ -178,9 +204,14 @@ options:
           path:
             description: (file) Absolute path of the flag file on the module's host, for example C(/tmp/EMERGENCY_STOP).
             type: path
+          # fragment: docker prefix=(docker)
           container:
-            description: (docker) Name or id of the container.
+            description: (docker) The container's name or id.
             type: str
+          docker_host:
+            description: (docker) The Docker daemon's API URL. Default V(unix:///var/run/docker.sock).
+            type: str
+          # end fragment
           action:
             description:
               - (docker) V(flag) touches O(targets[].methods[].flag_path) inside the container; V(stop) stops it.
@@ -191,30 +222,29 @@ options:
           flag_path:
             description: (docker) Flag file inside the container. Default V(/tmp/EMERGENCY_STOP).
             type: str
-          docker_host:
-            description: (docker) Docker API URL. Default V(unix:///var/run/docker.sock).
-            type: str
           stop_timeout:
             description: (docker) Seconds to wait for the container to stop before it is killed. Default V(10).
             type: int
           deployment:
             description: (kubernetes) The deployment to scale to zero. Its replica count is kept in an annotation for resume.
             type: str
+          # fragment: kubernetes prefix=(kubernetes) skip=validate_certs
           namespace:
-            description: (kubernetes) Namespace of the deployment. Default V(default).
+            description: (kubernetes) The namespace. Default V(default).
             type: str
           kubeconfig:
-            description: (kubernetes) Path of a kubeconfig file. Default the usual kubeconfig lookup.
+            description: (kubernetes) Path of a kubeconfig file, used when no API URL is given. Default C(~/.kube/config).
             type: path
           context:
-            description: (kubernetes) The kubeconfig context to use.
+            description: (kubernetes) The kubeconfig context to use. Default the kubeconfig's current context.
             type: str
           api_url:
-            description: (kubernetes) The API server URL, instead of a kubeconfig.
+            description: (kubernetes) The Kubernetes API URL, for example C(https://k8s.example:6443). It takes precedence over the kubeconfig.
             type: str
           api_key:
-            description: (kubernetes) A bearer token for O(targets[].methods[].api_url).
+            description: (kubernetes) A bearer token for the API URL. Keep it in Ansible Vault; it is never returned or logged.
             type: str
+          # end fragment
           verify:
             description: A status request for this method only; same options as O(targets[].verify).
             type: dict
@@ -234,24 +264,36 @@ options:
               resumed_value:
                 description: The value of the field that means trading is active.
                 type: raw
+              # fragment: http.auth
               headers:
-                description: Extra request headers.
+                description: Extra request headers. Put a secret in the token option, not here.
                 type: dict
               token:
-                description: A token sent in the O(targets[].methods[].verify.token_header) header.
+                description: A token sent in the header named by the token_header option, for example an admin token.
                 type: str
               token_header:
-                description: Header that carries the token. Default V(X-Admin-Token).
+                description: The header that carries the token. Default V(X-Admin-Token).
                 type: str
+              # end fragment
               wait:
                 description: Seconds to keep polling for the expected state after acting. Default V(2.0).
                 type: float
+              # fragment: http.transport
               validate_certs:
-                description: Validate TLS certificates. Default V(true).
+                description: Validate the server's TLS certificate and host name. Default V(true).
                 type: bool
               ca_path:
-                description: A CA bundle to validate TLS certificates with.
+                description: A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
                 type: path
+              client_cert:
+                description:
+                  - A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
+                type: path
+              client_key:
+                description:
+                  - The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
+                type: path
+              # end fragment
   state:
     description:
       - V(halted) stops trading on every target; V(resumed) reverses every method of each chain.
@@ -482,64 +524,16 @@ elapsed_ms:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError
-from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import HaltService
-
-VERIFY_SPEC = dict(
-    url=dict(type="str"),
-    method=dict(type="str"),
-    field=dict(type="str"),
-    value=dict(type="raw"),
-    resumed_value=dict(type="raw"),
-    headers=dict(type="dict"),
-    token=dict(type="str", no_log=True),
-    token_header=dict(type="str", no_log=False),
-    wait=dict(type="float"),
-    validate_certs=dict(type="bool"),
-    ca_path=dict(type="path"),
+from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import (
+    HaltService,
+    method_argspec,
+    verify_argspec,
 )
 
-METHOD_SPEC = dict(
-    type=dict(type="str"),
-    # http
-    url=dict(type="str"),
-    method=dict(type="str"),
-    headers=dict(type="dict"),
-    token=dict(type="str", no_log=True),
-    token_header=dict(type="str", no_log=False),
-    body=dict(type="raw"),
-    status_codes=dict(type="list", elements="int"),
-    resume_url=dict(type="str"),
-    resume_method=dict(type="str"),
-    resume_body=dict(type="raw"),
-    validate_certs=dict(type="bool"),
-    ca_path=dict(type="path"),
-    # redis
-    host=dict(type="str"),
-    port=dict(type="int"),
-    db=dict(type="int"),
-    username=dict(type="str"),
-    password=dict(type="str", no_log=True),
-    tls=dict(type="bool"),
-    key=dict(type="str", no_log=False),
-    ttl=dict(type="int"),
-    value=dict(type="str"),
-    # file
-    path=dict(type="path"),
-    # docker
-    container=dict(type="str"),
-    action=dict(type="str"),
-    flag_path=dict(type="str"),
-    docker_host=dict(type="str"),
-    stop_timeout=dict(type="int"),
-    # kubernetes
-    deployment=dict(type="str"),
-    namespace=dict(type="str"),
-    kubeconfig=dict(type="path"),
-    context=dict(type="str"),
-    api_url=dict(type="str"),
-    api_key=dict(type="str", no_log=True),
-    verify=dict(type="dict", options=VERIFY_SPEC),
-)
+# The suboptions of targets: each method type's options composed from its backend's option groups
+# (plugins/module_utils/_http.py, _redis.py, _docker.py, _kubernetes.py) in plugins/module_utils/_killswitch.py.
+VERIFY_SPEC = verify_argspec()
+METHOD_SPEC = method_argspec()
 
 ARGUMENT_SPEC = dict(
     targets=dict(

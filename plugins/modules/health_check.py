@@ -86,15 +86,17 @@ options:
           - (http) V(GET), V(HEAD) or V(OPTIONS); a probe never sends a request that could change anything.
             Default V(GET).
         type: str
+      # fragment: http.auth prefix="(http, metric)"
       headers:
-        description: (http, metric) Extra request headers. Put secrets in O(probes[].token), not here.
+        description: (http, metric) Extra request headers. Put a secret in the token option, not here.
         type: dict
       token:
-        description: (http, metric) A token sent in the O(probes[].token_header) header.
+        description: (http, metric) A token sent in the header named by the token_header option, for example an admin token.
         type: str
       token_header:
-        description: (http, metric) The header that carries O(probes[].token). Default V(X-Admin-Token).
+        description: (http, metric) The header that carries the token. Default V(X-Admin-Token).
         type: str
+      # end fragment
       status:
         description: (http) The status codes that mean healthy. Default V([200]).
         type: list
@@ -113,30 +115,42 @@ options:
       max_latency_ms:
         description: (http) A response slower than this many milliseconds is V(NO-GO).
         type: float
+      # fragment: http.transport prefix="(http, metric, kubernetes)"
       validate_certs:
-        description: (http, metric, kubernetes) Validate TLS certificates. Default V(true).
+        description: (http, metric, kubernetes) Validate the server's TLS certificate and host name. Default V(true).
         type: bool
       ca_path:
-        description: (http, metric) A CA bundle to validate TLS certificates with.
+        description: (http, metric, kubernetes) A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
         type: path
+      client_cert:
+        description:
+          - (http, metric, kubernetes) A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
+        type: path
+      client_key:
+        description:
+          - (http, metric, kubernetes) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
+        type: path
+      # end fragment
       host:
         description: (tcp, redis) Host name or address. Required for V(tcp); default V(127.0.0.1) for V(redis).
         type: str
       port:
         description: (tcp, redis) Port. Required for V(tcp); default V(6379) for V(redis).
         type: int
+      # fragment: redis prefix=(redis) skip=host,port
       db:
-        description: (redis) Database number. Default V(0).
+        description: (redis) The Redis database number. Default V(0).
         type: int
       username:
-        description: (redis) ACL user name.
+        description: (redis) The Redis ACL user name.
         type: str
       password:
-        description: (redis) Password. Never returned.
+        description: (redis) The Redis password. Keep it in Ansible Vault; it is never returned or logged.
         type: str
       tls:
         description: (redis) Connect with TLS. Default V(false).
         type: bool
+      # end fragment
       login_host:
         description:
           - (postgres) Host of the PostgreSQL server. Without it libpq's default applies (the local socket).
@@ -166,33 +180,35 @@ options:
           - (postgres) Seconds to wait for the connection, further bounded by O(probes[].timeout).
             libpq counts whole seconds and treats values below 2 as 2. Default V(5).
         type: int
+      # fragment: docker prefix=(docker)
       container:
-        description:
-          - (docker) Name or id of the container. V(GO) when it is running and, if it has a healthcheck,
-            its health is C(healthy).
+        description: (docker) The container's name or id.
         type: str
       docker_host:
-        description: (docker) Docker API URL. Default V(unix:///var/run/docker.sock).
+        description: (docker) The Docker daemon's API URL. Default V(unix:///var/run/docker.sock).
         type: str
+      # end fragment
       deployment:
         description:
           - (kubernetes) The deployment. V(GO) when its ready replicas are at least O(probes[].min_ready).
         type: str
+      # fragment: kubernetes prefix=(kubernetes) skip=validate_certs
       namespace:
-        description: (kubernetes) Namespace of the deployment. Default V(default).
+        description: (kubernetes) The namespace. Default V(default).
         type: str
       kubeconfig:
-        description: (kubernetes) Path of a kubeconfig file. Default the usual kubeconfig lookup.
+        description: (kubernetes) Path of a kubeconfig file, used when no API URL is given. Default C(~/.kube/config).
         type: path
       context:
-        description: (kubernetes) The kubeconfig context to use.
+        description: (kubernetes) The kubeconfig context to use. Default the kubeconfig's current context.
         type: str
       api_url:
-        description: (kubernetes) The API server URL, instead of a kubeconfig.
+        description: (kubernetes) The Kubernetes API URL, for example C(https://k8s.example:6443). It takes precedence over the kubeconfig.
         type: str
       api_key:
-        description: (kubernetes) A bearer token for O(probes[].api_url). Never returned.
+        description: (kubernetes) A bearer token for the API URL. Keep it in Ansible Vault; it is never returned or logged.
         type: str
+      # end fragment
       min_ready:
         description:
           - (kubernetes) Ready replicas needed for V(GO). Default the deployment's C(spec.replicas); a
@@ -468,59 +484,11 @@ elapsed_ms:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError, ValidationError
-from ansible_collections.tradeops.remediation.plugins.module_utils._postgres import probe_connection_spec
-from ansible_collections.tradeops.remediation.plugins.module_utils._probes import WARN, ProbeService
+from ansible_collections.tradeops.remediation.plugins.module_utils._probes import WARN, ProbeService, probe_argspec
 
-PROBE_SPEC = dict(
-    name=dict(type="str"),
-    type=dict(type="str"),
-    timeout=dict(type="float", default=5.0),
-    severity=dict(type="str", default="critical"),
-    component=dict(type="str"),
-    # http, metric
-    url=dict(type="str"),
-    method=dict(type="str"),
-    headers=dict(type="dict"),
-    token=dict(type="str", no_log=True),
-    token_header=dict(type="str", no_log=False),
-    status=dict(type="list", elements="int"),
-    field=dict(type="str"),
-    value=dict(type="raw"),
-    max_latency_ms=dict(type="float"),
-    validate_certs=dict(type="bool"),
-    ca_path=dict(type="path"),
-    # tcp, redis
-    host=dict(type="str"),
-    port=dict(type="int"),
-    db=dict(type="int"),
-    username=dict(type="str"),
-    password=dict(type="str", no_log=True),
-    tls=dict(type="bool"),
-    # docker
-    container=dict(type="str"),
-    docker_host=dict(type="str"),
-    # kubernetes
-    deployment=dict(type="str"),
-    namespace=dict(type="str"),
-    kubeconfig=dict(type="path"),
-    context=dict(type="str"),
-    api_url=dict(type="str"),
-    api_key=dict(type="str", no_log=True),
-    min_ready=dict(type="int"),
-    # disk, memory, load
-    path=dict(type="path"),
-    min_free_bytes=dict(type="bytes"),
-    min_free_percent=dict(type="float"),
-    max_used_percent=dict(type="float"),
-    max_load_per_cpu=dict(type="float"),
-    # metric
-    metric=dict(type="str"),
-    labels=dict(type="dict"),
-    min=dict(type="float"),
-    max=dict(type="float"),
-)
-# postgres: the shared connection options, without defaults (they would land on every probe)
-PROBE_SPEC.update(probe_connection_spec())
+# The suboptions of probes: the common options and every probe type's own, each type composed from its
+# backend's option groups (plugins/module_utils/_http.py, _redis.py, _docker.py, _kubernetes.py, _postgres.py).
+PROBE_SPEC = probe_argspec()
 
 ARGUMENT_SPEC = dict(
     probes=dict(type="list", elements="dict", required=True, options=PROBE_SPEC),

@@ -123,26 +123,33 @@ options:
           - Default V('0600'), whatever the mode of the file was. Give V('0640') (or V('0440')) for a consumer that
             reads the file through its group. Bits for others and execute bits are refused.
         type: str
+      # fragment: kubernetes prefix=(kubernetes)
       namespace:
-        description: (kubernetes) Namespace of the Secret. Default V(default).
+        description: (kubernetes) The namespace. Default V(default).
         type: str
+      kubeconfig:
+        description: (kubernetes) Path of a kubeconfig file, used when no API URL is given. Default C(~/.kube/config).
+        type: path
+      context:
+        description: (kubernetes) The kubeconfig context to use. Default the kubeconfig's current context.
+        type: str
+      api_url:
+        description: (kubernetes) The Kubernetes API URL, for example C(https://k8s.example:6443). It takes precedence over the kubeconfig.
+        type: str
+      api_key:
+        description: (kubernetes) A bearer token for the API URL. Keep it in Ansible Vault; it is never returned or logged.
+        type: str
+      validate_certs:
+        description: (kubernetes) Validate the API server's TLS certificate. Default V(true).
+        type: bool
+      # end fragment
       name:
         description: (kubernetes) Name of the Secret. It must exist.
         type: str
-      kubeconfig:
-        description: (kubernetes) Path of a kubeconfig file. Default the usual kubeconfig lookup.
-        type: path
-      context:
-        description: (kubernetes) The kubeconfig context to use.
-        type: str
-      api_url:
-        description: (kubernetes) The API server URL, instead of a kubeconfig.
-        type: str
-      api_key:
-        description: (kubernetes) A bearer token for O(store.api_url).
-        type: str
       url:
-        description: (vault_kv2) The Vault URL, for example C(https://vault.internal:8200).
+        description:
+          - (vault_kv2) The Vault URL, for example C(https://vault.internal:8200).
+          - Its TLS certificate is validated unless O(store.validate_certs=false).
         type: str
       mount_point:
         description: (vault_kv2) Where the KV v2 engine is mounted.
@@ -151,13 +158,19 @@ options:
       token:
         description: (vault_kv2) A Vault token with read, create and update capabilities on the secret.
         type: str
-      validate_certs:
-        description: (kubernetes, vault_kv2) Validate TLS certificates.
-        type: bool
-        default: true
+      # fragment: http.transport prefix=(vault_kv2) skip=validate_certs
       ca_path:
-        description: (vault_kv2) A CA bundle to validate TLS certificates with.
+        description: (vault_kv2) A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
         type: path
+      client_cert:
+        description:
+          - (vault_kv2) A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
+        type: path
+      client_key:
+        description:
+          - (vault_kv2) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
+        type: path
+      # end fragment
   value: &value
     description:
       - The new value. Mutually exclusive with O(generate); without either, a value is generated with
@@ -235,13 +248,22 @@ options:
         description: Seconds between two tries; a finite number from 0.05 to 86400.
         type: float
         default: 0.5
+      # fragment: http.transport
       validate_certs:
-        description: Validate TLS certificates.
+        description: Validate the server's TLS certificate and host name. Default V(true).
         type: bool
-        default: true
       ca_path:
-        description: A CA bundle to validate TLS certificates with.
+        description: A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
         type: path
+      client_cert:
+        description:
+          - A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
+        type: path
+      client_key:
+        description:
+          - The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
+        type: path
+      # end fragment
   revoke_previous:
     description:
       - After the rotation is finished and tested, remove the previous value from the store, call
@@ -284,13 +306,22 @@ options:
         type: list
         elements: int
         default: [200, 201, 202, 204]
+      # fragment: http.transport
       validate_certs:
-        description: Validate TLS certificates.
+        description: Validate the server's TLS certificate and host name. Default V(true).
         type: bool
-        default: true
       ca_path:
-        description: A CA bundle to validate TLS certificates with.
+        description: A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
         type: path
+      client_cert:
+        description:
+          - A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
+        type: path
+      client_key:
+        description:
+          - The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
+        type: path
+      # end fragment
   staging:
     description:
       - V(pending) - step 2 stages the new value under O(store.pending_key); it is promoted to O(store.key)
@@ -550,6 +581,7 @@ backup_files:
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
+from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _kubernetes
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import check_timeout
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError, ValidationError
 from ansible_collections.tradeops.remediation.plugins.module_utils._secrets import (
@@ -568,19 +600,15 @@ STORE_SPEC = dict(
     pending_key=dict(type="str", no_log=False),
     path=dict(type="str"),
     mode=dict(type="str"),
-    # kubernetes
-    namespace=dict(type="str"),
+    # kubernetes: the Secret's name, and the backend's options (plugins/module_utils/_kubernetes.py)
     name=dict(type="str"),
-    kubeconfig=dict(type="path"),
-    context=dict(type="str"),
-    api_url=dict(type="str"),
-    api_key=dict(type="str", no_log=True),
-    # vault_kv2
-    url=dict(type="str"),
-    mount_point=dict(type="str", default="secret"),
-    token=dict(type="str", no_log=True),
-    validate_certs=dict(type="bool", default=True),
-    ca_path=dict(type="path"),
+    **_kubernetes.argspec(
+        # vault_kv2, and the HTTP backend's transport options (plugins/module_utils/_http.py)
+        url=dict(type="str"),
+        mount_point=dict(type="str", default="secret"),
+        token=dict(type="str", no_log=True),
+        **_http.argspec("transport")
+    )
 )
 
 TEST_SPEC = dict(
@@ -595,8 +623,7 @@ TEST_SPEC = dict(
     old_must_fail=dict(type="bool"),
     timeout=dict(type="float", default=10.0),
     interval=dict(type="float", default=0.5),
-    validate_certs=dict(type="bool", default=True),
-    ca_path=dict(type="path"),
+    **_http.argspec("transport")
 )
 
 REVOKE_SPEC = dict(
@@ -607,8 +634,7 @@ REVOKE_SPEC = dict(
     token=dict(type="str", no_log=True),
     body_field=dict(type="str", default="token"),
     status=dict(type="list", elements="int", default=[200, 201, 202, 204]),
-    validate_certs=dict(type="bool", default=True),
-    ca_path=dict(type="path"),
+    **_http.argspec("transport")
 )
 
 # The options of ONE secret: the single form's, and each item of ``secrets``.

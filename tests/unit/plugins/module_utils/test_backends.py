@@ -1,0 +1,343 @@
+"""The backend layer without a lab: options, validation, clients and errors of each backend module.
+
+_validate (numbers, required options, token merge, spec composition), _http (options, the client against
+real local HTTP and mutual-TLS servers), _redis (against a real redis-server started here), _docker
+(against the real Docker daemon, and one that is not there) and _kubernetes (against tests' fake
+Kubernetes API: no real API server can run here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from ansible_collections.tradeops.remediation.plugins.module_utils import _docker, _http, _kubernetes, _redis
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline
+from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, ValidationError
+from ansible_collections.tradeops.remediation.plugins.module_utils._validate import (
+    compose,
+    merge_token,
+    number,
+    require,
+    whole,
+)
+
+from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
+
+
+# --------------------------------------------------------------------------------------------
+# _validate
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, kw, needle", [
+    (float("nan"), {}, "p.x must be a finite number, got nan"),
+    (float("inf"), {}, "p.x must be a finite number, got inf"),
+    ("inf", {}, "p.x must be a finite number, got inf"),
+    (True, {}, "p.x must be a number, got True"),
+    ("1.5", {"integer": True}, "p.x must be a whole number, got '1.5'"),
+    (0, {"above": 0}, "p.x must be greater than 0, got 0"),
+    (-1, {"minimum": 0}, "p.x must be at least 0, got -1"),
+    (70000, {"integer": True, "minimum": 1, "maximum": 65535}, "p.x must be at most 65535, got 70000"),
+    (70000, {"integer": True, "minimum": 1, "maximum": 65535, "between": True},
+     "p.x must be between 1 and 65535, got 70000"),
+])
+def test_number_refuses_what_is_not_a_finite_bounded_number_naming_the_option(value, kw, needle):
+    with pytest.raises(ValidationError) as err:
+        number(value, "p.x", **kw)
+    assert str(err.value) == needle
+
+
+def test_number_and_whole_accept_and_default():
+    assert number(None, "x", default=3.0) == 3.0 and number("", "x", default=1) == 1
+    assert number("2.5", "x") == 2.5 and not math.isnan(number(0, "x"))
+    assert whole("6379", "port", 1, 1, 65535) == 6379 and whole(None, "port", 6379, 1, 65535) == 6379
+
+
+def test_require_names_the_option_path():
+    with pytest.raises(ValidationError, match=r"^targets\[0\] \(e\): methods\[1\]\.url is required for the http "):
+        require({"url": ""}, ("url",), "targets[0] (e): methods[1]", "the http method")
+    with pytest.raises(ValidationError, match=r"^probes\[2\] \(api\): url is required"):
+        require({}, ("url",), "probes[2] (api): ", "the http probe")
+
+
+def test_merge_token_copies_and_puts_the_token_last():
+    headers = {"X-Admin-Token": "from-headers", "Accept": "x"}
+    merged = merge_token(headers, "tok", None, prefix="Bearer ")
+    assert merged == {"X-Admin-Token": "Bearer tok", "Accept": "x"} and headers["X-Admin-Token"] == "from-headers"
+    assert merge_token(None, 12345, "Authorization") == {"Authorization": "12345"}
+    assert merge_token({"a": "b"}, None) == {"a": "b"}
+
+
+def test_compose_refuses_one_option_defined_twice_differently():
+    assert compose({"a": {"type": "str"}}, {"a": {"type": "str"}, "b": {"type": "int"}}) == {
+        "a": {"type": "str"}, "b": {"type": "int"}}
+    with pytest.raises(ValueError, match="option a is defined twice"):
+        compose({"a": {"type": "str"}}, {"a": {"type": "int"}})
+
+
+# --------------------------------------------------------------------------------------------
+# _http
+# --------------------------------------------------------------------------------------------
+class Server:
+    """A real local HTTP(S) server that records each request's path, headers and TLS peer."""
+
+    def __init__(self, context=None, delay=0.0):
+        self.seen = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                time.sleep(delay)
+                peer = self.connection.getpeercert() if context is not None else None
+                server.seen.append({"path": self.path, "headers": dict(self.headers), "peer": peer})
+                data = json.dumps({"ok": True}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if context is not None:
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    yield srv
+    srv.close()
+
+
+def test_http_options_merge_the_token_and_name_the_option_path():
+    options = _http.http_options({"headers": {"X-Desk": 7}, "token": "t0k", "token_header": "Authorization"},
+                                 "targets[0] (e): methods[0]", prefix="Bearer ")
+    assert options.headers == {"X-Desk": "7", "Authorization": "Bearer t0k"}
+    assert options.validate_certs is True and options.ca_path is None
+    assert _http.http_options({"validate_certs": False}).validate_certs is False
+    with pytest.raises(ValidationError, match=r"^targets\[0\] \(e\): verify\.headers must be a dict"):
+        _http.http_options({"headers": ["a"]}, "targets[0] (e): verify")
+    with pytest.raises(ValidationError, match=r"^probes\[0\] \(api\): client_key needs probes\[0\] \(api\): client_cert"):
+        _http.http_options({"client_key": "/k.pem"}, "probes[0] (api): ")
+
+
+def test_messages_never_carry_the_password_of_a_url():
+    assert _http.safe_url("https://ops:s3cr3t@host:8443/x?y=1") == "https://ops:********@host:8443/x?y=1"
+    with pytest.raises(ValidationError) as err:
+        _http.check_url("ftp://ops:s3cr3t@host/", "test.url")
+    assert "s3cr3t" not in str(err.value)
+    client = _http.client(_http.HttpOptions())
+    with pytest.raises(BackendError) as err:
+        client.request("http://ops:s3cr3t@127.0.0.1:1/", timeout=1)
+    assert "s3cr3t" not in str(err.value) and "127.0.0.1:1" in str(err.value)
+
+
+def test_client_sends_the_options_headers_and_is_bounded_by_the_deadline(server):
+    client = _http.client(_http.http_options({"token": "tok-1"}))
+    resp = client.request(f"http://127.0.0.1:{server.port}/status", deadline=Deadline(5))
+    assert resp.status == 200 and resp.json() == {"ok": True}
+    assert server.seen[0]["headers"]["X-Admin-Token"] == "tok-1"
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="no answer within"):
+            client.request(f"http://127.0.0.1:{hung.getsockname()[1]}/", deadline=Deadline(0.4))
+        assert time.monotonic() - started < 1.5
+    finally:
+        hung.close()
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is required (Debian's openssl package; scripts/setup.sh installs it)")
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=tradeops test CA", cwd=d)
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, subject in (("server", "/CN=127.0.0.1"), ("client", "/CN=tradeops-client")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", subject, cwd=d)
+        extra = ["-extfile", "server.ext"] if name == "server" else []
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", *extra, cwd=d)
+    return d
+
+
+@pytest.fixture
+def mtls_server(pki):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "server.pem", pki / "server.key")
+    context.load_verify_locations(pki / "ca.pem")
+    context.verify_mode = ssl.CERT_REQUIRED
+    srv = Server(context)
+    yield srv
+    srv.close()
+
+
+def test_client_cert_is_presented_to_a_server_that_requires_one(pki, mtls_server):
+    url = f"https://127.0.0.1:{mtls_server.port}/"
+    anonymous = _http.client(_http.http_options({"ca_path": str(pki / "ca.pem")}))
+    with pytest.raises(BackendError):
+        anonymous.request(url, timeout=5)
+    assert mtls_server.seen == []
+    options = _http.http_options({"ca_path": str(pki / "ca.pem"), "client_cert": str(pki / "client.pem"),
+                                  "client_key": str(pki / "client.key")})
+    resp = _http.client(options).request(url, timeout=5)
+    assert resp.status == 200
+    subject = dict(pair[0] for pair in mtls_server.seen[0]["peer"]["subject"])
+    assert subject["commonName"] == "tradeops-client"
+
+
+def test_a_server_certificate_from_another_ca_is_refused_unless_validation_is_off(pki, mtls_server):
+    url = f"https://127.0.0.1:{mtls_server.port}/"
+    cert = {"client_cert": str(pki / "client.pem"), "client_key": str(pki / "client.key")}
+    with pytest.raises(BackendError, match="CERTIFICATE_VERIFY_FAILED"):
+        _http.client(_http.http_options(cert)).request(url, timeout=5)
+    assert _http.client(_http.http_options(dict(cert, validate_certs=False))).request(url, timeout=5).status == 200
+
+
+def test_a_missing_certificate_file_fails_the_request_not_the_validation(tmp_path):
+    options = _http.http_options({"client_cert": str(tmp_path / "absent.pem")}, "targets[0] (e): methods[0]")
+    client = _http.client(options)  # building the client does not read the files
+    with pytest.raises(BackendError, match="cannot load the TLS files"):
+        client.request("https://127.0.0.1:1/", timeout=1)
+
+
+# --------------------------------------------------------------------------------------------
+# _redis
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port, with a password."""
+    d = tmp_path_factory.mktemp("redis")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--requirepass", "pw-canary-77", "--dir", str(d)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_redis_options_defaults_and_errors_name_the_option_path():
+    options = _redis.redis_options({})
+    assert (options.host, options.port, options.db, options.tls) == ("127.0.0.1", 6379, 0, False)
+    with pytest.raises(ValidationError, match=r"^targets\[0\] \(e\): methods\[1\]\.port must be between 1 and 65535"):
+        _redis.redis_options({"port": 0}, "targets[0] (e): methods[1]")
+    with pytest.raises(ValidationError, match=r"^probes\[1\] \(r\): db must be at least 0"):
+        _redis.redis_options({"db": -1}, "probes[1] (r): ", range_messages=False)
+
+
+def test_redis_call_talks_to_a_real_server_and_hides_the_password(redis_server):
+    good = _redis.redis_options({"port": redis_server, "password": "pw-canary-77"})
+    assert _redis.call(good, Deadline(5), lambda c: c.ping()) is True
+    assert _redis.call(good, Deadline(5), lambda c: c.set("k", "v") and c.get("k")) == b"v"
+    wrong = _redis.redis_options({"port": redis_server, "password": "not-it-pw-99"})
+    with pytest.raises(BackendError) as err:
+        _redis.call(wrong, Deadline(5), lambda c: c.ping())
+    assert f"redis 127.0.0.1:{redis_server}:" in str(err.value) and "not-it-pw-99" not in str(err.value)
+
+
+def test_redis_call_to_a_closed_port_fails_at_once_without_retries():
+    options = _redis.redis_options({"port": 1})
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="redis 127.0.0.1:1"):
+        _redis.call(options, Deadline(5), lambda c: c.ping())
+    assert time.monotonic() - started < 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# _docker
+# --------------------------------------------------------------------------------------------
+def test_docker_options_validate_the_container_and_the_daemon_url():
+    options = _docker.docker_options({"container": "engine-001"})
+    assert options.docker_host == _docker.DEFAULT_DOCKER_HOST
+    with pytest.raises(ValidationError, match=r"^probes\[0\] \(c\): container is required"):
+        _docker.docker_options({}, "probes[0] (c): ")
+    with pytest.raises(ValidationError, match=r"^m\.docker_host must be a Docker daemon URL"):
+        _docker.docker_options({"container": "c", "docker_host": "/var/run/docker.sock"}, "m")
+
+
+def test_docker_call_names_a_missing_container_on_the_real_daemon():
+    options = _docker.docker_options({"container": "tradeops-test-no-such-container-4711"})
+    with pytest.raises(BackendError, match="no container named tradeops-test-no-such-container-4711"):
+        _docker.container_call(options, Deadline(10), lambda container: container.status)
+
+
+def test_docker_call_to_a_daemon_that_is_not_there_says_what_to_check(tmp_path):
+    options = _docker.docker_options({"container": "c", "docker_host": f"unix://{tmp_path}/absent.sock"})
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="cannot reach the Docker daemon|docker container c at"):
+        _docker.container_call(options, Deadline(2), lambda container: container.status)
+    assert time.monotonic() - started < 3
+
+
+# --------------------------------------------------------------------------------------------
+# _kubernetes (a fake API server: no real Kubernetes API can run here)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def k8s():
+    fake = FakeKubernetes(token="k8s-token-canary")
+    yield fake
+    fake.close()
+
+
+def test_kubernetes_options_validate_the_api_url_naming_the_option_path():
+    options = _kubernetes.kubernetes_options({"api_url": "https://k8s:6443", "namespace": "trading"})
+    assert options.namespace == "trading" and options.validate_certs is True
+    assert _kubernetes.kubernetes_options({}).namespace == "default"
+    with pytest.raises(ValidationError, match=r"^targets\[0\] \(e\): methods\[0\]\.api_url must start with http"):
+        _kubernetes.kubernetes_options({"api_url": "k8s:6443"}, "targets[0] (e): methods[0]")
+
+
+def test_kubernetes_call_maps_errors_to_status_and_reason_only(k8s):
+    options = _kubernetes.kubernetes_options({"api_url": k8s.url, "api_key": "k8s-token-canary"})
+    with pytest.raises(BackendError) as err:
+        _kubernetes.call(options, Deadline(5), lambda api, t: api.read_namespaced_deployment(
+            "absent", "default", _request_timeout=t), "deployment default/absent")
+    assert str(err.value).startswith("deployment default/absent: HTTP 404")
+    assert "k8s-token-canary" not in str(err.value)
+    assert k8s.authorizations[-1] == "Bearer k8s-token-canary"
+
+    class Gone(Exception):
+        pass
+
+    with pytest.raises(Gone):
+        _kubernetes.call(options, Deadline(5), lambda api, t: api.read_namespaced_secret(
+            "absent", "default", _request_timeout=t), "secret", api="core", on_status={404: lambda e: Gone()})
