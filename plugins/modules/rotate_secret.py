@@ -638,8 +638,17 @@ REVOKE_SPEC = dict(
 )
 
 # The options of ONE secret: the single form's, and each item of ``secrets``.
+# Which options each store type needs: Ansible reports a missing one before any code runs.
+STORE_REQUIRED_IF = [
+    ("type", "env_file", ("path",)),
+    ("type", "json", ("path",)),
+    ("type", "yaml", ("path",)),
+    ("type", "kubernetes", ("name",)),
+    ("type", "vault_kv2", ("url", "path", "token")),
+]
+
 SECRET_SPEC = dict(
-    store=dict(type="dict", options=STORE_SPEC),
+    store=dict(type="dict", options=STORE_SPEC, required_if=STORE_REQUIRED_IF),
     value=dict(type="str", no_log=True),
     generate=dict(type="dict", options=dict(
         length=dict(type="int", default=32),
