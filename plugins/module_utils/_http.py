@@ -26,7 +26,13 @@ import ssl
 import time
 
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
-from ansible.module_utils.six.moves.urllib.request import HTTPHandler, HTTPSHandler, Request, build_opener
+from ansible.module_utils.six.moves.urllib.request import (
+    HTTPHandler,
+    HTTPSHandler,
+    ProxyHandler,
+    Request,
+    build_opener,
+)
 from ansible.module_utils.six.moves.urllib.parse import urlsplit, urlunsplit
 
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, ValidationError
@@ -50,6 +56,7 @@ TRANSPORT_ARGSPEC = dict(
     ca_path=dict(type="path"),
     client_cert=dict(type="path"),
     client_key=dict(type="path", no_log=False),
+    proxy=dict(type="str"),
 )
 
 AUTH_ARGSPEC = dict(
@@ -77,14 +84,16 @@ def argspec(*groups, **extra):
 class HttpOptions:
     """The validated transport and auth options of one HTTP peer."""
 
-    __slots__ = ("headers", "validate_certs", "ca_path", "client_cert", "client_key")
+    __slots__ = ("headers", "validate_certs", "ca_path", "client_cert", "client_key", "proxy")
 
-    def __init__(self, headers=None, validate_certs=True, ca_path=None, client_cert=None, client_key=None):
+    def __init__(self, headers=None, validate_certs=True, ca_path=None, client_cert=None, client_key=None,
+                 proxy=None):
         self.headers = dict(headers or {})
         self.validate_certs = validate_certs is not False
         self.ca_path = ca_path
         self.client_cert = client_cert
         self.client_key = client_key
+        self.proxy = proxy
 
     def secrets(self):
         """Header values that carry credentials (the token), to keep out of any output."""
@@ -124,8 +133,11 @@ def http_options(spec, where="", token=None, token_header=None, prefix="", heade
     if client_key and not client_cert:
         raise ValidationError("%s needs %s (the certificate the key belongs to)"
                               % (join(where, "client_key"), join(where, "client_cert")))
+    proxy = spec.get("proxy")
+    if not missing(proxy):
+        check_url(proxy, join(where, "proxy"))
     return HttpOptions(merged, spec.get("validate_certs") is not False, _path_option(spec, "ca_path", where),
-                       client_cert, client_key)
+                       client_cert, client_key, None if missing(proxy) else proxy)
 
 
 def check_url(url, option):
@@ -205,6 +217,8 @@ class HttpClient:
         opener = self._openers.get(scheme)
         if opener is None:
             handlers = [HTTPHandler()]
+            if self.options.proxy:
+                handlers.append(ProxyHandler({"http": self.options.proxy, "https": self.options.proxy}))
             if scheme == "https":
                 try:
                     handlers.append(HTTPSHandler(context=_ssl_context(self.options)))

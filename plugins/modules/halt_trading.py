@@ -105,6 +105,11 @@ options:
             description:
               - The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
             type: path
+          proxy:
+            description:
+              - An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
+              - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
+            type: str
           # end fragment
       methods:
         description:
@@ -169,6 +174,11 @@ options:
             description:
               - (http, kubernetes) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
             type: path
+          proxy:
+            description:
+              - (http, kubernetes) An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
+              - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
+            type: str
           # end fragment
           # fragment: redis prefix=(redis)
           host:
@@ -293,6 +303,11 @@ options:
                 description:
                   - The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
                 type: path
+              proxy:
+                description:
+                  - An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
+                  - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
+                type: str
               # end fragment
   state:
     description:

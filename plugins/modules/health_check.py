@@ -130,6 +130,11 @@ options:
         description:
           - (http, metric, kubernetes) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
         type: path
+      proxy:
+        description:
+          - (http, metric, kubernetes) An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
+          - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
+        type: str
       # end fragment
       host:
         description: (tcp, redis) Host name or address. Required for V(tcp); default V(127.0.0.1) for V(redis).

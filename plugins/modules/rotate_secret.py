@@ -170,6 +170,11 @@ options:
         description:
           - (vault_kv2) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
         type: path
+      proxy:
+        description:
+          - (vault_kv2) An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
+          - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
+        type: str
       # end fragment
   value: &value
     description:
@@ -263,6 +268,11 @@ options:
         description:
           - The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
         type: path
+      proxy:
+        description:
+          - An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
+          - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
+        type: str
       # end fragment
   revoke_previous:
     description:
@@ -321,6 +331,11 @@ options:
         description:
           - The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
         type: path
+      proxy:
+        description:
+          - An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
+          - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
+        type: str
       # end fragment
   staging:
     description:

@@ -132,7 +132,8 @@ def test_http_options_merge_the_token_and_name_the_option_path():
     assert _http.http_options({"validate_certs": False}).validate_certs is False
     with pytest.raises(ValidationError, match=r"^targets\[0\] \(e\): verify\.headers must be a dict"):
         _http.http_options({"headers": ["a"]}, "targets[0] (e): verify")
-    with pytest.raises(ValidationError, match=r"^probes\[0\] \(api\): client_key needs probes\[0\] \(api\): client_cert"):
+    needle = r"^probes\[0\] \(api\): client_key needs probes\[0\] \(api\): client_cert"
+    with pytest.raises(ValidationError, match=needle):
         _http.http_options({"client_key": "/k.pem"}, "probes[0] (api): ")
 
 
@@ -341,3 +342,55 @@ def test_kubernetes_call_maps_errors_to_status_and_reason_only(k8s):
     with pytest.raises(Gone):
         _kubernetes.call(options, Deadline(5), lambda api, t: api.read_namespaced_secret(
             "absent", "default", _request_timeout=t), "secret", api="core", on_status={404: lambda e: Gone()})
+
+
+class ForwardProxy(Server):
+    """A real local forward proxy: it receives the absolute URL, records it and fetches it (no CONNECT)."""
+
+    def __init__(self):
+        self.seen = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                proxy.seen.append(self.path)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")}
+                direct = _http.client(_http.HttpOptions(headers))
+                resp = direct.request(self.path, timeout=5)
+                self.send_response(resp.status)
+                self.send_header("Content-Length", str(len(resp.body)))
+                self.send_header("Via", "1.1 tradeops-test-proxy")
+                self.end_headers()
+                self.wfile.write(resp.body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def proxy():
+    srv = ForwardProxy()
+    yield srv
+    srv.close()
+
+
+def test_proxy_option_sends_every_http_user_through_the_proxy(server, proxy):
+    """One option added to the HTTP backend (its argspec group and its fragment) reaches every user."""
+    from ansible_collections.tradeops.remediation.plugins.module_utils._probes import ProbeService
+    from ansible_collections.tradeops.remediation.plugins.modules import halt_trading, health_check, rotate_secret
+
+    target = f"http://127.0.0.1:{server.port}/status"
+    proxy_url = f"http://127.0.0.1:{proxy.port}"
+    resp = _http.client(_http.http_options({"proxy": proxy_url, "token": "t"})).request(target, timeout=5)
+    assert resp.status == 200 and proxy.seen == [target] and server.seen[-1]["headers"]["X-Admin-Token"] == "t"
+    out = ProbeService([{"name": "api", "type": "http", "url": target, "proxy": proxy_url}]).run()
+    assert out["status"] == "GO" and proxy.seen == [target, target]
+    for spec in (halt_trading.METHOD_SPEC, halt_trading.VERIFY_SPEC, health_check.PROBE_SPEC,
+                 rotate_secret.TEST_SPEC, rotate_secret.REVOKE_SPEC):
+        assert spec["proxy"] == {"type": "str"}
+    with pytest.raises(ValidationError, match=r"^probes\[0\] \(api\): proxy must start with http"):
+        _http.http_options({"proxy": "127.0.0.1:3128"}, "probes[0] (api): ")
