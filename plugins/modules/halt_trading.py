@@ -60,7 +60,7 @@ options:
           - Without one, flag-style methods (redis, file, docker, kubernetes) are verified by
             reading their own flag back, and an C(http) method cannot be verified.
         type: dict
-        suboptions:
+        suboptions: &verify_suboptions
           url:
             description: The status URL, for example C(http://engine:8001/api/v1/trading/status).
             type: str
@@ -258,57 +258,7 @@ options:
           verify:
             description: A status request for this method only; same options as O(targets[].verify).
             type: dict
-            suboptions:
-              url:
-                description: The status URL.
-                type: str
-              method:
-                description: HTTP method of the status request. Default V(GET).
-                type: str
-              field:
-                description: Dotted path of the JSON field that shows the state.
-                type: str
-              value:
-                description: The value of the field that means trading is halted.
-                type: raw
-              resumed_value:
-                description: The value of the field that means trading is active.
-                type: raw
-              # fragment: http.auth
-              headers:
-                description: Extra request headers. Put a secret in the token option, not here.
-                type: dict
-              token:
-                description: A token sent in the header named by the token_header option, for example an admin token.
-                type: str
-              token_header:
-                description: The header that carries the token. Default V(X-Admin-Token).
-                type: str
-              # end fragment
-              wait:
-                description: Seconds to keep polling for the expected state after acting. Default V(2.0).
-                type: float
-              # fragment: http.transport
-              validate_certs:
-                description: Validate the server's TLS certificate and host name. Default V(true).
-                type: bool
-              ca_path:
-                description: A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
-                type: path
-              client_cert:
-                description:
-                  - A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
-                type: path
-              client_key:
-                description:
-                  - The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
-                type: path
-              proxy:
-                description:
-                  - An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
-                  - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
-                type: str
-              # end fragment
+            suboptions: *verify_suboptions
   state:
     description:
       - V(halted) stops trading on every target; V(resumed) reverses every method of each chain.
