@@ -10,7 +10,8 @@ live in the modules, between two YAML comment lines of their DOCUMENTATION::
     ...written by this script...
     # end fragment
 
-``fragment:`` names ``<fragment>[.<group>]`` (the fragment file and its attribute: ``http.transport``
+``prefix@<option>=`` gives one option its own prefix (an option that more types use than the rest of the
+block). ``fragment:`` names ``<fragment>[.<group>]`` (the fragment file and its attribute: ``http.transport``
 is ``TRANSPORT`` of ``http.py``; ``redis`` is ``DOCUMENTATION`` of ``redis.py``). ``prefix=`` is
 put before each description (the method or probe types the options belong to); ``skip=`` leaves
 out options written elsewhere in the same block. ``python scripts/docs.py`` rewrites the modules;
@@ -52,18 +53,20 @@ def _scalar(value) -> str:
         "\n...").removesuffix("...").strip()
 
 
-def render_options(options: dict, indent: str, prefix: str = "", skip: tuple = ()) -> list[str]:
+def render_options(options: dict, indent: str, prefix: str = "", skip: tuple = (), prefixes=None) -> list[str]:
     lines = []
     for name, option in options.items():
         if name in skip:
             continue
+        prefix_of = (prefixes or {}).get(name, prefix)
         lines.append(f"{indent}{name}:")
         for key in KEYS:
             if key not in option:
                 continue
             value = option[key]
-            if key == "description" and prefix:
-                value = [f"{prefix} {value[0]}", *value[1:]] if isinstance(value, list) else f"{prefix} {value}"
+            if key == "description" and prefix_of:
+                value = ([f"{prefix_of} {value[0]}", *value[1:]] if isinstance(value, list)
+                         else f"{prefix_of} {value}")
             if isinstance(value, list) and key == "description":
                 lines.append(f"{indent}  {key}:")
                 lines.extend(f"{indent}    - {_scalar(item)}" for item in value)
@@ -83,14 +86,15 @@ def render(documentation: str) -> str:
         if not match:
             continue
         args = dict(arg.split("=", 1) for arg in shlex.split(match["args"]))
-        unknown = set(args) - {"prefix", "skip"}
+        prefixes = {key.split("@", 1)[1]: value for key, value in args.items() if key.startswith("prefix@")}
+        unknown = set(args) - {"prefix", "skip"} - {"prefix@" + name for name in prefixes}
         if unknown:
             raise ValueError(f"{line.strip()}: unknown argument(s) {', '.join(sorted(unknown))}")
         end = next((j for j in range(i, len(lines)) if END.match(lines[j])), None)
         if end is None:
             raise ValueError(f"{line.strip()}: no '# end fragment' line after it")
         out.extend(render_options(fragment_options(match["name"]), match["indent"], args.get("prefix", ""),
-                                  tuple(filter(None, args.get("skip", "").split(",")))))
+                                  tuple(filter(None, args.get("skip", "").split(","))), prefixes))
         i = end
     return "\n".join(out)
 

@@ -159,24 +159,24 @@ options:
           resume_body:
             description: (http) JSON body of the resume request.
             type: raw
-          # fragment: http.transport prefix="(http, kubernetes)"
+          # fragment: http.transport prefix=(http) prefix@validate_certs="(http, kubernetes)"
           validate_certs:
             description: (http, kubernetes) Validate the server's TLS certificate and host name. Default V(true).
             type: bool
           ca_path:
-            description: (http, kubernetes) A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
+            description: (http) A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
             type: path
           client_cert:
             description:
-              - (http, kubernetes) A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
+              - (http) A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
             type: path
           client_key:
             description:
-              - (http, kubernetes) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
+              - (http) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
             type: path
           proxy:
             description:
-              - (http, kubernetes) An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
+              - (http) An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
               - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
             type: str
           # end fragment

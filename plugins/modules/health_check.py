@@ -115,24 +115,24 @@ options:
       max_latency_ms:
         description: (http) A response slower than this many milliseconds is V(NO-GO).
         type: float
-      # fragment: http.transport prefix="(http, metric, kubernetes)"
+      # fragment: http.transport prefix="(http, metric)" prefix@validate_certs="(http, metric, kubernetes)"
       validate_certs:
         description: (http, metric, kubernetes) Validate the server's TLS certificate and host name. Default V(true).
         type: bool
       ca_path:
-        description: (http, metric, kubernetes) A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
+        description: (http, metric) A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
         type: path
       client_cert:
         description:
-          - (http, metric, kubernetes) A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
+          - (http, metric) A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
         type: path
       client_key:
         description:
-          - (http, metric, kubernetes) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
+          - (http, metric) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
         type: path
       proxy:
         description:
-          - (http, metric, kubernetes) An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
+          - (http, metric) An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
           - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
         type: str
       # end fragment

@@ -123,7 +123,7 @@ options:
           - Default V('0600'), whatever the mode of the file was. Give V('0640') (or V('0440')) for a consumer that
             reads the file through its group. Bits for others and execute bits are refused.
         type: str
-      # fragment: kubernetes prefix=(kubernetes)
+      # fragment: kubernetes prefix=(kubernetes) prefix@validate_certs="(kubernetes, vault_kv2)"
       namespace:
         description: (kubernetes) The namespace. Default V(default).
         type: str
@@ -140,7 +140,7 @@ options:
         description: (kubernetes) A bearer token for the API URL. Keep it in Ansible Vault; it is never returned or logged.
         type: str
       validate_certs:
-        description: (kubernetes) Validate the API server's TLS certificate. Default V(true).
+        description: (kubernetes, vault_kv2) Validate the API server's TLS certificate. Default V(true).
         type: bool
       # end fragment
       name:

@@ -67,6 +67,11 @@ def test_a_stale_copy_is_detected_and_rewritten():
     assert fresh != stale
     assert "(docker) The container's name or id." in fresh and "docker_host:" in fresh
     assert docs.render(fresh) == fresh
+    per_option = docs.render('      # fragment: docker prefix=(docker) prefix@docker_host="(docker, probes)"\n'
+                             '      # end fragment')
+    assert "(docker) The container's name" in per_option and "(docker, probes) The Docker daemon" in per_option
+    with pytest.raises(ValueError, match="unknown argument"):
+        docs.render("      # fragment: docker suffix=x\n      # end fragment")
     with pytest.raises(ValueError, match="no '# end fragment'"):
         docs.render("      # fragment: redis\n      host:\n")
 
