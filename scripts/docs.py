@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
 """Write the backends' doc fragments into the modules' DOCUMENTATION (``make docs``).
 
-A backend's options (plugins/doc_fragments/{http,redis,docker,kubernetes}.py) are documented once,
+A backend's options (plugins/doc_fragments/{http_options,redis,docker,kubernetes}.py) are documented once,
 in its fragment. Ansible merges fragments into a module's top-level options only, and our modules
 take these options inside lists (``targets[].methods[]``, ``probes[]``, ``test``), so the copies
 live in the modules, between two YAML comment lines of their DOCUMENTATION::
 
-    # fragment: http.transport prefix="(http, metric)" skip=client_key
+    # fragment: http_options.transport prefix="(http, metric)" skip=client_key
     ...written by this script...
     # end fragment
 
 ``prefix@<option>=`` gives one option its own prefix (an option that more types use than the rest of the
-block). ``fragment:`` names ``<fragment>[.<group>]`` (the fragment file and its attribute: ``http.transport``
-is ``TRANSPORT`` of ``http.py``; ``redis`` is ``DOCUMENTATION`` of ``redis.py``). ``prefix=`` is
+block). ``fragment:`` names ``<fragment>[.<group>]`` (the fragment file and its attribute: ``http_options.transport``
+is ``TRANSPORT`` of ``http_options.py``; ``redis`` is ``DOCUMENTATION`` of ``redis.py``). ``prefix=`` is
 put before each description (the method or probe types the options belong to); ``skip=`` leaves
 out options written elsewhere in the same block. ``python scripts/docs.py`` rewrites the modules;
 ``--check`` exits 1 naming the stale ones (tests/unit/plugins/test_doc_fragments.py runs it).

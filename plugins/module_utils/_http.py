@@ -7,7 +7,7 @@ Every HTTP call of the collection goes through here: the kill-switch methods and
 of ``halt_trading``, the http and metric probes of ``health_check``, the test and revoke calls of
 ``rotate_secret``. Modelled on community.hashi_vault's option groups and community.docker's
 ``DOCKER_COMMON_ARGS``: a module composes its argument spec from :data:`TRANSPORT_ARGSPEC` and
-:data:`AUTH_ARGSPEC` (:func:`argspec`), documented once in the ``tradeops.remediation.http`` doc
+:data:`AUTH_ARGSPEC` (:func:`argspec`), documented once in the ``tradeops.remediation.http_options`` doc
 fragment (a unit test keeps the two in sync), validates them with :func:`http_options` and calls
 through :func:`client`. Adding a transport option is one edit here and one in the fragment.
 
@@ -49,7 +49,7 @@ DEFAULT_TIMEOUT = 10.0
 # --------------------------------------------------------------------------------------------
 # Options. No defaults in the argument spec: inside a list of items of many types (probes,
 # kill-switch methods) an argspec default would be set on every item; http_options() applies them.
-# Keep in sync with plugins/doc_fragments/http.py (tests/unit/plugins/test_doc_fragments.py).
+# Keep in sync with plugins/doc_fragments/http_options.py (tests/unit/plugins/test_doc_fragments.py).
 # --------------------------------------------------------------------------------------------
 TRANSPORT_ARGSPEC = dict(
     validate_certs=dict(type="bool"),

@@ -76,7 +76,7 @@ options:
           resumed_value:
             description: The value of O(targets[].verify.field) that means trading is active. Needed for O(state=resumed).
             type: raw
-          # fragment: http.auth
+          # fragment: http_options.auth
           headers:
             description: Extra request headers. Put a secret in the token option, not here.
             type: dict
@@ -90,7 +90,7 @@ options:
           wait:
             description: Seconds to keep polling for the expected state after acting. Default V(2.0).
             type: float
-          # fragment: http.transport
+          # fragment: http_options.transport
           validate_certs:
             description: Validate the server's TLS certificate and host name. Default V(true).
             type: bool
@@ -129,7 +129,7 @@ options:
           method:
             description: (http) HTTP method of the halt request. Default V(POST).
             type: str
-          # fragment: http.auth prefix=(http)
+          # fragment: http_options.auth prefix=(http)
           headers:
             description: (http) Extra request headers. Put a secret in the token option, not here.
             type: dict
@@ -159,7 +159,7 @@ options:
           resume_body:
             description: (http) JSON body of the resume request.
             type: raw
-          # fragment: http.transport prefix=(http) prefix@validate_certs="(http, kubernetes)"
+          # fragment: http_options.transport prefix=(http) prefix@validate_certs="(http, kubernetes)"
           validate_certs:
             description: (http, kubernetes) Validate the server's TLS certificate and host name. Default V(true).
             type: bool

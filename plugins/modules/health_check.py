@@ -86,7 +86,7 @@ options:
           - (http) V(GET), V(HEAD) or V(OPTIONS); a probe never sends a request that could change anything.
             Default V(GET).
         type: str
-      # fragment: http.auth prefix="(http, metric)"
+      # fragment: http_options.auth prefix="(http, metric)"
       headers:
         description: (http, metric) Extra request headers. Put a secret in the token option, not here.
         type: dict
@@ -115,7 +115,7 @@ options:
       max_latency_ms:
         description: (http) A response slower than this many milliseconds is V(NO-GO).
         type: float
-      # fragment: http.transport prefix="(http, metric)" prefix@validate_certs="(http, metric, kubernetes)"
+      # fragment: http_options.transport prefix="(http, metric)" prefix@validate_certs="(http, metric, kubernetes)"
       validate_certs:
         description: (http, metric, kubernetes) Validate the server's TLS certificate and host name. Default V(true).
         type: bool

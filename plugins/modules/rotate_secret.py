@@ -158,7 +158,7 @@ options:
       token:
         description: (vault_kv2) A Vault token with read, create and update capabilities on the secret.
         type: str
-      # fragment: http.transport prefix=(vault_kv2) skip=validate_certs
+      # fragment: http_options.transport prefix=(vault_kv2) skip=validate_certs
       ca_path:
         description: (vault_kv2) A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
         type: path
@@ -253,7 +253,7 @@ options:
         description: Seconds between two tries; a finite number from 0.05 to 86400.
         type: float
         default: 0.5
-      # fragment: http.transport
+      # fragment: http_options.transport
       validate_certs:
         description: Validate the server's TLS certificate and host name. Default V(true).
         type: bool
@@ -316,7 +316,7 @@ options:
         type: list
         elements: int
         default: [200, 201, 202, 204]
-      # fragment: http.transport
+      # fragment: http_options.transport
       validate_certs:
         description: Validate the server's TLS certificate and host name. Default V(true).
         type: bool

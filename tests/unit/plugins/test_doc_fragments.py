@@ -1,6 +1,6 @@
 """Each backend's doc fragment matches its argument spec, and the copies in the modules are current.
 
-The fragments (plugins/doc_fragments/{http,redis,docker,kubernetes,postgres}.py) document each backend's
+The fragments (plugins/doc_fragments/{http_options,redis,docker,kubernetes,postgres}.py) document each backend's
 options once; the backends' module_utils (_http.py, _redis.py, ...) define them once; the modules take
 them inside lists, where Ansible merges no fragment, so ``make docs`` (scripts/docs.py) writes copies
 between "# fragment:" lines of their DOCUMENTATION. These tests fail when any of the three drift.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible_collections.tradeops.remediation.plugins.doc_fragments import docker as docker_fragment
-from ansible_collections.tradeops.remediation.plugins.doc_fragments import http as http_fragment
+from ansible_collections.tradeops.remediation.plugins.doc_fragments import http_options as http_fragment
 from ansible_collections.tradeops.remediation.plugins.doc_fragments import kubernetes as kubernetes_fragment
 from ansible_collections.tradeops.remediation.plugins.doc_fragments import postgres as postgres_fragment
 from ansible_collections.tradeops.remediation.plugins.doc_fragments import redis as redis_fragment
@@ -26,14 +26,15 @@ from tests.unit.plugins.modules.test_health_check import _argspec_shape, _doc_op
 ROOT = Path(__file__).resolve().parents[3]
 
 FRAGMENTS = {
-    "http.transport": (http_fragment.ModuleDocFragment.TRANSPORT, _http.TRANSPORT_ARGSPEC),
-    "http.auth": (http_fragment.ModuleDocFragment.AUTH, _http.AUTH_ARGSPEC),
+    "http_options.transport": (http_fragment.ModuleDocFragment.TRANSPORT, _http.TRANSPORT_ARGSPEC),
+    "http_options.auth": (http_fragment.ModuleDocFragment.AUTH, _http.AUTH_ARGSPEC),
     "redis": (redis_fragment.ModuleDocFragment.DOCUMENTATION, _redis.ARGSPEC),
     "docker": (docker_fragment.ModuleDocFragment.DOCUMENTATION, _docker.ARGSPEC),
     "kubernetes": (kubernetes_fragment.ModuleDocFragment.DOCUMENTATION, _kubernetes.ARGSPEC),
     "postgres": (postgres_fragment.ModuleDocFragment.DOCUMENTATION, _postgres.postgres_connection_spec()),
 }
-SECRETS = {"http.auth": {"token"}, "redis": {"password"}, "kubernetes": {"api_key"}, "postgres": {"login_password"}}
+SECRETS = {"http_options.auth": {"token"}, "redis": {"password"}, "kubernetes": {"api_key"},
+           "postgres": {"login_password"}}
 
 
 def _docs_script():

@@ -8,8 +8,8 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # The HTTP backend's option groups, one attribute each (tradeops.remediation.http.transport,
-    # tradeops.remediation.http.auth). Keep in sync with TRANSPORT_ARGSPEC and AUTH_ARGSPEC in
+    # The HTTP backend's option groups, one attribute each (tradeops.remediation.http_options.transport,
+    # tradeops.remediation.http_options.auth). Keep in sync with TRANSPORT_ARGSPEC and AUTH_ARGSPEC in
     # plugins/module_utils/_http.py; tests/unit/plugins/test_doc_fragments.py compares them.
     # The modules take these options inside lists (targets, probes, test), where Ansible merges no
     # fragment: `make docs` writes them into each module's DOCUMENTATION between its
