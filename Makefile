@@ -51,7 +51,7 @@ docs: setup
 	$(BIN)/python scripts/docs.py
 
 lint: setup
-	$(BIN)/ruff check src tests bench plugins
+	$(BIN)/ruff check src tests bench plugins scripts
 	$(BIN)/ansible-lint
 
 ## Benchmarks (issue 8): writes bench/results/<date>.json and .md, then README's Benchmarks section;
