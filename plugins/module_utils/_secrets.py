@@ -62,6 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _kubernetes
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, check_timeout, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._redact import redact
+from ansible_collections.tradeops.remediation.plugins.module_utils._validate import DEFAULT_TOKEN_HEADER, merge_token
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,
@@ -485,6 +486,18 @@ class Store:
                               ", ".join("fingerprint %s" % (self.fingerprint(now.values[slot]) or ABSENT)
                                         for slot in SLOTS if now.values[slot] != snapshot.values[slot])))
 
+    def with_conflict_retries(self, deadline, once):
+        """``once()`` under this object's lock, tried again (up to CONFLICT_RETRIES times in all) when another
+        process wrote the object in between (:class:`StoreConflict`: a stale resourceVersion or CAS version)."""
+        with held(self._lock_key(), deadline, self.describe()):
+            for attempt in range(CONFLICT_RETRIES):
+                try:
+                    return once()
+                except StoreConflict:
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
+        return None
+
 
 class FileStore(Store):
     """A file on the module's host. Subclasses parse and render its text."""
@@ -850,21 +863,16 @@ class KubernetesSecretStore(Store):
     def write(self, snapshot, values, deadline):
         # other keys of this Secret may be rotated by other threads of this task (the lock) or by another
         # process (the resourceVersion of the fresh read guards the patch; on a conflict, read and retry)
-        with held(self._lock_key(), deadline, self.describe()):
-            for attempt in range(CONFLICT_RETRIES):
-                now = self.read(deadline)
-                self.check_unchanged(snapshot, now)
-                # a merge patch of this secret's keys only: a key set to null is removed
-                body = {"metadata": {"resourceVersion": now.state["resource_version"]},
-                        "data": dict((self.keys[slot], self._b64(value)) for slot, value in values.items())}
-                try:
-                    self._call(deadline, lambda api, t, body=body: api.patch_namespaced_secret(
-                        self.name, self.namespace, body, _request_timeout=t))
-                    return None
-                except StoreConflict:
-                    if attempt == CONFLICT_RETRIES - 1:
-                        raise
-        return None
+        def once():
+            now = self.read(deadline)
+            self.check_unchanged(snapshot, now)
+            # a merge patch of this secret's keys only: a key set to null is removed
+            body = {"metadata": {"resourceVersion": now.state["resource_version"]},
+                    "data": dict((self.keys[slot], self._b64(value)) for slot, value in values.items())}
+            self._call(deadline, lambda api, t: api.patch_namespaced_secret(
+                self.name, self.namespace, body, _request_timeout=t))
+
+        self.with_conflict_retries(deadline, once)
 
     def restore(self, snapshot, deadline):
         old = snapshot.state["data"]
@@ -881,14 +889,7 @@ class KubernetesSecretStore(Store):
             secret.data = data or None
             return api.replace_namespaced_secret(self.name, self.namespace, secret, _request_timeout=t)
 
-        with held(self._lock_key(), deadline, self.describe()):
-            for attempt in range(CONFLICT_RETRIES):
-                try:
-                    self._call(deadline, put)
-                    return
-                except StoreConflict:
-                    if attempt == CONFLICT_RETRIES - 1:
-                        raise
+        self.with_conflict_retries(deadline, lambda: self._call(deadline, put))
 
 
 class VaultKv2Store(Store):
@@ -906,8 +907,8 @@ class VaultKv2Store(Store):
         for option in ("url", "path", "token"):
             if not spec.get(option):
                 raise ValidationError("store.%s is required for store type vault_kv2" % option)
-        if not str(spec["url"]).startswith(("http://", "https://")):
-            raise ValidationError("store.url must start with http:// or https://")
+        _http.check_url(spec["url"], "store.url")
+        self.transport = _http.http_options(spec, "store", token="", headers=False)  # the Vault token goes to hvac
         self.mount_point = spec.get("mount_point") or "secret"
         self.path = str(spec["path"]).strip("/")
 
@@ -923,9 +924,12 @@ class VaultKv2Store(Store):
             from hvac import exceptions as hvac_exceptions
         except ImportError:
             raise MissingLibraryError("hvac", "the vault_kv2 store")
-        spec = self.spec
-        verify = spec.get("ca_path") or (spec.get("validate_certs") is not False)
-        client = hvac.Client(url=spec["url"], token=spec["token"], verify=verify, timeout=deadline.call_timeout())
+        spec, transport = self.spec, self.transport
+        verify = transport.ca_path or transport.validate_certs
+        cert = (transport.client_cert, transport.client_key) if transport.client_key else transport.client_cert
+        proxies = {"http": transport.proxy, "https": transport.proxy} if transport.proxy else None
+        client = hvac.Client(url=spec["url"], token=spec["token"], verify=verify, cert=cert, proxies=proxies,
+                             timeout=deadline.call_timeout())
         try:
             return fn(client.secrets.kv.v2, hvac_exceptions)
         except TradeopsError:
@@ -969,49 +973,41 @@ class VaultKv2Store(Store):
             path=self.path, secret=data, cas=now.state["version"], mount_point=self.mount_point))
 
     def write(self, snapshot, values, deadline):
-        with held(self._lock_key(), deadline, self.describe()):
-            for attempt in range(CONFLICT_RETRIES):
-                # the newest version: other keys of this path may have been written since ``snapshot``
-                now = self.read(deadline)
-                self.check_unchanged(snapshot, now)
-                data = dict(now.state["data"])
-                for slot, value in values.items():
-                    if value is None:
-                        data.pop(self.keys[slot], None)
-                    else:
-                        data[self.keys[slot]] = value
-                try:
-                    self._put(now, data, deadline)
-                    return None
-                except StoreConflict:
-                    if attempt == CONFLICT_RETRIES - 1:
-                        raise
-        return None
+        def once():
+            # the newest version: other keys of this path may have been written since ``snapshot``
+            now = self.read(deadline)
+            self.check_unchanged(snapshot, now)
+            data = dict(now.state["data"])
+            for slot, value in values.items():
+                if value is None:
+                    data.pop(self.keys[slot], None)
+                else:
+                    data[self.keys[slot]] = value
+            self._put(now, data, deadline)
+
+        self.with_conflict_retries(deadline, once)
 
     def restore(self, snapshot, deadline):
         old = snapshot.state["data"]
-        with held(self._lock_key(), deadline, self.describe()):
-            for attempt in range(CONFLICT_RETRIES):
-                now = self.read(deadline)
-                data = dict(now.state["data"])
-                for key in self.keys.values():
-                    if key in old:
-                        data[key] = old[key]
-                    else:
-                        data.pop(key, None)
-                if snapshot.state["version"] == 0 and not data:
-                    # the secret did not exist and nothing else was written there: remove it again, with
-                    # every version written since
-                    self._call(deadline, lambda kv, exc: kv.delete_metadata_and_all_versions(
-                        path=self.path, mount_point=self.mount_point))
-                    return
-                try:
-                    # KV v2 keeps history: the restore is a new version, this secret's keys as they were
-                    self._put(now, data, deadline)
-                    return
-                except StoreConflict:
-                    if attempt == CONFLICT_RETRIES - 1:
-                        raise
+
+        def once():
+            now = self.read(deadline)
+            data = dict(now.state["data"])
+            for key in self.keys.values():
+                if key in old:
+                    data[key] = old[key]
+                else:
+                    data.pop(key, None)
+            if snapshot.state["version"] == 0 and not data:
+                # the secret did not exist and nothing else was written there: remove it again, with
+                # every version written since
+                self._call(deadline, lambda kv, exc: kv.delete_metadata_and_all_versions(
+                    path=self.path, mount_point=self.mount_point))
+                return
+            # KV v2 keeps history: the restore is a new version, this secret's keys as they were
+            self._put(now, data, deadline)
+
+        self.with_conflict_retries(deadline, once)
 
 
 def build_store(spec, backup=True, fingerprint=None):
@@ -1052,20 +1048,20 @@ class HttpTest:
             raise ValidationError("test.url or test.urls is required")
         for url in urls:
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ValidationError("test.url and test.urls must start with http:// or https://, got %r" % (url,))
+                raise ValidationError("test.url and test.urls must start with http:// or https://, got %r"
+                                      % (_http.safe_url(url),))
         self.urls = list(dict.fromkeys(urls))
         self.url = self.urls[0]
         self.method = (spec.get("method") or "GET").upper()
-        self.header = spec.get("header") or "X-Admin-Token"
-        self.extra_headers = dict(spec.get("headers") or {})
+        self.header = spec.get("header") or DEFAULT_TOKEN_HEADER
         self.prefix = spec.get("prefix") or ""
         self.status = list(spec.get("status") or [200])
         self.timeout = check_timeout(spec.get("timeout") if spec.get("timeout") is not None else 10.0, "test.timeout")
         self.interval = check_timeout(spec.get("interval") if spec.get("interval") is not None else 0.5,
                                       "test.interval")
         self.concurrency = int(spec.get("concurrency") or 32)
-        self.validate_certs = spec.get("validate_certs") is not False
-        self.ca_path = spec.get("ca_path")
+        # the value under test goes in ``header`` of each request, not a token option
+        self.client = _http.client(_http.http_options(spec, "test", token=""))
         self.old_must_fail = spec.get("old_must_fail")
 
     def describe(self):
@@ -1075,11 +1071,8 @@ class HttpTest:
 
     def _one(self, url, value, deadline):
         try:
-            headers = dict(self.extra_headers)
-            headers[self.header] = self.prefix + value
-            resp = _http.request(url, self.method, headers=headers,
-                                 timeout=deadline.call_timeout(cap=5.0), validate_certs=self.validate_certs,
-                                 ca_path=self.ca_path)
+            resp = self.client.request(url, self.method, headers=merge_token(None, value, self.header, self.prefix),
+                                       deadline=deadline, cap=5.0)
         except BackendError as err:
             return False, str(err)
         return resp.status in self.status, "%s %s answered HTTP %d" % (self.method, url, resp.status)
@@ -1123,22 +1116,19 @@ class HttpRevoke:
     """A user-defined revoke endpoint: the previous value is sent in a JSON body field."""
 
     def __init__(self, spec):
-        self.url = spec.get("url")
-        if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
-            raise ValidationError("revoke.url must start with http:// or https://, got %r" % (self.url,))
+        self.url = _http.check_url(spec.get("url"), "revoke.url")
         self.method = (spec.get("method") or "POST").upper()
-        self.header = spec.get("header") or "X-Admin-Token"
+        self.header = spec.get("header") or DEFAULT_TOKEN_HEADER
         self.prefix = spec.get("prefix") or ""
         self.token = spec.get("token")
         self.body_field = spec.get("body_field") or "token"
         self.status = list(spec.get("status") or [200, 201, 202, 204])
-        self.validate_certs = spec.get("validate_certs") is not False
-        self.ca_path = spec.get("ca_path")
+        self.client = _http.client(_http.http_options(spec, "revoke", token="", headers=False))
 
     def call(self, old, new, deadline):
-        resp = _http.request(self.url, self.method, headers={self.header: self.prefix + (self.token or new)},
-                             body={self.body_field: old}, timeout=deadline.call_timeout(cap=10.0),
-                             validate_certs=self.validate_certs, ca_path=self.ca_path)
+        resp = self.client.request(self.url, self.method, body={self.body_field: old},
+                                   headers=merge_token(None, self.token or new, self.header, self.prefix),
+                                   deadline=deadline, cap=10.0)
         if resp.status not in self.status:
             raise BackendError("revoke %s %s answered HTTP %d" % (self.method, self.url, resp.status))
         return "%s %s answered HTTP %d" % (self.method, self.url, resp.status)
