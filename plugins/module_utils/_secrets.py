@@ -1138,6 +1138,61 @@ class HttpRevoke:
 # the rotation
 
 
+class RotationResult:
+    """What one rotation did, so far: every field declared here, whatever branch the rotation took.
+
+    :meth:`as_dict` is the module's result (``diff`` and ``msg`` only once set), and the only place it
+    is built.
+    """
+
+    __slots__ = ("changed", "store", "fingerprint_key_id", "fingerprint", "previous_fingerprint",
+                 "pending_fingerprint", "revoked_fingerprint", "stage", "rolled_back", "steps", "backup_files",
+                 "diff", "msg")
+    OPTIONAL = ("diff", "msg")
+
+    def __init__(self, store, fingerprint_key_id):
+        self.changed = False
+        self.store = store
+        self.fingerprint_key_id = fingerprint_key_id
+        self.fingerprint = None
+        self.previous_fingerprint = None
+        self.pending_fingerprint = None
+        self.revoked_fingerprint = None
+        self.stage = None
+        self.rolled_back = False
+        self.steps = []
+        self.backup_files = []
+        self.diff = None
+        self.msg = None
+
+    def as_dict(self):
+        out = {}
+        for field in self.__slots__:
+            value = getattr(self, field)
+            if field not in self.OPTIONAL or value is not None:
+                out[field] = value
+        return out
+
+
+class RevokePlan:
+    """What :meth:`RotationService.rotate` leaves for :meth:`RotationService.revoke_previous_value`.
+
+    ``snap``: the store as read (None: read it again after the grace); ``current``: the value that stays;
+    ``grace``: whether clients must be given time before the revocation; ``which``: "current" or "new",
+    for the grace's message; ``diff_before`` / ``unchanged_diff``: what the diff shows once revoked.
+    """
+
+    __slots__ = ("snap", "current", "grace", "which", "diff_before", "unchanged_diff")
+
+    def __init__(self, snap, current, grace, which, diff_before=None, unchanged_diff=None):
+        self.snap = snap
+        self.current = current
+        self.grace = grace
+        self.which = which
+        self.diff_before = diff_before
+        self.unchanged_diff = unchanged_diff
+
+
 class RotationService:
     """create -> set -> test -> finish, then optionally revoke and re-test. See the module doc."""
 
@@ -1182,6 +1237,8 @@ class RotationService:
         self.check_mode = check_mode
         self.fingerprint = store.fingerprint
         self._values = [value] if value else []
+        self.result = None
+        self._plan = None
 
     def secret_values(self):
         """The values of this secret this run has seen (current, previous, pending, new), for the boundary
@@ -1206,31 +1263,21 @@ class RotationService:
         return {"before": render(before), "after": render(after), "before_header": header, "after_header": header}
 
     def _fail(self, result, message):
-        result["msg"] = message
-        clean = redact(result, self.secret_values())
+        result.msg = message
+        clean = redact(result.as_dict(), self.secret_values())
         raise RotationFailed(redact(message, self.secret_values()), clean)
 
     def _begin(self):
         store = self.store
         self._deadline = Deadline(self.timeout)
         self._plan = None
-        self.result = {
-            "changed": False,
-            "store": {"type": store.type, "location": store.describe(), "key": store.key,
-                      "previous_key": store.previous_key, "pending_key": store.pending_key},
-            "fingerprint_key_id": self.fingerprint.key_id,
-            "fingerprint": None,
-            "previous_fingerprint": None,
-            "pending_fingerprint": None,
-            "revoked_fingerprint": None,
-            "stage": None,
-            "rolled_back": False,
-            "steps": [],
-            "backup_files": [],
-        }
+        self.result = RotationResult(
+            store={"type": store.type, "location": store.describe(), "key": store.key,
+                   "previous_key": store.previous_key, "pending_key": store.pending_key},
+            fingerprint_key_id=self.fingerprint.key_id)
 
     def step(self, name, status, message):
-        self.result["steps"].append({"step": name, "status": status,
+        self.result.steps.append({"step": name, "status": status,
                                      "message": redact(message, self.secret_values())})
 
     def _guarded(self, work, *args):
@@ -1241,17 +1288,17 @@ class RotationService:
         except RotationFailed:
             raise
         except TradeopsError as err:
-            if isinstance(err, ValidationError) and not result["changed"]:
+            if isinstance(err, ValidationError) and not result.changed:
                 raise  # bad input or a store that does not fit it: nothing was written
             # an error before or outside a step that rolls back: say where it stopped
             self.step("error", "failed", str(err))
-            stage = result["stage"]
-            if result["changed"] and stage != "finished":
+            stage = result.stage
+            if result.changed and stage != "finished":
                 self._fail(result, "%s. The store may be half way: check %s" % (err, store.describe()))
             if stage == "finished":
                 self._fail(result, "%s. The rotation itself finished: %s holds the new value (fingerprint %s) "
                            "and the previous one; re-run with revoke_previous to revoke it"
-                           % (err, store.describe(), result["fingerprint"]))
+                           % (err, store.describe(), result.fingerprint))
             self._fail(result, "%s. Nothing was changed" % err)
 
     def run(self):
@@ -1268,54 +1315,55 @@ class RotationService:
         The revocation, if asked for, is left to :meth:`revoke_previous_value`, so that many secrets can
         share one grace period (:class:`BatchRotation`). Raises :class:`RotationFailed` (rolled back)."""
         self._begin()
-        return self._guarded(self._run, self.store, self._deadline, self.result, self.step)
+        self._guarded(self._run, self.store, self._deadline, self.result, self.step)
+        return self.result.as_dict()
 
     def needs_grace(self):
         """Whether a grace must be waited before :meth:`revoke_previous_value` (a previous value to revoke)."""
-        return bool(self._plan and self._plan["grace"] and self.revoke_grace > 0 and not self.check_mode)
+        return bool(self._plan and self._plan.grace and self.revoke_grace > 0 and not self.check_mode)
 
     def note_grace(self, seconds=None):
         self.step("grace", "ok", "waited %.1fs for clients to switch to the %s value before revoking"
-                  % (self.revoke_grace if seconds is None else seconds, self._plan["which"]))
+                  % (self.revoke_grace if seconds is None else seconds, self._plan.which))
 
     def revoke_previous_value(self):
         """After :meth:`rotate` (and the grace): revoke the previous value and re-test, if asked for."""
         plan, self._plan = self._plan, None
         if plan is None:
-            return self.result
+            return self.result.as_dict() if self.result is not None else None
         # the store operations of this step get a deadline of their own, whatever the grace took
-        deadline = Deadline(self.timeout) if plan["grace"] else self._deadline
-        self._guarded(self._revoke, self.store, deadline, self.result, self.step, plan["snap"], plan["current"])
-        if plan.get("diff_before") is not None:
-            self.result["diff"] = self._diff(plan["diff_before"], (plan["current"], None))
-        if plan.get("unchanged_diff") is not None and not self.result["changed"]:
-            self.result["diff"] = self._diff(plan["unchanged_diff"], plan["unchanged_diff"])
-        return self.result
+        deadline = Deadline(self.timeout) if plan.grace else self._deadline
+        self._guarded(self._revoke, self.store, deadline, self.result, self.step, plan.snap, plan.current)
+        if plan.diff_before is not None:
+            self.result.diff = self._diff(plan.diff_before, (plan.current, None))
+        if plan.unchanged_diff is not None and not self.result.changed:
+            self.result.diff = self._diff(plan.unchanged_diff, plan.unchanged_diff)
+        return self.result.as_dict()
 
     def _run(self, store, deadline, result, step):
         snap = store.read(deadline)
         old, prev = snap.current, snap.previous
         self._seen(old, prev, snap.pending)
-        result["fingerprint"] = self.fingerprint(old)
-        result["previous_fingerprint"] = self.fingerprint(prev)
+        result.fingerprint = self.fingerprint(old)
+        result.previous_fingerprint = self.fingerprint(prev)
 
         if self.revoke_only:
             # the second pass of a routine rotation: the new value is current, the old one previous
             step("create", "skipped", "revoke_only: no new value")
-            result["stage"] = "unchanged"
+            result.stage = "unchanged"
             # after a grace the store is read again; with nothing to revoke there is no grace
-            self._plan = {"snap": None if prev is not None else snap, "current": old, "grace": prev is not None,
-                          "which": "current", "unchanged_diff": (old, prev)}
+            self._plan = RevokePlan(None if prev is not None else snap, old, grace=prev is not None,
+                                    which="current", unchanged_diff=(old, prev))
             return result
 
         if self.value is not None and old is not None and self.value == old:
             step("create", "skipped", "%s already holds this value (fingerprint %s)"
                  % (store.describe(), self.fingerprint(old)))
             if not (self.revoke_previous and prev is not None):
-                result["stage"] = "unchanged"
-                result["diff"] = self._diff((old, prev), (old, prev))
+                result.stage = "unchanged"
+                result.diff = self._diff((old, prev), (old, prev))
                 return result
-            self._plan = {"snap": snap, "current": old, "grace": False, "which": "current"}
+            self._plan = RevokePlan(snap, old, grace=False, which="current")
             return result
 
         # 1. create the pending value
@@ -1325,12 +1373,12 @@ class RotationService:
                                      self.generate_spec.get("alphabet") or "urlsafe")
         self._seen(pending)
         keep = old if old is not None else prev
-        result["pending_fingerprint"] = self.fingerprint(pending)
+        result.pending_fingerprint = self.fingerprint(pending)
         if self.check_mode:
-            result["changed"] = True
-            result["stage"] = "would_rotate"
+            result.changed = True
+            result.stage = "would_rotate"
             after = (NEW_VALUE if pending is None else pending, None if self.revoke_previous else keep)
-            result["diff"] = self._diff((old, prev, snap.pending), after)
+            result.diff = self._diff((old, prev, snap.pending), after)
             step("create", "skipped", "check mode: a new value would be %s" % (
                 "generated" if self.value is None else "set"))
             return result
@@ -1349,10 +1397,10 @@ class RotationService:
             backup = store.write(snap, {"current": pending, "previous": keep, "pending": None}, deadline)
             where = "%s set to the pending value, %s keeps the previous one (fingerprint %s)" % (
                 store.key, store.previous_key, self.fingerprint(keep) or ABSENT)
-        result["changed"] = True
-        result["stage"] = "set"
+        result.changed = True
+        result.stage = "set"
         if backup:
-            result["backup_files"].append(backup)
+            result.backup_files.append(backup)
         step("set", "ok", "%s: %s" % (store.describe(), where))
 
         # 3. test it
@@ -1384,17 +1432,17 @@ class RotationService:
             self._promote(store, snap, old, keep, pending, result, step, deadline)
 
         # 4. finish: the pending value is the current one, the previous kept for rollback
-        result["fingerprint"] = self.fingerprint(pending)
-        result["previous_fingerprint"] = self.fingerprint(keep)
-        result["stage"] = "finished"
+        result.fingerprint = self.fingerprint(pending)
+        result.previous_fingerprint = self.fingerprint(keep)
+        result.stage = "finished"
         step("finish", "ok", "promoted: current %s, previous %s kept for rollback"
              % (self.fingerprint(pending), self.fingerprint(keep) or ABSENT))
-        result["diff"] = self._diff((old, prev, snap.pending), (pending, keep))
+        result.diff = self._diff((old, prev, snap.pending), (pending, keep))
 
         if self.revoke_previous:
             # clients re-read the store on their own schedule: let them switch before the old one goes
-            self._plan = {"snap": None, "current": pending, "grace": keep is not None, "which": "new",
-                          "diff_before": (old, prev, snap.pending)}
+            self._plan = RevokePlan(None, pending, grace=keep is not None, which="new",
+                                    diff_before=(old, prev, snap.pending))
         return result
 
     def _promote(self, store, snap, old, keep, pending, result, step, deadline):
@@ -1415,7 +1463,7 @@ class RotationService:
                        "servers still accept. Fix the store and re-run."
                        % (self.fingerprint(pending), err, store.describe(), self.fingerprint(old) or ABSENT))
         if backup:
-            result["backup_files"].append(backup)
+            result.backup_files.append(backup)
 
     def _rollback(self, store, snap, result, step, deadline):
         try:
@@ -1424,26 +1472,26 @@ class RotationService:
             back = store.read(Deadline(max(self.timeout, 5.0)))
         except TradeopsError as err:
             step("rollback", "failed", str(err))
-            if self.staging == "pending" and result["stage"] == "set":
+            if self.staging == "pending" and result.stage == "set":
                 where = ("the new value (fingerprint %s) under %s next to the current one (fingerprint %s) under "
                          "%s, which clients still send and the servers still accept; remove %s or restore"
-                         % (result["pending_fingerprint"], store.pending_key, result["fingerprint"] or ABSENT,
+                         % (result.pending_fingerprint, store.pending_key, result.fingerprint or ABSENT,
                             store.key, store.pending_key))
             else:
                 where = ("the new value (fingerprint %s) under %s and the previous one (fingerprint %s) under %s, "
-                         "both accepted; restore" % (result["pending_fingerprint"], store.key,
-                                                     result["fingerprint"] or ABSENT, store.previous_key))
+                         "both accepted; restore" % (result.pending_fingerprint, store.key,
+                                                     result.fingerprint or ABSENT, store.previous_key))
             self._fail(result, "the rotation failed and so did the rollback: %s. %s may hold %s it from the backup "
-                       "%s" % (err, store.describe(), where, ", ".join(result["backup_files"]) or "(none)"))
+                       "%s" % (err, store.describe(), where, ", ".join(result.backup_files) or "(none)"))
         if back.values != snap.values:
             step("rollback", "failed", "read back after the restore does not match")
             self._fail(result, "%s did not read back as before after the rollback: check it; the backup is %s"
-                       % (store.describe(), ", ".join(result["backup_files"]) or "(none)"))
-        result["rolled_back"] = True
-        result["changed"] = True
-        result["stage"] = "rolled_back"
-        result["fingerprint"] = self.fingerprint(snap.current)
-        result["previous_fingerprint"] = self.fingerprint(snap.previous)
+                       % (store.describe(), ", ".join(result.backup_files) or "(none)"))
+        result.rolled_back = True
+        result.changed = True
+        result.stage = "rolled_back"
+        result.fingerprint = self.fingerprint(snap.current)
+        result.previous_fingerprint = self.fingerprint(snap.previous)
         step("rollback", "ok", "%s restored exactly as before (fingerprint %s)"
              % (store.describe(), self.fingerprint(snap.current) or ABSENT))
 
@@ -1457,20 +1505,20 @@ class RotationService:
         old = snap.previous
         if old is None:
             step("revoke", "skipped", "%s holds no previous value" % store.describe())
-            result["stage"] = "revoked" if result["stage"] in ("finished", "unchanged", None) else result["stage"]
-            result["previous_fingerprint"] = None
+            result.stage = "revoked" if result.stage in ("finished", "unchanged", None) else result.stage
+            result.previous_fingerprint = None
             return
         if self.check_mode:
-            result["changed"] = True
-            result["stage"] = "would_revoke"
-            result["diff"] = self._diff((snap.current, old), (snap.current, None))
+            result.changed = True
+            result.stage = "would_revoke"
+            result.diff = self._diff((snap.current, old), (snap.current, None))
             step("revoke", "skipped", "check mode: %s (fingerprint %s) would be removed" % (store.previous_key,
                                                                                             self.fingerprint(old)))
             return
         backup = store.write(snap, {"previous": None}, deadline)
-        result["changed"] = True
+        result.changed = True
         if backup:
-            result["backup_files"].append(backup)
+            result.backup_files.append(backup)
         message = "%s removed from %s" % (store.previous_key, store.describe())
         if self.revoke is not None:
             try:
@@ -1481,10 +1529,10 @@ class RotationService:
                            "%s) is no longer in the store; call the revoke endpoint again (re-run with "
                            "revoke_previous)" % (err, self.fingerprint(current), self.fingerprint(old)))
         step("revoke", "ok", message)
-        result["revoked_fingerprint"] = self.fingerprint(old)
-        result["previous_fingerprint"] = None
-        result["stage"] = "revoked"
-        result["diff"] = self._diff((current, old), (current, None))
+        result.revoked_fingerprint = self.fingerprint(old)
+        result.previous_fingerprint = None
+        result.stage = "revoked"
+        result.diff = self._diff((current, old), (current, None))
 
         if self.test is None:
             return
@@ -1501,7 +1549,7 @@ class RotationService:
             self._fail(result, "after the revocation the test %s refused the current value (fingerprint %s): %s. "
                        "The previous value was revoked at the endpoint, so it is not put back; check the consumer "
                        "(backups: %s)" % (self.test.describe(), self.fingerprint(current), detail,
-                                          ", ".join(result["backup_files"]) or "none"))
+                                          ", ".join(result.backup_files) or "none"))
         if self.test.old_must_fail:
             refused, detail_old, dummy = self.test.wait_for(old, accepted=False)
             if not refused:
@@ -1603,7 +1651,8 @@ class BatchRotation:
         results, diffs = [], []
         for name, service in self.services:
             failure = self._failures.get(name)
-            base = failure[1] if failure and failure[1] is not None else getattr(service, "result", None)
+            base = failure[1] if failure and failure[1] is not None else (
+                service.result.as_dict() if service.result is not None else None)
             entry = dict(base or {"changed": False, "fingerprint": None, "previous_fingerprint": None,
                                   "rolled_back": False, "steps": [], "backup_files": []})
             diff = entry.pop("diff", None)
