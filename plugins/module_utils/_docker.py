@@ -22,7 +22,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._errors impor
     MissingLibraryError,
     ValidationError,
 )
-from ansible_collections.tradeops.remediation.plugins.module_utils._validate import join, missing
+from ansible_collections.tradeops.remediation.plugins.module_utils._validate import Record, compose, join, missing
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 SCHEMES = ("unix://", "tcp://", "ssh://", "http://", "https://", "npipe://")
@@ -36,19 +36,14 @@ ARGSPEC = dict(
 
 def argspec(**extra):
     """A fresh copy of :data:`ARGSPEC` plus ``extra``."""
-    spec = dict((name, dict(option)) for name, option in ARGSPEC.items())
-    spec.update(extra)
-    return spec
+    return compose(ARGSPEC, extra)
 
 
-class DockerOptions:
-    """The validated options of one container on one Docker daemon."""
+class DockerOptions(Record):
+    """The validated options of one container on one Docker daemon (:func:`docker_options` builds it)."""
 
     __slots__ = ("container", "docker_host")
-
-    def __init__(self, container, docker_host=DEFAULT_DOCKER_HOST):
-        self.container = container
-        self.docker_host = docker_host
+    DEFAULTS = {"docker_host": DEFAULT_DOCKER_HOST}
 
     def describe(self):
         return "container %s at %s" % (self.container, self.docker_host)
@@ -65,7 +60,7 @@ def docker_options(spec, where=""):
     elif not isinstance(host, str) or not host.startswith(SCHEMES):
         raise ValidationError("%s must be a Docker daemon URL (%s...), got %r"
                               % (join(where, "docker_host"), ", ".join(SCHEMES), host))
-    return DockerOptions(str(container), host)
+    return DockerOptions(container=str(container), docker_host=host)
 
 
 def call(options, deadline, fn, purpose="the docker backend"):

@@ -38,6 +38,7 @@ from ansible.module_utils.six.moves.urllib.parse import urlsplit, urlunsplit
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, ValidationError
 from ansible_collections.tradeops.remediation.plugins.module_utils._validate import (
     DEFAULT_TOKEN_HEADER,
+    Record,
     join,
     merge_token,
     missing,
@@ -81,23 +82,16 @@ def argspec(*groups, **extra):
     return spec
 
 
-class HttpOptions:
-    """The validated transport and auth options of one HTTP peer."""
+class HttpOptions(Record):
+    """The validated transport and auth options of one HTTP peer (:func:`http_options` builds it)."""
 
     __slots__ = ("headers", "validate_certs", "ca_path", "client_cert", "client_key", "proxy")
-
-    def __init__(self, headers=None, validate_certs=True, ca_path=None, client_cert=None, client_key=None,
-                 proxy=None):
-        self.headers = dict(headers or {})
-        self.validate_certs = validate_certs is not False
-        self.ca_path = ca_path
-        self.client_cert = client_cert
-        self.client_key = client_key
-        self.proxy = proxy
+    DEFAULTS = {"validate_certs": True}
 
     def secrets(self):
         """Header values that carry credentials (the token), to keep out of any output."""
-        return [v for k, v in self.headers.items() if k.lower() not in ("accept", "content-type", "user-agent")]
+        return [v for k, v in (self.headers or {}).items()
+                if k.lower() not in ("accept", "content-type", "user-agent")]
 
 
 def _path_option(spec, option, where):
@@ -136,8 +130,9 @@ def http_options(spec, where="", token=None, token_header=None, prefix="", heade
     proxy = spec.get("proxy")
     if not missing(proxy):
         check_url(proxy, join(where, "proxy"))
-    return HttpOptions(merged, spec.get("validate_certs") is not False, _path_option(spec, "ca_path", where),
-                       client_cert, client_key, None if missing(proxy) else proxy)
+    return HttpOptions(headers=merged, validate_certs=spec.get("validate_certs") is not False,
+                       ca_path=_path_option(spec, "ca_path", where), client_cert=client_cert, client_key=client_key,
+                       proxy=None if missing(proxy) else proxy)
 
 
 def check_url(url, option):
@@ -250,7 +245,7 @@ class HttpClient:
             else:
                 data = json.dumps(body).encode("utf-8")
                 hdrs["Content-Type"] = "application/json"
-        hdrs.update(self.options.headers)
+        hdrs.update(self.options.headers or {})
         hdrs.update(headers or {})
         req = Request(url, data=data, headers=hdrs, method=method)
         what = "%s %s" % (method, safe_url(url))
@@ -283,7 +278,8 @@ def client(options):
 
 def request(url, method="GET", headers=None, body=None, timeout=DEFAULT_TIMEOUT, validate_certs=True, ca_path=None):
     """One request without a long-lived client (see :meth:`HttpClient.request`)."""
-    return client(HttpOptions(headers, validate_certs, ca_path)).request(url, method, body, timeout)
+    options = HttpOptions(headers=dict(headers or {}), validate_certs=validate_certs is not False, ca_path=ca_path)
+    return client(options).request(url, method, body, timeout)
 
 
 _MISSING = object()

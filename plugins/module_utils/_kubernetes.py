@@ -24,7 +24,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._errors impor
     TradeopsError,
 )
 from ansible_collections.tradeops.remediation.plugins.module_utils._http import check_url
-from ansible_collections.tradeops.remediation.plugins.module_utils._validate import join, missing
+from ansible_collections.tradeops.remediation.plugins.module_utils._validate import Record, compose, join, missing
 
 DEFAULT_NAMESPACE = "default"
 
@@ -41,24 +41,15 @@ ARGSPEC = dict(
 
 def argspec(**extra):
     """A fresh copy of :data:`ARGSPEC` plus ``extra``."""
-    spec = dict((name, dict(option)) for name, option in ARGSPEC.items())
-    spec.update(extra)
-    return spec
+    return compose(ARGSPEC, extra)
 
 
-class KubernetesOptions:
-    """The validated connection options of one Kubernetes API (and the namespace to work in)."""
+class KubernetesOptions(Record):
+    """The validated connection options of one Kubernetes API and the namespace to work in
+    (:func:`kubernetes_options` builds it)."""
 
     __slots__ = ("api_url", "api_key", "validate_certs", "kubeconfig", "context", "namespace")
-
-    def __init__(self, api_url=None, api_key=None, validate_certs=True, kubeconfig=None, context=None,
-                 namespace=DEFAULT_NAMESPACE):
-        self.api_url = api_url
-        self.api_key = api_key
-        self.validate_certs = validate_certs is not False
-        self.kubeconfig = kubeconfig
-        self.context = context
-        self.namespace = namespace
+    DEFAULTS = {"validate_certs": True, "namespace": DEFAULT_NAMESPACE}
 
     def lock_key(self):
         """Which API this is, for locks shared by calls to the same cluster."""

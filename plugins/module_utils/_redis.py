@@ -20,7 +20,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._errors impor
     MissingLibraryError,
     ValidationError,
 )
-from ansible_collections.tradeops.remediation.plugins.module_utils._validate import join, missing, number, port
+from ansible_collections.tradeops.remediation.plugins.module_utils._validate import Record, compose, join, missing, number, port
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6379
@@ -40,23 +40,14 @@ ARGSPEC = dict(
 
 def argspec(**extra):
     """A fresh copy of :data:`ARGSPEC` plus ``extra``."""
-    spec = dict((name, dict(option)) for name, option in ARGSPEC.items())
-    spec.update(extra)
-    return spec
+    return compose(ARGSPEC, extra)
 
 
-class RedisOptions:
-    """The validated connection options of one Redis server."""
+class RedisOptions(Record):
+    """The validated connection options of one Redis server (:func:`redis_options` builds it)."""
 
     __slots__ = ("host", "port", "db", "username", "password", "tls")
-
-    def __init__(self, host=DEFAULT_HOST, port=DEFAULT_PORT, db=0, username=None, password=None, tls=False):
-        self.host = host
-        self.port = port
-        self.db = db
-        self.username = username
-        self.password = password
-        self.tls = tls
+    DEFAULTS = {"host": DEFAULT_HOST, "port": DEFAULT_PORT, "db": 0, "tls": False}
 
     def describe(self):
         """A secret-free name for the server: ``host:port/db``."""

@@ -62,7 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _kubernetes
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, check_timeout, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._redact import redact
-from ansible_collections.tradeops.remediation.plugins.module_utils._validate import DEFAULT_TOKEN_HEADER, merge_token
+from ansible_collections.tradeops.remediation.plugins.module_utils._validate import DEFAULT_TOKEN_HEADER, Record, merge_token
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,
@@ -1138,7 +1138,7 @@ class HttpRevoke:
 # the rotation
 
 
-class RotationResult:
+class RotationResult(Record):
     """What one rotation did, so far: every field declared here, whatever branch the rotation took.
 
     :meth:`as_dict` is the module's result (``diff`` and ``msg`` only once set), and the only place it
@@ -1149,21 +1149,12 @@ class RotationResult:
                  "pending_fingerprint", "revoked_fingerprint", "stage", "rolled_back", "steps", "backup_files",
                  "diff", "msg")
     OPTIONAL = ("diff", "msg")
+    DEFAULTS = {"changed": False, "rolled_back": False}
 
-    def __init__(self, store, fingerprint_key_id):
-        self.changed = False
-        self.store = store
-        self.fingerprint_key_id = fingerprint_key_id
-        self.fingerprint = None
-        self.previous_fingerprint = None
-        self.pending_fingerprint = None
-        self.revoked_fingerprint = None
-        self.stage = None
-        self.rolled_back = False
+    def __init__(self, **values):
+        super(RotationResult, self).__init__(**values)
         self.steps = []
         self.backup_files = []
-        self.diff = None
-        self.msg = None
 
     def as_dict(self):
         out = {}
@@ -1174,7 +1165,7 @@ class RotationResult:
         return out
 
 
-class RevokePlan:
+class RevokePlan(Record):
     """What :meth:`RotationService.rotate` leaves for :meth:`RotationService.revoke_previous_value`.
 
     ``snap``: the store as read (None: read it again after the grace); ``current``: the value that stays;
@@ -1183,14 +1174,6 @@ class RevokePlan:
     """
 
     __slots__ = ("snap", "current", "grace", "which", "diff_before", "unchanged_diff")
-
-    def __init__(self, snap, current, grace, which, diff_before=None, unchanged_diff=None):
-        self.snap = snap
-        self.current = current
-        self.grace = grace
-        self.which = which
-        self.diff_before = diff_before
-        self.unchanged_diff = unchanged_diff
 
 
 class RotationService:
@@ -1352,7 +1335,7 @@ class RotationService:
             step("create", "skipped", "revoke_only: no new value")
             result.stage = "unchanged"
             # after a grace the store is read again; with nothing to revoke there is no grace
-            self._plan = RevokePlan(None if prev is not None else snap, old, grace=prev is not None,
+            self._plan = RevokePlan(snap=None if prev is not None else snap, current=old, grace=prev is not None,
                                     which="current", unchanged_diff=(old, prev))
             return result
 
@@ -1363,7 +1346,7 @@ class RotationService:
                 result.stage = "unchanged"
                 result.diff = self._diff((old, prev), (old, prev))
                 return result
-            self._plan = RevokePlan(snap, old, grace=False, which="current")
+            self._plan = RevokePlan(snap=snap, current=old, grace=False, which="current")
             return result
 
         # 1. create the pending value
@@ -1441,7 +1424,7 @@ class RotationService:
 
         if self.revoke_previous:
             # clients re-read the store on their own schedule: let them switch before the old one goes
-            self._plan = RevokePlan(None, pending, grace=keep is not None, which="new",
+            self._plan = RevokePlan(snap=None, current=pending, grace=keep is not None, which="new",
                                     diff_before=(old, prev, snap.pending))
         return result
 

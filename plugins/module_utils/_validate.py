@@ -110,3 +110,18 @@ def compose(*specs):
                 raise ValueError("option %s is defined twice, differently: %r and %r" % (name, merged[name], option))
             merged[name] = dict(option)
     return merged
+
+
+class Record:
+    """A typed record: its fields are its ``__slots__``, each set from the keyword argument of the same name,
+    else from ``DEFAULTS``, else None. An unknown keyword is a programming error (TypeError)."""
+
+    __slots__ = ()
+    DEFAULTS = {}
+
+    def __init__(self, **values):
+        unknown = set(values) - set(self.__slots__)
+        if unknown:
+            raise TypeError("%s has no field %s" % (type(self).__name__, ", ".join(sorted(unknown))))
+        for name in self.__slots__:
+            setattr(self, name, values[name] if name in values else self.DEFAULTS.get(name))

@@ -75,6 +75,13 @@ def test_merge_token_copies_and_puts_the_token_last():
     assert merge_token({"a": "b"}, None) == {"a": "b"}
 
 
+def test_records_take_declared_fields_only():
+    options = _redis.RedisOptions(port=6380)
+    assert (options.host, options.port, options.db, options.password) == ("127.0.0.1", 6380, 0, None)
+    with pytest.raises(TypeError, match="RedisOptions has no field prot"):
+        _redis.RedisOptions(prot=6380)
+
+
 def test_compose_refuses_one_option_defined_twice_differently():
     assert compose({"a": {"type": "str"}}, {"a": {"type": "str"}, "b": {"type": "int"}}) == {
         "a": {"type": "str"}, "b": {"type": "int"}}
@@ -358,7 +365,7 @@ class ForwardProxy(Server):
             def do_GET(self):
                 proxy.seen.append(self.path)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")}
-                direct = _http.client(_http.HttpOptions(headers))
+                direct = _http.client(_http.HttpOptions(headers=headers))
                 resp = direct.request(self.path, timeout=5)
                 self.send_response(resp.status)
                 self.send_header("Content-Length", str(len(resp.body)))
