@@ -20,7 +20,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._deadline imp
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, ValidationError
 from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import DockerMethod, build_targets
 
-from tests.unit.lab.helpers import wait_until
+from tests.integration.lab.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 

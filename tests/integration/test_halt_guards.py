@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import read_json
-from tests.unit.lab.helpers import wait_until
+from tests.integration.lab.helpers import wait_until
 from tradeops.lab.procs import http_request
 
 pytestmark = pytest.mark.integration

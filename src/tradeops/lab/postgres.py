@@ -479,7 +479,7 @@ SEED_SYMBOLS_PER_ACCOUNT = 5
 def seed(cur: psycopg2.extensions.cursor) -> None:
     """A consistent data set modelled on seed 002: 20 accounts, 100 positions, about 2,700 trades.
 
-    Every integrity check of the runbook is clean on it (tests/unit/lab checks each one):
+    Every integrity check of the runbook is clean on it (tests/integration/lab checks each one):
 
     * no NULL prices; every trade status is one of 'open', 'closed', 'cancelled';
     * every position's quantity equals the sum of the quantities of its account's *closed* trades in

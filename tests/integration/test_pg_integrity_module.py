@@ -1,5 +1,5 @@
 """Drive pg_integrity's main() with patched module args against a real PostgreSQL (one lab for the
-module, one fresh database per test; see tests/unit/plugins/module_utils/test_pg_integrity.py for the
+module, one fresh database per test; see tests/integration/test_pg_integrity_service.py for the
 data set). What matters here is the module boundary: the result shape, check mode, when the task
 fails and with what message, and that the password never leaves the module."""
 
@@ -12,7 +12,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.tradeops.remediation.plugins.modules import pg_integrity
 
-from tests.unit.plugins.module_utils.test_pg_integrity import PgCluster
+from tests.integration.test_pg_integrity_service import PgCluster
 
 
 @pytest.fixture(scope="module")
