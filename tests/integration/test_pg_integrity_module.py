@@ -5,13 +5,11 @@ fails and with what message, and that the password never leaves the module."""
 
 from __future__ import annotations
 
-import json
-
 import psycopg2
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.tradeops.remediation.plugins.modules import pg_integrity
 
+from tests.helpers.modules import run_module as run_helper
 from tests.integration.test_pg_integrity_service import PgCluster
 
 
@@ -36,14 +34,7 @@ def db(cluster):
 
 
 def run_module(capsys, args):
-    with patch_module_args(args):
-        with pytest.raises(SystemExit) as exc:
-            pg_integrity.main()
-    captured = capsys.readouterr()
-    out = json.loads(captured.out)
-    out["_rc"] = exc.value.code
-    out["_raw"] = captured.out + captured.err
-    return out
+    return run_helper(pg_integrity, capsys, args)
 
 
 def test_result_shape_on_a_clean_database(capsys, db):

@@ -24,13 +24,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import ansible_env
+from tests.helpers.http import JsonHandler, LocalServer
 from tests.integration.test_runner_api import files_holding
 
 pytestmark = pytest.mark.integration
@@ -94,24 +94,16 @@ class Gate:
         self.behaviour = behaviour
         self.calls = 0
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 gate.calls += 1
-                code = gate.behaviour(self.headers.get("X-Admin-Token"))
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.reply(gate.behaviour(self.headers.get("X-Admin-Token")), None)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/whoami"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = LocalServer(Handler)
+        self.url = self.server.url + "/whoami"
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 def immutable(path: Path, on: bool):

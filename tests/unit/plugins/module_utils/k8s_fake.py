@@ -50,8 +50,9 @@ import hashlib
 import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from tests.helpers.http import JsonHandler, LocalServer
 
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
@@ -177,24 +178,12 @@ class FakeKubernetes:
         self.lock = threading.RLock()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _handle(self, method):
                 fake.requests.append((method, self.path))
                 auth = self.headers.get("Authorization")
                 fake.authorizations.append(auth)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
+                raw = self.read_body()
                 try:
                     if fake.token is not None and auth != "Bearer " + fake.token:
                         raise ApiError(401, "Unauthorized", "Unauthorized")
@@ -207,7 +196,7 @@ class FakeKubernetes:
                     code, reply = 422, ApiError(422, "Invalid", str(err)).status()
                 except ValueError as err:  # a body that is not JSON
                     code, reply = 400, ApiError(400, "BadRequest", str(err)).status()
-                self._reply(code, reply)
+                self.reply(code, reply)
 
             def do_GET(self):
                 self._handle("GET")
@@ -224,10 +213,9 @@ class FakeKubernetes:
             def do_DELETE(self):
                 self._handle("DELETE")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LocalServer(Handler)
+        self.port = self.server.port
+        self.url = self.server.url
 
     # ------------------------------------------------------------------------------ discovery
     @staticmethod
@@ -600,5 +588,4 @@ class FakeKubernetes:
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()

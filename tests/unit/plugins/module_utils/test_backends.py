@@ -8,15 +8,12 @@ Kubernetes API: no real API server can run here).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from ansible_collections.tradeops.remediation.plugins.module_utils import _docker, _http, _kubernetes, _redis
@@ -30,6 +27,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._validate imp
     whole,
 )
 
+from tests.helpers.http import JsonHandler, LocalServer
 from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
 
 
@@ -99,29 +97,18 @@ class Server:
         self.seen = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 time.sleep(delay)
                 peer = self.connection.getpeercert() if context is not None else None
                 server.seen.append({"path": self.path, "headers": dict(self.headers), "peer": peer})
-                data = json.dumps({"ok": True}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply(200, {"ok": True})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if context is not None:
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.server = LocalServer(Handler, context)
+        self.port = self.server.port
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -358,24 +345,16 @@ class ForwardProxy(Server):
         self.seen = []
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 proxy.seen.append(self.path)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")}
                 direct = _http.client(_http.HttpOptions(headers=headers))
                 resp = direct.request(self.path, timeout=5)
-                self.send_response(resp.status)
-                self.send_header("Content-Length", str(len(resp.body)))
-                self.send_header("Via", "1.1 tradeops-test-proxy")
-                self.end_headers()
-                self.wfile.write(resp.body)
+                self.reply(resp.status, resp.body, headers={"Via": "1.1 tradeops-test-proxy"})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.server = LocalServer(Handler)
+        self.port = self.server.port
 
 
 @pytest.fixture

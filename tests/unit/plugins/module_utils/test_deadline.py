@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, DeadlineExceeded
 
-
-def hung_listener():
-    """A real TCP socket that accepts (via the backlog) and never answers."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(128)
-    return s
+from tests.helpers.http import hung_listener
 
 
 def test_hung_peers_do_not_hold_the_fan_out_past_their_deadline():

@@ -25,7 +25,6 @@ import socket
 import socketserver
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 import pytest
@@ -42,6 +41,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._probes impor
     parse_prometheus,
 )
 
+from tests.helpers.http import JsonHandler, LocalServer, hung_listener
 from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
 
 # --------------------------------------------------------------------------------------------
@@ -82,10 +82,7 @@ class ScriptedServer:
         self.t0 = time.monotonic()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 server.headers_seen.append(dict(self.headers))
                 if server.body is not None:
@@ -97,20 +94,13 @@ class ScriptedServer:
                     code, ctype = (200 if go else 503), "application/json"
                     data = json.dumps({"status": "GO" if go else "NO-GO"})
                 server.answers.append(code)
-                data = data.encode() if isinstance(data, str) else data
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply(code, data, content_type=ctype)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = LocalServer(Handler)
+        self.url = self.server.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -125,14 +115,6 @@ def scripted():
     yield factory
     for s in servers:
         s.close()
-
-
-def hung_listener():
-    """A real TCP socket that accepts (via the backlog) and never answers."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(128)
-    return s
 
 
 def closed_port():
@@ -321,30 +303,19 @@ class FakeDocker:
         self.containers = {}
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JsonHandler):
             def address_string(self):
                 return "unix"
-
-            def _reply(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
             def do_GET(self):
                 path = urlparse(self.path).path
                 if re.match(r"^(/v[\d.]+)?/version$", path):
-                    return self._reply(200, {"ApiVersion": "1.43", "MinAPIVersion": "1.24", "Version": "24.0.0"})
+                    return self.reply(200, {"ApiVersion": "1.43", "MinAPIVersion": "1.24", "Version": "24.0.0"})
                 m = re.match(r"^(?:/v[\d.]+)?/containers/([^/]+)/json$", path)
                 if m and m.group(1) in fake.containers:
-                    return self._reply(200, {"Id": "f" * 64, "Name": "/" + m.group(1),
+                    return self.reply(200, {"Id": "f" * 64, "Name": "/" + m.group(1),
                                              "State": fake.containers[m.group(1)]})
-                self._reply(404, {"message": "No such container: %s" % (m.group(1) if m else path)})
+                self.reply(404, {"message": "No such container: %s" % (m.group(1) if m else path)})
 
         class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True

@@ -17,8 +17,6 @@ import json
 import os
 import re
 import stat
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -32,6 +30,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._secrets impo
     one_off_fingerprinter,
 )
 
+from tests.helpers.http import JsonHandler, LocalServer
 from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
 
 # stores built without a fingerprinter use this process's one-off key
@@ -42,22 +41,11 @@ CANARY = "CANARY-old-secret-7f3e9a1d2c"
 
 class _Server:
     def _serve(self, handler):
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = LocalServer(handler)
+        self.url = self.server.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _reply(handler, code, body=None):
-    data = b"" if body is None else json.dumps(body).encode()
-    handler.send_response(code)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
+        self.server.close()
 
 
 class Consumer(_Server):
@@ -74,24 +62,21 @@ class Consumer(_Server):
         self.calls = []
         consumer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 token = self.headers.get("X-Admin-Token")
                 consumer.calls.append(("GET", token))
                 ok = token in consumer.source() and token not in consumer.revoked
-                _reply(self, 200 if ok else 401, {"ok": ok})
+                self.reply(200 if ok else 401, {"ok": ok})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 auth = self.headers.get("X-Admin-Token")
                 consumer.calls.append(("POST", auth))
                 if auth not in consumer.source():
-                    return _reply(self, 401, {"ok": False})
+                    return self.reply(401, {"ok": False})
                 consumer.revoked.add(body.get("token"))
-                _reply(self, 200, {"revoked": True})
+                self.reply(200, {"revoked": True})
 
         self._serve(Handler)
 
@@ -138,17 +123,14 @@ class FakeVault(_Server):
         self.fail_writes = False
         vault = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JsonHandler):
             def _route(self):
                 m = re.match(r"^/v1/([^/]+)/(data|metadata)/([^?]+)", self.path)
                 if not m or m.group(1) != vault.mount:
-                    _reply(self, 404, {"errors": ["no handler for route"]})
+                    self.reply(404, {"errors": ["no handler for route"]})
                     return None
                 if self.headers.get("X-Vault-Token") != vault.token:
-                    _reply(self, 403, {"errors": ["permission denied"]})
+                    self.reply(403, {"errors": ["permission denied"]})
                     return None
                 return m.group(2), m.group(3)
 
@@ -158,10 +140,10 @@ class FakeVault(_Server):
                     return
                 versions = vault.versions.get(route[1])
                 if not versions:
-                    return _reply(self, 404, {"errors": []})
+                    return self.reply(404, {"errors": []})
                 meta = {"version": len(versions), "created_time": "2025-01-01T00:00:00Z", "deletion_time": "",
                         "destroyed": False, "custom_metadata": None}
-                _reply(self, 200, {"data": {"data": versions[-1], "metadata": meta}})
+                self.reply(200, {"data": {"data": versions[-1], "metadata": meta}})
 
             def do_POST(self):
                 route = self._route()
@@ -169,14 +151,14 @@ class FakeVault(_Server):
                     return
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                 if vault.fail_writes:
-                    return _reply(self, 500, {"errors": ["internal error"]})
+                    return self.reply(500, {"errors": ["internal error"]})
                 versions = vault.versions.setdefault(route[1], [])
                 cas = (body.get("options") or {}).get("cas")
                 if cas is not None and cas != len(versions):
-                    return _reply(self, 400, {"errors": ["check-and-set parameter did not match the current "
+                    return self.reply(400, {"errors": ["check-and-set parameter did not match the current "
                                                          "version"]})
                 versions.append(dict(body["data"]))
-                _reply(self, 200, {"data": {"version": len(versions), "created_time": "2025-01-01T00:00:00Z",
+                self.reply(200, {"data": {"version": len(versions), "created_time": "2025-01-01T00:00:00Z",
                                             "deletion_time": "", "destroyed": False}})
 
             do_PUT = do_POST
@@ -186,7 +168,7 @@ class FakeVault(_Server):
                 if route is None:
                     return
                 vault.versions.pop(route[1], None)
-                _reply(self, 204)
+                self.reply(204)
 
         self._serve(Handler)
 

@@ -7,12 +7,13 @@ calls" is asserted on what actually reached the wire, not on a mock.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.tradeops.remediation.plugins.modules import halt_trading
+
+from tests.helpers.http import JsonHandler, LocalServer
+from tests.helpers.modules import run_module as run_helper
 
 
 class RecordingEngine:
@@ -23,36 +24,21 @@ class RecordingEngine:
         self.requests = []
         engine = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 engine.requests.append(("GET", self.path))
-                self._reply(200, {"trading_active": not engine.halted})
+                self.reply(200, {"trading_active": not engine.halted})
 
             def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                engine.requests.append(("POST", self.path, body))
+                engine.requests.append(("POST", self.path, self.read_body()))
                 if self.path == "/halt":
                     engine.halted = True
                 elif self.path == "/resume":
                     engine.halted = False
-                self._reply(200, {"ok": True})
+                self.reply(200, {"ok": True})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = LocalServer(Handler)
+        self.url = self.server.url
 
     def target(self, name="engine-a"):
         return {
@@ -66,8 +52,7 @@ class RecordingEngine:
         return [r for r in self.requests if r[0] == "POST"]
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -78,12 +63,7 @@ def engine():
 
 
 def run_module(capsys, args):
-    with patch_module_args(args):
-        with pytest.raises(SystemExit) as exc:
-            halt_trading.main()
-    out = json.loads(capsys.readouterr().out)
-    out["_rc"] = exc.value.code
-    return out
+    return run_helper(halt_trading, capsys, args)
 
 
 def test_halts_and_reports_lists(capsys, engine, tmp_path):

@@ -10,12 +10,13 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.tradeops.remediation.plugins.modules import health_check
+
+from tests.helpers.http import JsonHandler, LocalServer
+from tests.helpers.modules import run_module as run_helper
 
 
 class RecordingService:
@@ -26,23 +27,14 @@ class RecordingService:
         self.requests = []
         service = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 service.requests.append(("GET", self.path))
-                code = 200 if service.healthy else 503
-                data = json.dumps({"trading_status": "GO" if service.healthy else "NO-GO"}).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply(200 if service.healthy else 503,
+                           {"trading_status": "GO" if service.healthy else "NO-GO"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = LocalServer(Handler)
+        self.url = self.server.url
 
     def probe(self, name="svc-api", **over):
         probe = {"name": name, "type": "http", "url": self.url + "/health", "component": "svc",
@@ -51,8 +43,7 @@ class RecordingService:
         return probe
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -71,14 +62,7 @@ def closed_port():
 
 
 def run_module(capsys, args):
-    with patch_module_args(args):
-        with pytest.raises(SystemExit) as exc:
-            health_check.main()
-    captured = capsys.readouterr()
-    out = json.loads(captured.out)
-    out["_rc"] = exc.value.code
-    out["_raw"] = captured.out + captured.err
-    return out
+    return run_helper(health_check, capsys, args)
 
 
 def test_go_result_shape(capsys, service, tmp_path):

@@ -10,16 +10,15 @@ success and on every failure path.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.tradeops.remediation.plugins.module_utils._secrets import Fingerprinter
 from ansible_collections.tradeops.remediation.plugins.modules import rotate_secret
 
+from tests.helpers.modules import run_module as run_helper
 from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
 from tests.unit.plugins.module_utils.test_secrets import CANARY, Consumer, FakeVault
 
@@ -39,14 +38,7 @@ def consumer():
 
 
 def run_module(capsys, args):
-    with patch_module_args(args):
-        with pytest.raises(SystemExit) as exc:
-            rotate_secret.main()
-    captured = capsys.readouterr()
-    out = json.loads(captured.out)
-    out["_rc"] = exc.value.code
-    out["_raw"] = captured.out + captured.err
-    return out
+    return run_helper(rotate_secret, capsys, args)
 
 
 def assert_no_secret(out, *values):
