@@ -211,3 +211,16 @@ def test_vault_kv2_store_through_main_and_a_failure_path(capsys, consumer):
         assert_no_secret(out, "vault-root-CANARY")
     finally:
         vault.close()
+
+
+@pytest.mark.parametrize("store, missing", [
+    ({"type": "vault_kv2", "key": "k", "url": "http://127.0.0.1:1"}, "type is vault_kv2 but all of the following "
+                                                                     "are missing: path, token"),
+    ({"type": "env_file", "key": "ADMIN_TOKEN"}, "type is env_file but all of the following are missing: path"),
+    ({"type": "kubernetes", "key": "k", "api_url": "http://127.0.0.1:1"}, "type is kubernetes but all of the "
+                                                                          "following are missing: name"),
+])
+def test_a_store_option_its_type_needs_is_reported_by_ansible_before_anything_runs(capsys, consumer, store, missing):
+    out = run_module(capsys, {"store": store, "value": "n" * 32, "test": {"url": consumer.url + "/whoami"}})
+    assert out["_rc"] == 1 and missing in out["msg"], out["msg"]
+    assert consumer.calls == [], "the test endpoint was called although the store options were incomplete"
