@@ -235,8 +235,10 @@ def _query_text(text):
 
 
 def _require_psycopg2():
+    """The psycopg2 module (the other _pg_* files import it from here), or MissingLibraryError."""
     if not HAS_PSYCOPG2:
         raise MissingLibraryError("psycopg2", "the PostgreSQL integrity checks")
+    return psycopg2
 
 
 # --------------------------------------------------------------------------------------------

@@ -101,8 +101,6 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._pg_checks im
     UNDEFINED_TABLE,
     WARN,
 )
-# Re-exported: the module builds its argument spec and choices from these.
-from ansible_collections.tradeops.remediation.plugins.module_utils._pg_checks import SCHEMA_DEFAULTS  # noqa: F401
 from ansible_collections.tradeops.remediation.plugins.module_utils._pg_readonly import ReadOnlyMode
 from ansible_collections.tradeops.remediation.plugins.module_utils._pg_reconcile import Reconciler
 from ansible_collections.tradeops.remediation.plugins.module_utils._pg_repair import Repairs

@@ -1260,8 +1260,7 @@ class RotationService:
             fingerprint_key_id=self.fingerprint.key_id)
 
     def step(self, name, status, message):
-        self.result.steps.append({"step": name, "status": status,
-                                     "message": redact(message, self.secret_values())})
+        self.result.steps.append({"step": name, "status": status, "message": redact(message, self.secret_values())})
 
     def _guarded(self, work, *args):
         """Run ``work``; any error but :class:`RotationFailed` becomes one that says where it stopped."""

@@ -573,13 +573,13 @@ elapsed_ms:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError, ValidationError
-from ansible_collections.tradeops.remediation.plugins.module_utils._pg_integrity import (
+from ansible_collections.tradeops.remediation.plugins.module_utils._pg_checks import (
     ACTIONS,
     BUILTIN_CHECKS,
     QUARANTINABLE,
     SCHEMA_DEFAULTS,
-    IntegrityService,
 )
+from ansible_collections.tradeops.remediation.plugins.module_utils._pg_integrity import IntegrityService
 from ansible_collections.tradeops.remediation.plugins.module_utils._postgres import postgres_connection_spec
 
 SCHEMA_SPEC = dict(

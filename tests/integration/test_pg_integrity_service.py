@@ -17,7 +17,7 @@ import time
 
 import psycopg2
 import pytest
-from ansible_collections.tradeops.remediation.plugins.module_utils import _pg_integrity
+from ansible_collections.tradeops.remediation.plugins.module_utils import _pg_checks, _pg_integrity
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, ValidationError
 from ansible_collections.tradeops.remediation.plugins.module_utils._pg_integrity import IntegrityService
 
@@ -225,7 +225,7 @@ def test_the_module_defaults_match_the_service_defaults():
     spec = pg_integrity.ARGUMENT_SPEC
     for name, default in _pg_integrity.DEFAULTS.items():
         assert spec[name].get("default") == default, name
-    for name, default in _pg_integrity.SCHEMA_DEFAULTS.items():
+    for name, default in _pg_checks.SCHEMA_DEFAULTS.items():
         assert spec["schema"]["options"][name].get("default") == default, name
     assert spec["login_password"]["no_log"] is True
 
