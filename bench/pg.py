@@ -14,7 +14,7 @@ Warm cache: every query runs once before it is timed. Figures are the median (mi
 - ``count_all_columns``: ``count(*) ... WHERE created_at IS NULL`` under the module's settings: what any row
   check pays on top of ``count(*)``, which reads no column (every column up to the last must be decoded);
 - ``one_pass`` (a): the module's trades pass, run by ``IntegrityService`` itself (``plugins/module_utils/
-  _pg_integrity.py``: invalid_status, non_positive_quantity, future_timestamps as count(*) FILTER clauses
+  _pg_checks.py``: invalid_status, non_positive_quantity, future_timestamps as count(*) FILTER clauses
   over one heap scan, in its READ ONLY REPEATABLE READ transaction; its ``passes[].duration_ms``);
 - ``per_check`` (b): the same three checks as one query each (``single_check_sql``), summed, in a
   transaction set up like the module's (READ ONLY, REPEATABLE READ, index scans off: the module never
@@ -39,11 +39,12 @@ from typing import Any
 
 import psycopg2
 from _common import loadavg, log, percentile, ratio, summary
+from ansible_collections.tradeops.remediation.plugins.module_utils import _pg_checks as pgc
 from ansible_collections.tradeops.remediation.plugins.module_utils import _pg_integrity as pgi
 
 from tradeops.lab.postgres import SCHEMA_SQL, PostgresServer
 
-TRADE_CHECKS = pgi.FILTER_PASS["trades"]
+TRADE_CHECKS = pgc.FILTER_PASS["trades"]
 ACCOUNTS = 500
 FILL_TRADES = """
 INSERT INTO trades (id, account_id, symbol, side, quantity, price, status, created_at)
@@ -139,8 +140,8 @@ MODULE_LIKE = ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET 
 def scan_times(info: dict[str, Any], db: str, runs: int) -> dict[str, Any]:
     conn = _connect(info, db)
     cur = conn.cursor()
-    schema = pgi.Schema()
-    checks = pgi.build_row_checks(schema, 60)
+    schema = pgc.Schema()
+    checks = pgc.build_row_checks(schema, 60)
     trade_checks = [checks[(name, "trades")] for name in TRADE_CHECKS]
     count_q = "SELECT count(*) FROM trades"
     cur.execute("EXPLAIN " + count_q)
@@ -149,11 +150,11 @@ def scan_times(info: dict[str, Any], db: str, runs: int) -> dict[str, Any]:
     count = _timed(cur, count_q, runs)
     # what any row check must pay on top of count(*): reading every column of every row (the predicate is cheap)
     deform = _timed(cur, "SELECT count(*) FROM trades WHERE created_at IS NULL", runs, MODULE_LIKE)
-    per_check_queries = [pgi.single_check_sql(schema, c, 10).as_string(conn) for c in trade_checks]
+    per_check_queries = [pgc.single_check_sql(schema, c, 10).as_string(conn) for c in trade_checks]
     per_check = _timed(cur, per_check_queries, runs, MODULE_LIKE)
     per_check_each = {c.name: summary(_timed(cur, q, runs, MODULE_LIKE))
                       for c, q in zip(trade_checks, per_check_queries, strict=True)}
-    one_pass_text = pgi.filter_pass_sql(schema, "trades", trade_checks, 10).as_string(conn)
+    one_pass_text = pgc.filter_pass_sql(schema, "trades", trade_checks, 10).as_string(conn)
     one_pass_sql = _timed(cur, one_pass_text, runs, MODULE_LIKE)
     # experiment (not the module): the future_timestamps cut-off computed once in the scan transaction and
     # inlined as a constant, instead of now() + skew evaluated on every row
@@ -177,10 +178,10 @@ def scan_times(info: dict[str, Any], db: str, runs: int) -> dict[str, Any]:
         result = module_pass(TRADE_CHECKS)
         one_pass.append(next(p["duration_ms"] for p in result["passes"] if p["name"] == "trades") / 1000.0)
         found = {c["name"]: c["count"] for c in result["checks"]}
-    module_pass(pgi.BUILTIN_CHECKS)  # warm
+    module_pass(pgc.BUILTIN_CHECKS)  # warm
     full, passes = [], {}
     for _ in range(runs):
-        result = module_pass(pgi.BUILTIN_CHECKS)
+        result = module_pass(pgc.BUILTIN_CHECKS)
         full.append(result["elapsed_ms"] / 1000.0)
         for p in result["passes"]:
             passes.setdefault(p["name"], []).append(p["duration_ms"] / 1000.0)
@@ -207,7 +208,7 @@ def scan_times(info: dict[str, Any], db: str, runs: int) -> dict[str, Any]:
 
 def _scan_loop(info: dict[str, Any], db: str, stop, counter) -> None:
     while not stop.is_set():
-        pgi.IntegrityService(module_params(info, db, pgi.BUILTIN_CHECKS)).run()
+        pgi.IntegrityService(module_params(info, db, pgc.BUILTIN_CHECKS)).run()
         with counter.get_lock():
             counter.value += 1
 
@@ -219,7 +220,7 @@ def _end_scans(info: dict[str, Any], db: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                    "AND application_name = %s AND pid <> pg_backend_pid()", (db, pgi.APPLICATION_NAME))
+                    "AND application_name = %s AND pid <> pg_backend_pid()", (db, pgc.APPLICATION_NAME))
         if not cur.fetchall():
             break
         time.sleep(0.1)

@@ -37,11 +37,12 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "collections"))
 
 import psycopg2  # noqa: E402
+from ansible_collections.tradeops.remediation.plugins.module_utils import _pg_checks as pgc  # noqa: E402
 from ansible_collections.tradeops.remediation.plugins.module_utils import _pg_integrity as pgi  # noqa: E402
 
 from tradeops.lab.postgres import PostgresServer  # noqa: E402
 
-CHECKS = pgi.FILTER_PASS["trades"]
+CHECKS = pgc.FILTER_PASS["trades"]
 SCHEMA_SQL = """
 CREATE TABLE accounts (id int, name text);
 CREATE TABLE positions (id bigint, account_id int, symbol text, quantity numeric, entry_price numeric,
@@ -103,20 +104,20 @@ def main() -> int:
             out["server"], out["jit"], out["parallel_workers_per_gather"], out["shared_buffers"], out["table_size"] = (
                 cur.fetchone())
 
-            schema = pgi.Schema()
-            checks = pgi.build_row_checks(schema, 60)
+            schema = pgc.Schema()
+            checks = pgc.build_row_checks(schema, 60)
             trade_checks = [checks[(name, "trades")] for name in CHECKS]
             count_s, count_all = timed(cur, "SELECT count(*) FROM trades", args.repeat)
-            one_pass_query = pgi.filter_pass_sql(schema, "trades", trade_checks, 10)
+            one_pass_query = pgc.filter_pass_sql(schema, "trades", trade_checks, 10)
             one_pass_s, one_pass_all = timed(cur, one_pass_query, args.repeat)
             cur.execute(one_pass_query)
             row = cur.fetchone()
             out["found"] = {name: row[2 * i] for i, name in enumerate(CHECKS)}
-            unfiltered_s = timed(cur, pgi.filter_pass_sql(schema, "trades", trade_checks, 10, prefilter=False),
+            unfiltered_s = timed(cur, pgc.filter_pass_sql(schema, "trades", trade_checks, 10, prefilter=False),
                                  args.repeat)[0]
             per_check = {}
             for check in trade_checks:
-                per_check[check.name] = round(timed(cur, pgi.single_check_sql(schema, check, 10), args.repeat)[0], 3)
+                per_check[check.name] = round(timed(cur, pgc.single_check_sql(schema, check, 10), args.repeat)[0], 3)
             per_check_s = sum(per_check.values())
             conn.close()
 
