@@ -62,7 +62,13 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.tradeops.remediation.plugins.module_utils import _http, _kubernetes
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, check_timeout, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._redact import redact
-from ansible_collections.tradeops.remediation.plugins.module_utils._validate import DEFAULT_TOKEN_HEADER, Record, merge_token
+from ansible_collections.tradeops.remediation.plugins.module_utils._validate import (
+    DEFAULT_TOKEN_HEADER,
+    Record,
+    merge_token,
+    number,
+    require,
+)
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
     MissingLibraryError,
@@ -507,10 +513,8 @@ class FileStore(Store):
 
     def __init__(self, spec, backup=True, fingerprint=None):
         super(FileStore, self).__init__(spec, fingerprint)
-        path = spec.get("path")
-        if not path:
-            raise ValidationError("store.path is required for store type %s" % self.type)
-        path = os.path.expanduser(os.path.expandvars(path))
+        require(spec, ("path",), "store", "store type %s" % self.type)
+        path = os.path.expanduser(os.path.expandvars(spec["path"]))
         if not os.path.isabs(path):
             raise ValidationError("store.path must be absolute, got %r" % path)
         # the directories on the way are resolved (one lock per file, whatever the path that names it);
@@ -814,20 +818,18 @@ class KubernetesSecretStore(Store):
         self.name = spec.get("name")
         if not self.name:
             raise ValidationError("store.name (the Secret) is required for store type kubernetes")
-        self.namespace = spec.get("namespace") or "default"
         for key in self.keys.values():
             if not re.match(r"^[-._a-zA-Z0-9]+$", key):
                 raise ValidationError("%r is not a valid key of a Secret's data ([-._a-zA-Z0-9]+)" % key)
-        if spec.get("api_url") and not str(spec["api_url"]).startswith(("http://", "https://")):
-            raise ValidationError("store.api_url must start with http:// or https://")
+        # the connection (api_url + api_key, or kubeconfig + context) and the namespace, validated once
+        self.k8s = _kubernetes.kubernetes_options(spec, "store")
+        self.namespace = self.k8s.namespace
 
     def describe(self):
         return "kubernetes secret %s/%s" % (self.namespace, self.name)
 
     def _lock_key(self):
-        spec = self.spec
-        return ("kubernetes", spec.get("api_url") or spec.get("kubeconfig"), spec.get("context"), self.namespace,
-                self.name)
+        return ("kubernetes",) + self.k8s.lock_key() + (self.namespace, self.name)
 
     def _call(self, deadline, fn):
         def missing(err):
@@ -836,8 +838,7 @@ class KubernetesSecretStore(Store):
         def conflict(err):
             return StoreConflict("%s changed while rotating (HTTP 409 Conflict): re-run" % self.describe())
 
-        options = _kubernetes.kubernetes_options(self.spec, "store")
-        return _kubernetes.call(options, deadline, fn, self.describe(), api="core", purpose="the kubernetes store",
+        return _kubernetes.call(self.k8s, deadline, fn, self.describe(), api="core", purpose="the kubernetes store",
                                 on_status={404: missing, 409: conflict})
 
     def _decode(self, data, key):
@@ -904,9 +905,7 @@ class VaultKv2Store(Store):
 
     def __init__(self, spec, fingerprint=None):
         super(VaultKv2Store, self).__init__(spec, fingerprint)
-        for option in ("url", "path", "token"):
-            if not spec.get(option):
-                raise ValidationError("store.%s is required for store type vault_kv2" % option)
+        require(spec, ("url", "path", "token"), "store", "store type vault_kv2")
         _http.check_url(spec["url"], "store.url")
         self.transport = _http.http_options(spec, "store", token="", headers=False)  # the Vault token goes to hvac
         self.mount_point = spec.get("mount_point") or "secret"
@@ -1041,16 +1040,13 @@ class HttpTest:
 
     def __init__(self, spec):
         spec = spec or {}
-        urls = list(spec.get("urls") or [])
+        # each URL with the option that gave it, for messages: test.url, test.urls[0], ...
+        named = [("test.urls[%d]" % i, url) for i, url in enumerate(spec.get("urls") or [])]
         if spec.get("url"):
-            urls.insert(0, spec["url"])
-        if not urls:
+            named.insert(0, ("test.url", spec["url"]))
+        if not named:
             raise ValidationError("test.url or test.urls is required")
-        for url in urls:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ValidationError("test.url and test.urls must start with http:// or https://, got %r"
-                                      % (_http.safe_url(url),))
-        self.urls = list(dict.fromkeys(urls))
+        self.urls = list(dict.fromkeys(_http.check_url(url, option) for option, url in named))
         self.url = self.urls[0]
         self.method = (spec.get("method") or "GET").upper()
         self.header = spec.get("header") or DEFAULT_TOKEN_HEADER
@@ -1059,7 +1055,7 @@ class HttpTest:
         self.timeout = check_timeout(spec.get("timeout") if spec.get("timeout") is not None else 10.0, "test.timeout")
         self.interval = check_timeout(spec.get("interval") if spec.get("interval") is not None else 0.5,
                                       "test.interval")
-        self.concurrency = int(spec.get("concurrency") or 32)
+        self.concurrency = number(spec.get("concurrency"), "test.concurrency", integer=True, minimum=1, default=32)
         # the value under test goes in ``header`` of each request, not a token option
         self.client = _http.client(_http.http_options(spec, "test", token=""))
         self.old_must_fail = spec.get("old_must_fail")
@@ -1220,7 +1216,9 @@ class RotationService:
         self.check_mode = check_mode
         self.fingerprint = store.fingerprint
         self._values = [value] if value else []
+        # the state of a run: its result, its deadline, and what rotate() leaves for the revocation
         self.result = None
+        self._deadline = None
         self._plan = None
 
     def secret_values(self):
@@ -1563,11 +1561,8 @@ class BatchRotation:
     def __init__(self, services, concurrency=8, revoke_grace=0.0, check_mode=False, sleep=time.sleep):
         if not services:
             raise ValidationError("secrets is empty: give at least one secret")
-        try:
-            self.concurrency = int(concurrency)
-        except (TypeError, ValueError):
-            self.concurrency = 0
-        if self.concurrency < 1:
+        self.concurrency = number(concurrency, "concurrency", integer=True, minimum=1)
+        if self.concurrency is None:
             raise ValidationError("concurrency must be at least 1, got %r" % (concurrency,))
         self.services = list(services)
         names = [name for name, dummy in self.services]
@@ -1581,6 +1576,7 @@ class BatchRotation:
         self.revoke_grace = check_timeout(revoke_grace or 0.0, "revoke_grace", minimum=0.0)
         self.check_mode = check_mode
         self._sleep = sleep
+        self._failures = {}  # name -> (message, result or None), for the run under way
 
     def _check_no_shared_keys(self):
         """Two secrets may share a file, Secret or Vault path, but never a key: they would undo each other."""
