@@ -48,9 +48,91 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._redact impor
 
 
 # --------------------------------------------------------------------------------------------
+# The server checks: catalog views only, no checked table
+# --------------------------------------------------------------------------------------------
+class ServerChecks:
+    """Mixed into :class:`Scanner` (its cursor, service, savepoint and add): the ``server`` pass, run first
+    so that the statistics snapshot is taken before our own work."""
+
+    def server_pass(self, names):
+        for name in names:
+            value, err = self.savepoint(getattr(self, name))
+            if err is not None:
+                self.add(_result(name, None, "server", ERROR, message=self.svc._db_error(err)))
+            else:
+                self.add(value)
+
+    def checksum_failures(self):
+        self.cur.execute("SELECT current_setting('data_checksums'), coalesce(sum(checksum_failures), 0)::bigint, "
+                         "max(checksum_last_failure)::text FROM pg_stat_database "
+                         "WHERE datname = current_database() OR datname IS NULL")
+        enabled, failures, last = self.cur.fetchone()
+        if enabled != "on":
+            return _result("checksum_failures", None, "server", SKIPPED, message=(
+                "data checksums are off on this cluster, so PostgreSQL cannot count checksum failures "
+                "(enable them with initdb --data-checksums or pg_checksums --enable)"))
+        return _result("checksum_failures", None, "server", _count_status(failures), failures,
+                       [last] if failures else [], ("%d checksum failure(s) in this database, the last at %s: a "
+                                                    "storage problem; save evidence and restore the pages" % (
+                                                        failures, last)) if failures else "no checksum failures")
+
+    def long_queries(self):
+        self.cur.execute(
+            "SELECT a.pid, a.usename, a.application_name, a.state, "
+            "round(extract(epoch FROM clock_timestamp() - a.query_start)::numeric, 1)::float8, a.query "
+            "FROM pg_stat_activity a WHERE a.datname = current_database() AND a.backend_type = 'client backend' "
+            "AND a.state = 'active' AND NOT (a.pid = ANY(%s)) AND a.pid <> pg_backend_pid() "
+            "AND a.query_start < clock_timestamp() - %s * interval '1 second' ORDER BY a.query_start",
+            (sorted(self.svc.our_pids), self.svc.long_query_seconds))
+        rows = self.cur.fetchall()
+        sample = [{"pid": r[0], "user": r[1], "application_name": r[2], "state": r[3], "seconds": r[4],
+                   "query": _query_text(r[5])} for r in rows[:self.svc.sample_size]]
+        limit = _fmt(self.svc.long_query_seconds)
+        return _result("long_queries", None, "server", WARN if rows else OK, len(rows), sample, (
+            "%d query(ies) running longer than %s s: %s" % (len(rows), limit, ", ".join(
+                "pid %d (%s s)" % (s["pid"], s["seconds"]) for s in sample))) if rows else
+            "no query running longer than %s s" % limit)
+
+    def blocking_locks(self):
+        self.cur.execute(
+            "SELECT w.pid, w.locktype, w.mode, w.relation::regclass::text, b.pid, b.usename, b.state, b.query "
+            "FROM pg_locks w JOIN pg_stat_activity a ON a.pid = w.pid "
+            "CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS bp(pid) "
+            "JOIN pg_stat_activity b ON b.pid = bp.pid "
+            "WHERE NOT w.granted AND a.datname = current_database() AND NOT (w.pid = ANY(%s)) "
+            "ORDER BY w.pid, b.pid", (sorted(self.svc.our_pids),))
+        blocked = {}
+        for pid, locktype, mode, relation, bpid, buser, bstate, bquery in self.cur.fetchall():
+            entry = blocked.setdefault(pid, {"pid": pid, "locktype": locktype, "mode": mode, "relation": relation,
+                                             "blocked_by": []})
+            if not any(b["pid"] == bpid for b in entry["blocked_by"]):
+                entry["blocked_by"].append({"pid": bpid, "user": buser, "state": bstate, "query": _query_text(bquery)})
+        waits = [blocked[pid] for pid in sorted(blocked)]
+        return _result("blocking_locks", None, "server", WARN if waits else OK, len(waits),
+                       waits[:self.svc.sample_size], (
+                           "%d session(s) wait for a lock: %s" % (len(waits), "; ".join(
+                               "pid %d (%s on %s) blocked by %s" % (
+                                   w["pid"], w["mode"], w["relation"] or w["locktype"],
+                                   ", ".join("pid %d" % b["pid"] for b in w["blocked_by"]))
+                               for w in waits[:self.svc.sample_size]))) if waits else "no session waits for a lock")
+
+    def connection_saturation(self):
+        self.cur.execute("SELECT (SELECT coalesce(sum(numbackends), 0) FROM pg_stat_database)::bigint, "
+                         "current_setting('max_connections')::int")
+        backends, maximum = self.cur.fetchone()
+        ratio = round(float(backends) / maximum, 4) if maximum else 0.0
+        limit = self.svc.max_connection_ratio
+        over = ratio > limit
+        return _result("connection_saturation", None, "server", WARN if over else OK, backends,
+                       [{"numbackends": backends, "max_connections": maximum, "ratio": ratio}],
+                       "%d of max_connections %d in use (%.0f%%), %s max_connection_ratio %s" % (
+                           backends, maximum, ratio * 100, "above" if over else "within", _fmt(limit)))
+
+
+# --------------------------------------------------------------------------------------------
 # The scan: one READ ONLY transaction
 # --------------------------------------------------------------------------------------------
-class Scanner:
+class Scanner(ServerChecks):
     SAVEPOINT = "tradeops_pg_integrity"
 
     def __init__(self, service, conn, amcheck):
@@ -323,81 +405,6 @@ class Scanner:
             self.add(_result("amcheck", None, "amcheck", OK, 0, [], "bt_index_check%s passed on %d btree index(es) "
                              "of %s" % (" (heapallindexed)" if self.svc.heapallindexed else "", len(indexes),
                                         tables or "no table")))
-
-    # -- server ----------------------------------------------------------------------------------
-    def server_pass(self, names):
-        for name in names:
-            value, err = self.savepoint(getattr(self, name))
-            if err is not None:
-                self.add(_result(name, None, "server", ERROR, message=self.svc._db_error(err)))
-            else:
-                self.add(value)
-
-    def checksum_failures(self):
-        self.cur.execute("SELECT current_setting('data_checksums'), coalesce(sum(checksum_failures), 0)::bigint, "
-                         "max(checksum_last_failure)::text FROM pg_stat_database "
-                         "WHERE datname = current_database() OR datname IS NULL")
-        enabled, failures, last = self.cur.fetchone()
-        if enabled != "on":
-            return _result("checksum_failures", None, "server", SKIPPED, message=(
-                "data checksums are off on this cluster, so PostgreSQL cannot count checksum failures "
-                "(enable them with initdb --data-checksums or pg_checksums --enable)"))
-        return _result("checksum_failures", None, "server", _count_status(failures), failures,
-                       [last] if failures else [], ("%d checksum failure(s) in this database, the last at %s: a "
-                                                    "storage problem; save evidence and restore the pages" % (
-                                                        failures, last)) if failures else "no checksum failures")
-
-    def long_queries(self):
-        self.cur.execute(
-            "SELECT a.pid, a.usename, a.application_name, a.state, "
-            "round(extract(epoch FROM clock_timestamp() - a.query_start)::numeric, 1)::float8, a.query "
-            "FROM pg_stat_activity a WHERE a.datname = current_database() AND a.backend_type = 'client backend' "
-            "AND a.state = 'active' AND NOT (a.pid = ANY(%s)) AND a.pid <> pg_backend_pid() "
-            "AND a.query_start < clock_timestamp() - %s * interval '1 second' ORDER BY a.query_start",
-            (sorted(self.svc.our_pids), self.svc.long_query_seconds))
-        rows = self.cur.fetchall()
-        sample = [{"pid": r[0], "user": r[1], "application_name": r[2], "state": r[3], "seconds": r[4],
-                   "query": _query_text(r[5])} for r in rows[:self.svc.sample_size]]
-        limit = _fmt(self.svc.long_query_seconds)
-        return _result("long_queries", None, "server", WARN if rows else OK, len(rows), sample, (
-            "%d query(ies) running longer than %s s: %s" % (len(rows), limit, ", ".join(
-                "pid %d (%s s)" % (s["pid"], s["seconds"]) for s in sample))) if rows else
-            "no query running longer than %s s" % limit)
-
-    def blocking_locks(self):
-        self.cur.execute(
-            "SELECT w.pid, w.locktype, w.mode, w.relation::regclass::text, b.pid, b.usename, b.state, b.query "
-            "FROM pg_locks w JOIN pg_stat_activity a ON a.pid = w.pid "
-            "CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS bp(pid) "
-            "JOIN pg_stat_activity b ON b.pid = bp.pid "
-            "WHERE NOT w.granted AND a.datname = current_database() AND NOT (w.pid = ANY(%s)) "
-            "ORDER BY w.pid, b.pid", (sorted(self.svc.our_pids),))
-        blocked = {}
-        for pid, locktype, mode, relation, bpid, buser, bstate, bquery in self.cur.fetchall():
-            entry = blocked.setdefault(pid, {"pid": pid, "locktype": locktype, "mode": mode, "relation": relation,
-                                             "blocked_by": []})
-            if not any(b["pid"] == bpid for b in entry["blocked_by"]):
-                entry["blocked_by"].append({"pid": bpid, "user": buser, "state": bstate, "query": _query_text(bquery)})
-        waits = [blocked[pid] for pid in sorted(blocked)]
-        return _result("blocking_locks", None, "server", WARN if waits else OK, len(waits),
-                       waits[:self.svc.sample_size], (
-                           "%d session(s) wait for a lock: %s" % (len(waits), "; ".join(
-                               "pid %d (%s on %s) blocked by %s" % (
-                                   w["pid"], w["mode"], w["relation"] or w["locktype"],
-                                   ", ".join("pid %d" % b["pid"] for b in w["blocked_by"]))
-                               for w in waits[:self.svc.sample_size]))) if waits else "no session waits for a lock")
-
-    def connection_saturation(self):
-        self.cur.execute("SELECT (SELECT coalesce(sum(numbackends), 0) FROM pg_stat_database)::bigint, "
-                         "current_setting('max_connections')::int")
-        backends, maximum = self.cur.fetchone()
-        ratio = round(float(backends) / maximum, 4) if maximum else 0.0
-        limit = self.svc.max_connection_ratio
-        over = ratio > limit
-        return _result("connection_saturation", None, "server", WARN if over else OK, backends,
-                       [{"numbackends": backends, "max_connections": maximum, "ratio": ratio}],
-                       "%d of max_connections %d in use (%.0f%%), %s max_connection_ratio %s" % (
-                           backends, maximum, ratio * 100, "above" if over else "within", _fmt(limit)))
 
     # -- custom ----------------------------------------------------------------------------------
     def custom_pass(self, spec, pass_name):
