@@ -36,23 +36,6 @@ def hold_summary(target):
     return target.get("hold_summary") or "-"
 
 
-def halt_holds(history):
-    """Per engine, the halt sources read back by the last halt call that halted it in this run, and
-    the earliest expiry among them: ``{engine: {held_by, expires_at, durable, summary}}``. An engine
-    resumed later in the run is left out."""
-    holds = {}
-    for call in history or []:
-        for t in call.get("targets", []):
-            if call.get("state") == "resumed" and t.get("status") in ("resumed", "already_resumed"):
-                holds.pop(t["name"], None)
-            elif call.get("state") == "halted" and "held_by" in t:
-                holds[t["name"]] = {
-                    "held_by": t["held_by"], "expires_at": t.get("expires_at"), "durable": bool(t.get("durable")),
-                    "summary": t.get("hold_summary"),
-                }
-    return holds
-
-
 def halt_report_lines(result, orders=None):
     """Short, human report lines: one per engine with status, method and time to halt."""
     orders_by_name = {}
@@ -128,7 +111,6 @@ class FilterModule(object):
         return {
             "killswitch_targets": killswitch_targets,
             "halt_report_lines": halt_report_lines,
-            "halt_holds": halt_holds,
             "first_halts": first_halts,
             "orders_since": orders_since,
         }

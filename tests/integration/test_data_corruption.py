@@ -10,6 +10,7 @@ from datetime import datetime
 
 import pytest
 
+from tests.helpers.records import read_record
 from tests.integration.test_p0_outage import recap
 
 pytestmark = pytest.mark.integration
@@ -80,8 +81,9 @@ def test_data_corruption_ends_clean_writable_and_halted_until_approval(lab_facto
     backups = list((tmp_path / "backups").glob("*.pgc"))
     assert len(backups) == 1 and stat.S_IMODE(backups[0].stat().st_mode) == 0o600
     assert lab.query("SELECT count(*) FROM pg_database WHERE datname LIKE '%%_verify_%%'")[0][0] == 0
-    report = json.loads(sorted(tmp_path.glob("data-corruption-*.json"))[-1].read_text())
-    assert report["resume"] == "skipped_not_approved"
+    report = read_record(tmp_path, "data-corruption")
+    assert report["resume"]["outcome"] == "skipped_not_approved"
+    assert report["verdict"]["text"].startswith("RECOVERED: health gate GO"), report["verdict"]
 
 
 def test_an_index_corrupted_on_disk_is_rebuilt_and_a_clean_rerun_with_skip_if_clean_changes_nothing(
@@ -116,8 +118,9 @@ def test_a_failed_repair_leaves_the_database_read_only_and_trading_halted(lab_fa
     assert read_only(lab) == "on"
     # trading stays halted after the failed run: watched for a second, no engine trades and none writes an
     # order after the contain phase's halt
-    halts = json.loads(sorted(tmp_path.glob("data-corruption-*.json"))[-1].read_text())["halts"]
-    contained_at = datetime.fromisoformat([h for h in halts if h["phase"] == "contain"][0]["at"]).timestamp()
+    halts = read_record(tmp_path, "data-corruption")["halts"]
+    contained_at = datetime.fromisoformat([h for h in halts if h["phase"] == "contain"][0]["at"].replace(
+        "Z", "+00:00")).timestamp()
     deadline = time.monotonic() + 1.0
     while True:
         assert trading(lab) == []
@@ -128,8 +131,9 @@ def test_a_failed_repair_leaves_the_database_read_only_and_trading_halted(lab_fa
     # the report was written before the run stopped, and names the failed phase
     written = sorted(tmp_path.glob("data-corruption-*.json"))
     assert len(written) == 1, written
-    report = json.loads(written[0].read_text())
-    assert report["verdict"] == "FAILED IN REPAIR, TRADING HALTED" and report["failure"]["phase"] == "repair"
+    report = read_record(tmp_path, "data-corruption")
+    assert report["verdict"]["text"].startswith("HALTED, NOT RECOVERED in repair"), report["verdict"]
+    assert report["failure"]["phase"] == "repair"
     assert "READ-ONLY" in report["failure"]["reason"], report["failure"]
 
 

@@ -8,10 +8,11 @@ health gate that a resume needs.
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
+
+from tests.helpers.records import postmortem, read_record
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ def run(lab, tmp_path, playbook, *extra):
 
 
 def latest_report(tmp_path):
-    return json.loads(sorted(tmp_path.glob("p0-*.json"))[-1].read_text())
+    return read_record(tmp_path, "p0-outage")
 
 
 def test_redis_halted_engines_stay_halted_when_their_key_expires_while_awaiting_approval(lab_factory, tmp_path):
@@ -32,17 +33,17 @@ def test_redis_halted_engines_stay_halted_when_their_key_expires_while_awaiting_
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert "Resume SKIPPED: no approval" in proc.stdout
     report = latest_report(tmp_path)
-    assert report["verdict"].startswith("RECOVERED, TRADING HALTED")
+    assert report["verdict"]["text"].startswith("RECOVERED: health gate GO, trading HALTED awaiting approval")
     rc = lab.lab.redis_client()
     for e in lab.state["engines"]:
         # the key holds until resumed (no expiry), and the report says so, with the flag file beside it
         assert rc.ttl(e["redis_key"]) == -1, e["name"]
-        holds = report["halt_holds"][e["name"]]
+        holds = report["engines"][e["name"]]
         assert [h["method"] for h in holds["held_by"]] == ["redis", "file"], holds
         assert holds["durable"] is True and holds["expires_at"] is None
-        assert holds["summary"] == "redis+file, until the gated resume"
-    md = sorted(tmp_path.glob("p0-*.md"))[-1].read_text()
-    assert "## What holds each halt" in md and "engine-001: redis+file, until the gated resume" in md
+        assert holds["hold_summary"] == "redis+file, until the gated resume"
+    md = postmortem(tmp_path, "p0-outage")
+    assert "- Held by: engine-001: redis+file, until the gated resume" in md
     # the hour passes: the runbook's key expires
     expired_at = time.time()
     for e in lab.state["engines"]:

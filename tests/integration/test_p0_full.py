@@ -4,13 +4,13 @@ read from the engines themselves, and orders in PostgreSQL."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from datetime import datetime
 
 import pytest
 
+from tests.helpers.records import postmortem, read_record
 from tests.integration.test_p0_outage import recap
 
 pytestmark = pytest.mark.integration
@@ -26,6 +26,11 @@ def all_halted(lab):
 
 def reports(tmp_path):
     return sorted(tmp_path.glob("p0-*.json"))
+
+
+def outcome(report):
+    """The latest outcome of each repaired component, as the record keeps it."""
+    return {r["target"]: r["outcome"] for r in report["repairs"]}
 
 
 def run(lab, tmp_path, playbook, *extra):
@@ -45,18 +50,19 @@ def test_crashed_and_hung_engines_are_restarted_and_reach_go_healthy_ones_are_no
     # every engine is back, healthy, and still halted: the resume needs approval
     assert all_halted(lab) == {}
     assert "Resume SKIPPED: no approval" in proc.stdout
-    report = json.loads(reports(tmp_path)[-1].read_text())
-    assert report["health_gate"]["status"] == "GO"
-    assert sorted(report["recovery"]["restarted_and_recovered"]) == ["engine-002", "engine-003"]
-    assert report["resume"] == "skipped_not_approved"
-    assert report["verdict"].startswith("RECOVERED, TRADING HALTED")
+    report = read_record(tmp_path, "p0-outage")
+    assert report["gate"]["status"] == "GO"
+    assert outcome(report) == {"engine-002": "recovered", "engine-003": "recovered"}
+    assert report["resume"]["outcome"] == "skipped_not_approved"
+    assert report["verdict"]["text"].startswith("RECOVERED: health gate GO, trading HALTED awaiting approval")
+    assert (report["verdict"]["outcome"], report["verdict"]["closed"]) == ("resolved", False)
     # the second, strict halt verified every engine, the restarted ones included
     reverify = [h for h in report["halts"] if h["phase"] == "re-verify"][0]
     assert reverify["failed"] == [] and reverify["unverified"] == []
     assert sorted(reverify["done"] + reverify["already"]) == lab.engines()
     # and no engine traded from the end of the contain phase until now
     contained = [h for h in report["halts"] if h["phase"] == "contain"][0]
-    since = datetime.fromisoformat(contained["at"]).timestamp()
+    since = datetime.fromisoformat(contained["at"].replace("Z", "+00:00")).timestamp()
     for name in lab.engines():
         assert lab.orders_between(name, since, time.time()) == 0, name
 
@@ -72,13 +78,16 @@ def test_a_component_that_cannot_be_repaired_leaves_every_engine_halted(lab_fact
     # the run stopped, and the incident report was written before it did, naming the failure
     written = reports(tmp_path)
     assert len(written) == 1, written
-    report = json.loads(written[0].read_text())
-    assert report["verdict"] == "FAILED IN REPAIR, TRADING HALTED", report["verdict"]
+    report = read_record(tmp_path, "p0-outage")
+    assert report["verdict"]["text"].startswith("HALTED, NOT RECOVERED in repair: every engine is verified halted"), \
+        report["verdict"]
+    assert report["verdict"]["exit_code"] == 2
     assert report["failure"]["phase"] == "repair" and "engine-002" in report["failure"]["reason"], report["failure"]
-    assert report["resume"] == "not_run"
+    assert report["resume"] is None
     assert [h["phase"] for h in report["halts"]] == ["contain"]
-    md = written[0].with_suffix(".md").read_text()
-    assert "stopped in the repair phase" in md and "Trading stays halted" in md
+    assert outcome(report) == {"engine-002": "not_recovered"}
+    md = postmortem(tmp_path, "p0-outage")
+    assert "the run failed in repair: engine-002" in md and "| repair | failed |" in md
 
 
 def test_resume_never_happens_without_approval(lab_factory, tmp_path):

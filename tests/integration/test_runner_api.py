@@ -15,6 +15,7 @@ import pytest
 
 import tradeops
 from tests.conftest import ROOT, VENV_BIN, start_lab
+from tests.helpers.records import read_record
 from tradeops.runner import IncidentResult, Secret, run_incident, run_incident_async
 from tradeops.runner.interface import _copy_project
 from tradeops.runner.result import load_events, summarize
@@ -95,8 +96,10 @@ def test_p0_resolves_with_a_correct_result_and_no_secret_reaches_the_runs_dir(la
     assert [t.time for t in result.timeline] == sorted(t.time for t in result.timeline)
     assert ("repair", "engine-002", "changed") in {(t.phase, t.host, t.result) for t in result.timeline}
     # the report and the artifacts
-    report = json.loads(Path(result.report_path).read_text())
-    assert report["verdict"].startswith("RECOVERED") and report == result.report
+    report = read_record(Path(result.report_path).parent, Path(result.report_path).stem)
+    # one computation: the record's verdict is the runner's outcome, exit code and wording
+    assert report["verdict"]["text"] == result.verdict and report["verdict"]["exit_code"] == result.exit_code
+    assert report["verdict"]["text"].startswith("RECOVERED") and report == result.report
     assert Path(result.report_markdown_path).is_file() and result.evidence
     artifacts = Path(result.artifacts_path)
     assert len(list((artifacts / "job_events").glob("*.json"))) == len(seen) > 0
@@ -183,8 +186,9 @@ def test_a_repair_that_fails_leaves_every_engine_halted_exit_2(lab_env, tmp_path
     assert "engine-004" not in result.recovered and result.health_gate is None and not result.awaiting_approval
     # the playbook stops in the repair phase, trading halted, after writing the incident report
     assert result.report_path and Path(result.report_path).exists(), result.report_path
-    report = json.loads(Path(result.report_path).with_suffix(".json").read_text())
-    assert report["verdict"] == "FAILED IN REPAIR, TRADING HALTED" and report["failure"]["phase"] == "repair"
+    report = read_record(Path(result.report_path).parent, Path(result.report_path).stem)
+    assert report["verdict"]["text"] == result.verdict and report["verdict"]["outcome"] == "halted_not_recovered"
+    assert result.verdict.startswith("HALTED, NOT RECOVERED in repair") and report["failure"]["phase"] == "repair"
     failure = next(f for f in result.failures if f.host == "engine-004")
     assert failure.phase == "repair" and "still NO-GO" in failure.message
     assert result.hosts["engine-004"].failures == 1 and result.hosts["engine-004"].health == "NO-GO"

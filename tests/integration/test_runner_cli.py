@@ -53,7 +53,7 @@ def test_resolved_run_exits_0_with_progress_per_phase_summary_and_report(lab, ru
     # per host: the crashed engine is repaired in the repair phase, on its own line
     assert re.search(r"^\[[\d:]+\]\s+repair\s+engine-003\s+changed\s+Recovery", out, re.M)
     assert "kill switch: halted 3, already 0, failed 0, unverified 1 (engine-003)" in out
-    assert "RESOLVED: recovered, health gate GO, trading HALTED awaiting approval" in out
+    assert "RECOVERED: health gate GO, trading HALTED awaiting approval to resume" in out
     assert "halted (verified): 4/4" in out and "repair: restarted engine-003; recovered engine-003" in out
     assert "exit code 0 (resolved)" in out
     report = Path(re.search(r"^  report: (\S+)$", out, re.M).group(1))

@@ -3,13 +3,14 @@ whose engines authenticate admin calls with the token in the lab's secrets file.
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.request
 from datetime import datetime
 
 import pytest
+
+from tests.helpers.records import read_record
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +59,9 @@ def test_security_breach_rotates_revokes_isolates_and_keeps_trading_halted(lab_f
     # trading stayed halted throughout: no order from the end of the contain phase until now (the role's own
     # proof covers each engine's verified halt up to there); not a fixed delay after start, which a loaded
     # machine can exceed
-    report = json.loads(sorted(tmp_path.glob("security-breach-*.json"))[-1].read_text())
+    report = read_record(tmp_path, "security-breach")
     contained = [h for h in report["halts"] if h["phase"] == "contain"][0]
-    contained_at = datetime.fromisoformat(contained["at"]).timestamp()
+    contained_at = datetime.fromisoformat(contained["at"].replace("Z", "+00:00")).timestamp()
     assert started < contained_at < time.time()
     for name in lab.engines():
         assert lab.orders_between(name, contained_at, time.time()) == 0, name
@@ -84,6 +85,6 @@ def test_security_breach_rotates_revokes_isolates_and_keeps_trading_halted(lab_f
     for sha in (tmp_path / "evidence").glob("*.sha256"):
         digest, name = sha.read_text().split()
         assert hashlib.sha256((sha.parent / name).read_bytes()).hexdigest() == digest
-    report = sorted(tmp_path.glob("security-breach-*.json"))[-1].read_text()
+    report = (tmp_path / "security-breach.json").read_text() + (tmp_path / "security-breach.md").read_text()
     for secret in (old, new):
         assert secret not in proc.stdout and secret not in report

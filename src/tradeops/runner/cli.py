@@ -281,9 +281,33 @@ def add_report_commands(subparsers: Any, parser_class: type[argparse.ArgumentPar
     rep.add_argument("run_id", nargs="?", default="latest", metavar="RUN_ID")
     rep.add_argument("--runs-dir", default=None, metavar="DIR", help="the runs directory")
     rep.add_argument("--json", action="store_true", help="the stored result as JSON")
-    rep.add_argument("--markdown", action="store_true", help="also print the incident report (Markdown)")
+    rep.add_argument("--markdown", action="store_true", help="also print the post-mortem draft (Markdown)")
+    rep.add_argument("--format", choices=("md", "json"), default=None,
+                     help="print the run's incident record instead: md the post-mortem draft (with its Mermaid "
+                     "timeline), json the record itself (schemas/incident-record.schema.json)")
     rep.add_argument("--list", action="store_true", help="list the past runs instead")
     rep.set_defaults(func=cmd_report)
+
+
+def _print_record(result: Any, fmt: str) -> int:
+    """The incident record of a run, as it is now (a later resume run of the incident feeds the same record)."""
+    from .record import model
+
+    if not result.report_path or not Path(result.report_path).is_file():
+        print(f"tradeops: error: run {result.run_id} has no incident record (check mode, or it stopped before "
+              "its first task)", file=sys.stderr)
+        return EXIT_FAILED
+    incident = model()
+    try:
+        record = incident.load(result.report_path)
+    except incident.RecordError as exc:
+        print(f"tradeops: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if fmt == "json":
+        print(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        print(incident.postmortem(record), end="")
+    return EXIT_RESOLVED
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -307,6 +331,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(result.to_json(indent=1))
         return EXIT_RESOLVED
+    if args.format:
+        return _print_record(result, args.format)
     print("\n".join(summary_lines(result)))
     print(f"  started {result.started_at}, finished {result.finished_at}")
     print("timeline:")

@@ -11,7 +11,8 @@ Each run gets its own private data dir ``<runs_dir>/<run_id>/`` (``runs_dir``: t
     <run_id>/env/extravars              the non-secret extra vars (0600)
     <run_id>/artifacts/<run_id>/        ansible-runner's artifacts: job_events/ (redacted), stdout (written
                                         from the redacted events), command (allow-listed environment), rc, status
-    <run_id>/report/                    the incident report the playbook writes (.json, .md)
+    incidents/<incident id>.json, .md   the incident record and its post-mortem draft (shared by the runs of
+                                        one incident: its resume run feeds the same record)
     <run_id>/evidence/                  the evidence archives
     <run_id>/result.json                the IncidentResult (``tradeops report <run_id>`` reads it)
     <run_id>/.tradeops-run              the marker of a run directory this tool created
@@ -49,7 +50,9 @@ from .exceptions import (
     RunnerExecutionError,
     RunNotFoundError,
 )
-from .result import IncidentResult, now_iso, phase_of, result_of, summarize
+from .record import model as record_model
+from .result import IncidentResult, collect, now_iso, phase_of, result_of, summarize
+from .result import _bad_input as bad_input_of
 from .secrets import MASK, Redactor, SecretFiles, child_env, looks_secret, split_extravars, unwrap, yaml_unsafe
 
 logger = logging.getLogger("tradeops.runner")
@@ -60,6 +63,8 @@ DEFAULT_ROTATE = 50
 RESULT_FILE = "result.json"
 # Written when this tool creates a run directory: rotation deletes only directories that hold it.
 RUN_MARKER = ".tradeops-run"
+# <runs_dir>/incidents/<incident id>.json (+ .md): the incident records, shared by the runs of one incident
+INCIDENTS_DIR = "incidents"
 MAX_TIMEOUT = 7 * 24 * 3600
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 EventHandler = Callable[[dict[str, Any]], Any]
@@ -244,7 +249,8 @@ def _prepare(
     run_dir = runs / rid
 
     plain, secret = split_extravars(user_vars)
-    plain.setdefault("incident_report_dir", str(run_dir / "report"))
+    # incidents outlive runs: the resume run of an incident feeds the record its first run opened
+    plain.setdefault("incident_report_dir", str(runs / INCIDENTS_DIR))
     plain.setdefault("evidence_dest", str(run_dir / "evidence"))
     plain.setdefault(f"{found.name}_incident_id", rid)
 
@@ -535,18 +541,31 @@ def _run_via_worker(job: _Job, handle: RunHandle, vault: SecretFiles) -> tuple[s
     return status, rc, artifact_dir
 
 
-def _find_report(job: _Job) -> tuple[Path | None, dict[str, Any] | None]:
-    report_dir = Path(str(job.plain_vars.get("incident_report_dir", job.run_dir / "report")))
-    if not report_dir.is_dir():
-        return None, None
-    candidates = [p for p in report_dir.glob("*.json") if p.stat().st_mtime >= job.started - 1]
-    if not candidates:
-        return None, None
-    path = max(candidates, key=lambda p: p.stat().st_mtime)
+def _find_record(job: _Job) -> Path | None:
+    """The incident record this run fed: ``<incident_report_dir>/<incident id>.json``, if the run wrote it."""
+    report_dir = Path(str(job.plain_vars.get("incident_report_dir", job.runs_dir / INCIDENTS_DIR)))
+    incident_id = str(job.plain_vars.get(f"{job.incident.name}_incident_id") or "")
+    path = report_dir / f"{incident_id}.json"
     try:
-        return path, json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return path, None
+        return path if incident_id and path.stat().st_mtime >= job.started - 1 else None
+    except OSError:
+        return None
+
+
+def _finish_record(job: _Job, path: Path | None, status: str, rc: int | None) -> dict[str, Any] | None:
+    """Close the run in its record with what the runner saw (canceled, timed out, failed): the same ``finish``
+    the report phase calls, so the record, the exit code and the summary agree."""
+    if path is None or job.check:
+        return None
+    incident = record_model(job.project_dir)
+    bad_input = bad_input_of(collect(job.events), rc) if rc in (4, 5) else None
+    try:
+        _, record = incident.update(str(path), lambda r: incident.finish(r, status=status, rc=rc, check=job.check,
+                                                                         bad_input=bad_input))
+    except incident.RecordError as exc:
+        logger.warning("run %s: the incident record %s cannot be read: %s", job.run_id, path, exc)
+        return None
+    return record
 
 
 def _write_stdout(artifact_dir: Path, events: list[dict[str, Any]]) -> None:
@@ -599,8 +618,12 @@ def _execute(job: _Job, handle: RunHandle) -> IncidentResult:
     if handle.canceled:
         status = "canceled"
     _write_stdout(artifact_dir, job.events)
-    report_path, report = _find_report(job)
-    fields = summarize(job.events, status=status, rc=rc, check=job.check, report=report)
+    report_path = _find_record(job)
+    report = _finish_record(job, report_path, status, rc)
+    if report is None:
+        report_path = None
+    fields = summarize(job.events, status=status, rc=rc, check=job.check, record=report,
+                       project_dir=str(job.project_dir))
     evidence_dir = Path(str(job.plain_vars.get("evidence_dest", job.run_dir / "evidence")))
     evidence = sorted(str(p) for p in evidence_dir.glob("*.tar.gz")) if evidence_dir.is_dir() else []
     md = report_path.with_suffix(".md") if report_path else None

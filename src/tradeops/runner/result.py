@@ -321,98 +321,79 @@ def _nogo_components(facts: _Facts) -> list[str]:
                    if status == "NO-GO"})
 
 
+def _bad_input(facts: _Facts, rc: int | None) -> str | None:
+    """Why Ansible refused the run (rc 4/5, or no host matched), in its own words; None if it did not."""
+    processed = facts.stats.get("processed") or {}
+    if rc not in (4, 5) and (processed or facts.hosts_seen):
+        return None
+    lines = [line for v in facts.verbose for line in v.splitlines()]
+    why = (next((x for x in lines if "ERROR" in x or "not found" in x), None)
+           or next((x for x in lines if "Unable to parse" in x), None))
+    why = re.sub(r"^\[?(WARNING|ERROR)\]?!?:?\s*", "", why.strip()) if why else None
+    if rc in (4, 5) and why:
+        return why
+    return "no host matched (is the lab up? is the inventory right?)" + (f": {why}" if why else "")
+
+
+def _event_states(facts: _Facts) -> dict[str, Any]:
+    """The engines' and components' states as the job events show them, for a run with no incident record."""
+    halted = sorted(n for n, s in facts.halt_status.items() if s in HALTED_STATUSES)
+    resumed = sorted(n for n, s in facts.halt_status.items() if s in RESUMED_STATUSES)
+    fleet = [res for _, res in facts.halt_calls if res.get("state", "halted") == "halted"]
+    contained = sorted(set(fleet[0].get("halted") or []) | set(fleet[0].get("already_halted") or [])) if fleet else []
+    still_nogo = _nogo_components(facts)
+    restarted = sorted(facts.repair_hosts)
+    recovered = sorted(h for h in restarted if h not in still_nogo and facts.repair_hosts[h] != "failed")
+    gate = facts.gate if facts.gate != "not_run" else None
+    return {"halted": halted, "resumed": resumed,
+            "not_halted": sorted(n for n, s in facts.halt_status.items()
+                                 if s not in HALTED_STATUSES | RESUMED_STATUSES),
+            "contained": contained, "restarted": restarted, "recovered": recovered,
+            "not_recovered": sorted(h for h in restarted if h not in recovered), "still_nogo": still_nogo,
+            "health_gate": gate, "awaiting_approval": bool(halted) and not resumed and gate == "GO",
+            "halt_holds": {n: facts.halt_holds[n] for n in halted if n in facts.halt_holds}}
+
+
 def summarize(
     events: Iterable[Mapping[str, Any]],
     *,
     status: str,
     rc: int | None,
     check: bool = False,
-    report: Mapping[str, Any] | None = None,
+    record: Mapping[str, Any] | None = None,
+    project_dir: str | None = None,
 ) -> dict[str, Any]:
-    """The IncidentResult fields that come from the events (and the report), outcome and exit code included."""
-    facts = collect(events)
-    hosts = _hosts(facts)
-    halted = sorted(n for n, s in facts.halt_status.items() if s in HALTED_STATUSES)
-    resumed = sorted(n for n, s in facts.halt_status.items() if s in RESUMED_STATUSES)
-    not_halted = sorted(n for n, s in facts.halt_status.items() if s not in HALTED_STATUSES | RESUMED_STATUSES)
-    contained: list[str] = []
-    fleet_halts = [res for _, res in facts.halt_calls if res.get("state", "halted") == "halted"]
-    if fleet_halts:
-        first = fleet_halts[0]
-        contained = sorted(set(first.get("halted") or []) | set(first.get("already_halted") or []))
-    still_nogo = _nogo_components(facts)
-    restarted = sorted(facts.repair_hosts)
-    recovered = sorted(h for h in restarted if h not in still_nogo and facts.repair_hosts[h] != "failed")
-    not_recovered = sorted(h for h in restarted if h not in recovered)
-    gate = facts.gate
-    resume = None
-    if report:
-        rec = report.get("recovery") or {}
-        if rec.get("restarted_and_recovered") or rec.get("not_recovered"):
-            recovered = sorted(rec.get("restarted_and_recovered") or [])
-            not_recovered = sorted(rec.get("not_recovered") or [])
-            restarted = sorted(set(restarted) | set(recovered) | set(not_recovered))
-        gate = (report.get("health_gate") or {}).get("status") or gate
-        resume = report.get("resume")
-    if gate == "not_run":
-        gate = None
-    awaiting = not check and bool(halted) and not resumed and resume in (None, "skipped_not_approved") and gate == "GO"
+    """The IncidentResult fields. The outcome, exit code, verdict and the engines' states come from the incident
+    record through the collection's own ``decide`` and ``summary`` (the same computation as the report's
+    verdict); the events add the per-host counts, the task timeline, the failures and Ansible's warnings."""
+    from .record import model
 
-    processed = facts.stats.get("processed") or {}
+    incident = model(project_dir)
+    facts = collect(events)
+    if record:
+        states = incident.summary(record)
+    else:  # no record (check mode, or the run stopped before its first task): what the events show
+        states = _event_states(facts)
+    # a record exists only if a task ran on a host: "no host matched" cannot be its story
+    bad_input = _bad_input(facts, rc) if not record or rc in (4, 5) else None
+    verdict = incident.decide(record, status=status, rc=rc, check=check, bad_input=bad_input, states=states)
     warnings = [v for v in facts.verbose if "WARNING" in v or "ERROR" in v][:20]
-    if status == "canceled":
-        outcome, verdict = CANCELED, "CANCELED: the run was stopped before it finished"
-    elif rc in (4, 5) or (not processed and not facts.hosts_seen):
-        outcome = BAD_INPUT
-        lines = [line for v in facts.verbose for line in v.splitlines()]
-        why = (next((x for x in lines if "ERROR" in x or "not found" in x), None)
-               or next((x for x in lines if "Unable to parse" in x), None))
-        why = re.sub(r"^\[?(WARNING|ERROR)\]?!?:?\s*", "", why.strip()) if why else None
-        verdict = ("BAD INPUT: " + (why if rc in (4, 5) and why else "no host matched (is the lab up? is the "
-                                    "inventory right?)" + (f": {why}" if why else "")))
-    elif check:
-        outcome = CHECKED if rc == 0 else FAILED
-        verdict = "CHECK MODE: nothing changed" + ("" if rc == 0 else f"; the check failed (rc {rc})")
-    elif status == "successful" and not not_halted and not still_nogo:
-        outcome = RESOLVED
-        if resumed and not halted:
-            verdict = "RESOLVED: trading resumed, verified"
-        elif awaiting:
-            verdict = "RESOLVED: recovered, health gate GO, trading HALTED awaiting approval to resume"
-        elif halted:
-            verdict = "RESOLVED: trading halted, verified"
-        else:
-            verdict = "RESOLVED"
-    elif halted and not not_halted and fleet_halts:
-        outcome = HALTED_NOT_RECOVERED
-        verdict = ("HALTED, NOT RECOVERED: every engine is verified halted; still NO-GO: "
-                   + (", ".join(still_nogo) or "see the failures"))
-    else:
-        outcome = FAILED
-        if not_halted:
-            verdict = "REMEDIATION FAILED: not verified halted: " + ", ".join(not_halted)
-        elif still_nogo:
-            verdict = "REMEDIATION FAILED: NO-GO: " + ", ".join(still_nogo)
-        elif status == "timeout":
-            verdict = "REMEDIATION FAILED: the run timed out"
-        else:
-            verdict = f"REMEDIATION FAILED: the playbook failed (rc {rc})"
     return {
-        "outcome": outcome,
-        "exit_code": OUTCOME_EXIT[outcome],
-        "verdict": verdict,
-        "hosts": hosts,
-        "contained": contained,
-        "halted": halted,
-        "not_halted": not_halted,
-        "halt_holds": {n: facts.halt_holds[n] for n in halted if n in facts.halt_holds},
-        "resumed": resumed,
-        "restarted": restarted,
-        "recovered": recovered,
-        "not_recovered": not_recovered,
-        "still_nogo": still_nogo,
-        "health_gate": gate,
-        "awaiting_approval": awaiting,
+        "outcome": verdict["outcome"],
+        "exit_code": verdict["exit_code"],
+        "verdict": verdict["text"],
+        "hosts": _hosts(facts),
+        "contained": states["contained"],
+        "halted": states["halted"],
+        "not_halted": states["not_halted"],
+        "halt_holds": states["halt_holds"],
+        "resumed": states["resumed"],
+        "restarted": states["restarted"],
+        "recovered": states["recovered"],
+        "not_recovered": states["not_recovered"],
+        "still_nogo": states["still_nogo"],
+        "health_gate": states["health_gate"],
+        "awaiting_approval": bool(states["awaiting_approval"]) and not check,
         "timeline": facts.timeline,
         "failures": facts.failures,
         "warnings": warnings,

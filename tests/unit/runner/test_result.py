@@ -17,9 +17,7 @@ def test_phase_of_play_names():
 
 
 def test_recovered_and_gate_go_without_approval_is_resolved_awaiting_approval():
-    s = summarize(ev.p0_success(), status="successful", rc=0,
-                  report={"recovery": {"restarted_and_recovered": ["engine-002"], "not_recovered": []},
-                          "health_gate": {"status": "GO"}, "resume": "skipped_not_approved"})
+    s = summarize(ev.p0_success(), status="successful", rc=0)
     assert (s["outcome"], s["exit_code"]) == ("resolved", 0)
     assert s["awaiting_approval"] and "awaiting approval" in s["verdict"]
     assert s["halted"] == ev.ENGINES and s["not_halted"] == []

@@ -1,0 +1,244 @@
+"""The incident record (plugins/plugin_utils/incident.py): one verdict for the report and the runner, the
+record's schema, continuation and archiving, the notices and the post-mortem draft."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ansible_collections.tradeops.remediation.plugins.plugin_utils import incident
+
+from tests.helpers.records import validate
+from tradeops.runner.result import summarize
+
+ENGINES = ["engine-001", "engine-002", "engine-003"]
+
+
+def halt_result(statuses, state="halted", elapsed_ms=120):
+    done = [n for n, s in statuses.items() if s in ("halted", "resumed")]
+    already = [n for n, s in statuses.items() if s in ("already_halted", "already_resumed")]
+    bad = [n for n, s in statuses.items() if s == "unverified"]
+    key = "halted" if state == "halted" else "resumed"
+    return {key: done, "already_" + key: already, "unverified": bad, "failed_targets": [], "elapsed_ms": elapsed_ms,
+            "targets": [{"name": n, "status": s, "method": "file",
+                         "held_by": [{"method": "file", "source": f"file /tmp/{n}/EMERGENCY_STOP",
+                                      "expires_at": None, "survives_restart": True}] if "halted" in s else [],
+                         "durable": "halted" in s,
+                         "hold_summary": "file, until the gated resume" if "halted" in s else None}
+                        for n, s in statuses.items()]}
+
+
+def health(status, nogo=()):
+    return {"status": status, "nogo": [f"{n}-health" for n in nogo], "nogo_components": list(nogo),
+            "elapsed_ms": 900, "probes": [{"name": f"{n}-health", "component": n, "status": "NO-GO",
+                                           "message": "connection refused"} for n in nogo]}
+
+
+def new(severity="P0"):
+    record = incident.new_record("inc-1", "p0_outage", severity)
+    record["runs"].append({"started_at": record["started_at"], "playbook": "p0_outage", "pid": 1})
+    return record
+
+
+def recovered_awaiting():
+    r = new()
+    incident.add_halt(r, "contain", "halted", halt_result({"engine-001": "halted", "engine-002": "unverified",
+                                                           "engine-003": "halted"}))
+    incident.set_triage(r, health("NO-GO", ["engine-002"]))
+    incident.add_repairs(r, [{"target": "engine-002", "action": "restart (process)", "outcome": "recovered"}])
+    incident.add_halt(r, "re-verify", "halted", halt_result({"engine-001": "already_halted",
+                                                             "engine-002": "halted", "engine-003": "already_halted"}))
+    incident.set_gate(r, health("GO"))
+    incident.set_resume(r, "skipped_not_approved")
+    return r
+
+
+def resumed():
+    r = recovered_awaiting()
+    incident.add_halt(r, "resume", "resumed", halt_result({n: "resumed" for n in ENGINES}, state="resumed"))
+    incident.set_resume(r, "resumed")
+    return r
+
+
+def contained_only():
+    r = new()
+    incident.add_halt(r, "contain", "halted", halt_result({n: "halted" for n in ENGINES}))
+    return r
+
+
+def repair_failed():
+    r = new()
+    incident.add_halt(r, "contain", "halted", halt_result({n: "halted" for n in ENGINES}))
+    incident.set_triage(r, health("NO-GO", ["engine-003"]))
+    incident.add_repairs(r, [{"target": "engine-003", "action": "restart (process)", "outcome": "not_recovered",
+                              "detail": "NO-GO: engine-003-health"}])
+    incident.set_failure(r, "repair", "engine-003: engine-003 is still NO-GO 4s after its restart")
+    return r
+
+
+def not_halted():
+    r = new()
+    incident.add_halt(r, "contain", "halted", halt_result({"engine-001": "halted", "engine-002": "unverified"}))
+    return r
+
+
+def nogo_without_halts():
+    r = new("P3")
+    incident.set_triage(r, health("NO-GO", ["engine-001"]))
+    return r
+
+
+def healthy_check():
+    r = new("P3")
+    incident.set_triage(r, health("GO"))
+    return r
+
+
+# (scenario, how the run ended: status, rc, check, bad input) -> (outcome, exit code, closed, words)
+VERDICTS = [
+    (resumed, ("successful", 0, False, None), ("resolved", 0, True, "RESOLVED: trading resumed, verified")),
+    (recovered_awaiting, ("successful", 0, False, None),
+     ("resolved", 0, False, "RECOVERED: health gate GO, trading HALTED awaiting approval to resume")),
+    (contained_only, ("successful", 0, False, None), ("resolved", 0, False, "CONTAINED: trading halted, verified")),
+    (healthy_check, ("successful", 0, False, None), ("resolved", 0, True, "RESOLVED")),
+    (repair_failed, ("failed", 2, False, None),
+     ("halted_not_recovered", 2, False, "HALTED, NOT RECOVERED in repair: every engine is verified halted; still "
+                                        "NO-GO: engine-003")),
+    (not_halted, ("successful", 0, False, None),
+     ("remediation_failed", 1, False, "REMEDIATION FAILED: not verified halted: engine-002")),
+    (nogo_without_halts, ("successful", 0, False, None),
+     ("remediation_failed", 1, False, "REMEDIATION FAILED: NO-GO: engine-001")),
+    (lambda: new(), ("timeout", 254, False, None),
+     ("remediation_failed", 1, False, "REMEDIATION FAILED: the run timed out")),
+    (contained_only, ("canceled", 254, False, None),
+     ("canceled", 1, False, "CANCELED: the run was stopped before it finished; trading halted on 3 engine(s)")),
+    (lambda: new(), ("failed", 4, False, "playbooks/x.yml could not be found"),
+     ("bad_input", 3, False, "BAD INPUT: playbooks/x.yml could not be found")),
+    (contained_only, ("successful", 0, True, None), ("checked", 0, False, "CHECK MODE: nothing changed")),
+]
+
+
+@pytest.mark.parametrize("scenario, run, expected", VERDICTS,
+                         ids=[v[2][3].split(":")[0].lower().replace(" ", "-") + "-" + v[1][0] for v in VERDICTS])
+def test_one_verdict_for_the_report_and_the_runner(scenario, run, expected):
+    status, rc, check, bad_input = run
+    outcome, exit_code, closed, words = expected
+    record = scenario()
+    # the report phase (and the runner, writing back what it saw) close the record with finish()
+    verdict = incident.finish(record, status=status, rc=rc, check=check, bad_input=bad_input)
+    assert (verdict["outcome"], verdict["exit_code"], verdict["closed"], verdict["text"]) == (
+        outcome, exit_code, closed, words)
+    assert bool(record["closed_at"]) == closed
+    validate(json.loads(json.dumps(record)))
+    # the runner's exit code, outcome and words are the same computation on the same record
+    fields = summarize([], status=status, rc=rc, check=check, record=record)
+    if bad_input is None:
+        assert (fields["outcome"], fields["exit_code"], fields["verdict"]) == (outcome, exit_code, words)
+    # and the post-mortem draft and the notices say it in the same words
+    assert f"**{words}**" in incident.postmortem(record)
+    assert incident.message(record, "status")["fields"]["verdict"] == words
+
+
+def test_the_record_summary_names_what_was_halted_repaired_and_held():
+    record = recovered_awaiting()
+    s = incident.summary(record)
+    assert s["halted"] == ENGINES and s["not_halted"] == [] and s["contained"] == ["engine-001", "engine-003"]
+    assert s["recovered"] == ["engine-002"] and s["not_recovered"] == [] and s["still_nogo"] == []
+    assert s["awaiting_approval"] and s["health_gate"] == "GO"
+    assert s["halt_holds"]["engine-002"] == "file, until the gated resume"
+    assert incident.summary(resumed())["halt_holds"] == {}
+
+
+def test_phases_are_timed_and_a_halt_phase_starts_when_its_call_did():
+    record = recovered_awaiting()
+    names = [p["name"] for p in record["phases"]]
+    assert names == ["contain", "assess", "repair", "re-verify", "verify", "resume"]
+    contain = record["phases"][0]
+    assert incident.seconds_between(contain["start"], contain["end"]) == pytest.approx(0.12, abs=0.002)
+    assert contain["outcome"] == "failed"  # engine-002 was not verified halted by the contain call
+    assert all(p["end"] is not None for p in record["phases"])
+
+
+def test_an_open_incident_is_continued_and_a_resolved_one_is_kept_beside_a_new_one(tmp_path):
+    record, path = incident.open_record(str(tmp_path), "inc-7", "p0_outage", "P0", playbook="p0")
+    incident.add_halt(record, "contain", "halted", halt_result({n: "halted" for n in ENGINES}))
+    incident.finish(record)
+    incident.save(record, path)
+    # the resume run of the same incident continues its record
+    again, same = incident.open_record(str(tmp_path), "inc-7", "resume_trading", "P2", playbook="resume")
+    assert same == path and again["incident_type"] == "p0_outage" and len(again["runs"]) == 2
+    assert again["severity"] == "P0" and again["halts"] and again["verdict"] is None
+    incident.add_halt(again, "resume", "resumed", halt_result({n: "resumed" for n in ENGINES}, state="resumed"))
+    incident.set_resume(again, "resumed")
+    assert incident.finish(again)["closed"]
+    incident.save(again, path)
+    validate(incident.load(path))
+    # a new incident under the same id: the resolved one is kept, renamed by its start time
+    fresh, _ = incident.open_record(str(tmp_path), "inc-7", "p0_outage", "P0")
+    assert fresh["halts"] == [] and len(fresh["runs"]) == 1
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("inc-7-"))
+    assert len(kept) == 2 and {p.rsplit(".", 1)[1] for p in kept} == {"json", "md"}
+
+
+def test_the_record_and_its_draft_are_private_and_refuse_an_unsafe_id(tmp_path):
+    record, path = incident.open_record(str(tmp_path), "inc-8", "p0_outage", "P1")
+    incident.save(record, path)
+    for name in ("inc-8.json", "inc-8.md"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+    for bad in ("../x", "a/b", "", ".hidden", "x" * 200, "a..b"):
+        with pytest.raises(incident.RecordError, match="not a safe file name"):
+            incident.record_path(str(tmp_path), bad)
+    with pytest.raises(incident.RecordError, match="schema version"):
+        (tmp_path / "old.json").write_text(json.dumps({"schema_version": 0}))
+        incident.load(str(tmp_path / "old.json"))
+
+
+def test_update_is_serialised_between_writers(tmp_path):
+    import threading
+
+    record, path = incident.open_record(str(tmp_path), "inc-9", "p0_outage", "P0")
+    incident.save(record, path)
+
+    def add(i):
+        incident.update(path, lambda r: incident.add_action(r, "repair", f"step {i}", "done"))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(a["name"] for a in incident.load(path)["actions"]) == sorted(f"step {i}" for i in range(20))
+
+
+def test_notices_follow_the_seeds_templates():
+    record = recovered_awaiting()
+    incident.finish(record)
+    initial = incident.message(record, "initial")
+    assert initial["dedup_key"] == "tradeops-inc-1" and initial["severity"] == "P0"
+    assert initial["title"].startswith("INCIDENT ALERT - P0 (SEV-1) inc-1")
+    for line in ("PRIORITY: CRITICAL (P0)", "IMPACT: 3 engine(s) halted and verified", "ACTIONS TAKEN:",
+                 "NEXT STEPS:", "Updates will be provided every 15 minutes until resolved."):
+        assert line in initial["text"], line
+    status = incident.message(record, "status")
+    assert "Status: CONTAINED, AWAITING APPROVAL" in status["text"] and "approves the resume" in status["text"]
+    done = resumed()
+    incident.finish(done)
+    resolution = incident.message(done, "resolution")
+    assert resolution["title"].startswith("INCIDENT RESOLVED - P0") and "RESOLVED" in resolution["text"]
+    assert "ROOT CAUSE:" in resolution["text"] and "Duration:" in resolution["text"]
+    assert resolution["dedup_key"] == initial["dedup_key"]
+
+
+def test_metrics_compare_with_the_seed_rto():
+    record = resumed()
+    record["detected_at"] = incident.iso(incident.parse_time(record["started_at"]) -
+                                         incident._dt.timedelta(seconds=30))
+    incident.finish(record)
+    m = record["metrics"]
+    assert m["mttd_s"] == pytest.approx(30, abs=0.01)
+    assert m["time_to_contain_s"] is not None and m["time_to_contain_s"] >= 30
+    assert m["rto_s"] == 300 and m["rto_met"] is True
+    draft = incident.postmortem(record)
+    for section in ("## 1. Incident summary", "## 2. Timeline", "## 3. Root cause analysis", "## 4. Action items",
+                    "## 5. Lessons learned", "### Recovery objectives (seed 002)", "```mermaid", "**TO FILL**"):
+        assert section in draft, section
