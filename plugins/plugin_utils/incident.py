@@ -214,9 +214,11 @@ def add_halt(record, phase, state, result, at=None):
     already = list(result.get("already_halted") or result.get("already_resumed") or [])
     failed = list(result.get("failed_targets") or [])
     unverified = list(result.get("unverified") or [])
-    entry = {"at": at, "phase": phase, "state": state, "done": sorted(done), "already": sorted(already),
-             "failed": sorted(failed), "unverified": sorted(unverified), "elapsed_ms": result.get("elapsed_ms"),
-             "orders_after": result.get("orders_after")}
+    entry = {"at": at, "run": len(record["runs"]), "phase": phase, "state": state, "done": sorted(done),
+             "already": sorted(already), "failed": sorted(failed), "unverified": sorted(unverified),
+             "elapsed_ms": result.get("elapsed_ms"), "orders_after": result.get("orders_after"),
+             "targets": [{"name": t["name"], "status": t.get("status"), "method": t.get("method"),
+                          "latency_ms": t.get("latency_ms"), "error": t.get("error")} for t in targets]}
     record["halts"].append(entry)
     if _phase(record, phase, len(record["runs"])) is None and isinstance(result.get("elapsed_ms"), (int, float)):
         # the halt is not delayed by a "start" event: its phase starts when its call did
@@ -269,8 +271,8 @@ def _findings(result):
 def add_evidence(record, archives, failures=(), phase="evidence", at=None):
     at = at or iso()
     for archive in archives or []:
-        record["evidence"].append({"at": at, "host": archive.get("host"), "path": archive.get("path"),
-                                   "sha256": archive.get("sha256")})
+        record["evidence"].append({"at": at, "run": len(record["runs"]), "host": archive.get("host"),
+                                   "path": archive.get("path"), "sha256": archive.get("sha256")})
     failures = list(failures or [])
     end_phase(record, phase, "done" if not failures else "partial", "%d archive(s), %d host(s) failed" % (
         len(archives or []), len(failures)), at)
@@ -280,7 +282,7 @@ def add_repairs(record, repairs, phase="repair", at=None):
     """Repairs done on hosts or components: ``[{target, action, outcome (recovered|not_recovered|...), detail}]``."""
     at = at or iso()
     for repair in repairs or []:
-        record["repairs"].append({"at": at, "phase": phase, "target": repair.get("target"),
+        record["repairs"].append({"at": at, "run": len(record["runs"]), "phase": phase, "target": repair.get("target"),
                                   "action": repair.get("action") or "restart",
                                   "outcome": repair.get("outcome"), "detail": str(repair.get("detail") or "")[:500]})
     bad = [r["target"] for r in repairs or [] if r.get("outcome") not in ("recovered", "done", "ok")]
