@@ -3,7 +3,7 @@ lab with 3 engines crashed and 1 hung, timed phase by phase.
 
 The drill brings the lab up with the faults active (its fault time), waits 1 s, runs ``ansible-playbook
 playbooks/p0_outage.yml``, checks PostgreSQL, then runs the approved resume. Its MTTR is fault to all GO:
-the incident report's ``health_gate_at`` (the gate passed) minus the fault time. The phases come from the
+the incident record's ``gate.at`` (the gate passed) minus the fault time. The phases come from the
 ``bench_timing`` callback (``bench/callback_plugins``), enabled for these runs only: each tagged play
 (contain, assess, evidence, repair, verify, resume, report) lasts from its start to the next play's start.
 ``verify_to_gate_open`` is the verify play up to the gate passing. The drill's verdict must be PASS.
@@ -90,8 +90,8 @@ def run_mttr(runs: int, work: Path, engines: int = 20) -> dict[str, Any]:
                 gate_at = fault_at = None
                 if rep.get("incident_report"):
                     incident = json.loads(Path(rep["incident_report"]).read_text())
-                    gate = next((e["at"] for e in incident["timeline"] if e["phase"] == "verify"), None)
-                    gate_at = datetime.fromisoformat(gate).timestamp() if gate else None
+                    gate = (incident.get("gate") or {}).get("at")
+                    gate_at = datetime.fromisoformat(gate.replace("Z", "+00:00")).timestamp() if gate else None
                     if gate_at is not None and run["mttr_s"] is not None:
                         fault_at = gate_at - float(run["mttr_s"])
                 if timing.exists() and fault_at is not None:

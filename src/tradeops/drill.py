@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -80,17 +81,20 @@ def _orders(lab: Lab, sql: str, args: tuple) -> dict[str, int]:
 
 
 def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: bool = False,
-                 root: Path | None = None, lab_dir: Path | None = None, out=sys.stdout) -> DrillOutcome:
+                 root: Path | None = None, lab_dir: Path | None = None, out=sys.stdout,
+                 extra_vars: dict[str, Any] | None = None, reports_dir: Path | None = None) -> DrillOutcome:
+    """``extra_vars`` (for example the notification channels, secrets included) reach both playbooks through a
+    0600 file removed at the end."""
     root = root or find_root()
     lab_dir = lab_dir or (root / ".lab-drill")
     faults = {name: ([f] if isinstance(f, str) else list(f))
               for name, f in (DEFAULT_FAULTS if faults is None else faults).items()}
-    reports = root / "reports"
-    reports.mkdir(exist_ok=True)
+    reports = reports_dir or (root / "reports")
+    reports.mkdir(parents=True, exist_ok=True)
     incident = "p0-drill-" + time.strftime("%Y%m%dT%H%M%S")
     lab = Lab(lab_dir)
     problems: list[str] = []
@@ -103,7 +107,9 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
     def ansible(name: str, *extra: str) -> subprocess.CompletedProcess:
         """Run a playbook with its output streamed to the user and kept for the checks."""
         cmd = [playbook, f"playbooks/{name}", "-e", f"p0_outage_incident_id={incident}",
-               "-e", f"incident_report_dir={reports}", "-e", f"evidence_dest={reports / 'evidence'}", *extra]
+               "-e", f"resume_trading_incident_id={incident}",
+               "-e", f"incident_report_dir={reports}", "-e", f"evidence_dest={reports / 'evidence'}",
+               *(["-e", f"@{vars_file}"] if vars_file else []), *extra]
         lines: list[str] = []
         with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) as proc:
@@ -115,6 +121,11 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
         out.flush()
         return subprocess.CompletedProcess(cmd, rc, "".join(lines), "")
 
+    vars_file = None
+    if extra_vars:
+        fd, vars_file = tempfile.mkstemp(prefix="tradeops-drill-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(extra_vars, fh)
     if lab.is_up():
         say(f"drill: a previous drill lab is still up in {lab_dir}; tearing it down")
         lab.down()
@@ -136,11 +147,11 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
             problems.append(f"p0_outage.yml exited {p0.returncode} (log: reports/{incident}-p0_outage.log)")
         if "Resume SKIPPED: no approval" not in p0.stdout:
             problems.append("p0_outage did not say that the resume was skipped for lack of approval")
-        report_files = sorted(reports.glob(f"{incident}-*.json"))
-        if not report_files:
-            problems.append("p0_outage wrote no incident report")
+        record_path = reports / f"{incident}.json"
+        if not record_path.is_file():
+            problems.append("p0_outage wrote no incident record")
             return DrillOutcome(False, problems)
-        incident_report = json.loads(report_files[-1].read_text())
+        incident_report = json.loads(record_path.read_text())
         halts = {h["phase"]: h for h in incident_report["halts"]}
         contain, reverify = halts.get("contain"), halts.get("re-verify")
         if not contain or not reverify:
@@ -158,9 +169,9 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
         still = sorted(n for n, e in view.items() if e.get("trading_active"))
         if still:
             problems.append(f"engines trading before any approval: {still}")
-        gate = incident_report["health_gate"]["status"]
+        gate = (incident_report.get("gate") or {}).get("status")
         if gate != "GO":
-            problems.append(f"health gate {gate}: {incident_report['health_gate']['nogo_probes']}")
+            problems.append(f"health gate {gate}: {(incident_report.get('gate') or {}).get('nogo_probes')}")
         contained_at = _epoch(contain["at"])
         now = time.time()
         after = _orders(lab, "SELECT engine, count(*) FROM orders WHERE created_at > to_timestamp(%s) "
@@ -172,7 +183,7 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
                 problems.append(f"{name} wrote {after[name]} orders after the contain phase")
             if not before.get(name) and name not in faults:
                 problems.append(f"{name} never traded before the halt: the proof would be vacuous")
-        gate_at = next((_epoch(e["at"]) for e in incident_report["timeline"] if e["phase"] == "verify"), None)
+        gate_at = _epoch(incident_report["gate"]["at"]) if incident_report.get("gate") else None
         mttr = round(gate_at - fault_at, 1) if gate_at else None
 
         say("drill: 4/5 ansible-playbook playbooks/resume_trading.yml -e resume_trading_approved=true")
@@ -188,6 +199,10 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
         silent = sorted(n for n in names if not flowing.get(n))
         if silent:
             problems.append(f"no new orders after the approved resume from: {silent}")
+        final = json.loads(record_path.read_text())
+        verdict = (final.get("verdict") or {}).get("text")
+        if not (final.get("verdict") or {}).get("closed"):
+            problems.append(f"the incident record is not resolved after the approved resume: {verdict}")
 
         first = {t["name"]: t for t in contain.get("targets", [])}
         report = {
@@ -206,7 +221,9 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
             "mttr_fault_to_all_go_seconds": mttr,
             "resume_rc": resume.returncode,
             "engines_trading_after_resume": len(names) - len(silent),
-            "incident_report": str(report_files[-1]),
+            "incident_report": str(record_path),
+            "postmortem": str(record_path.with_suffix(".md")),
+            "incident_verdict": verdict,
             "problems": problems,
             "verdict": "PASS" if not problems else "FAIL",
         }
@@ -230,9 +247,12 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
         say(f"  resume (approved): {report['engines_trading_after_resume']}/{len(names)} engines trading again")
         for p in problems:
             say(f"  PROBLEM: {p}")
+        say(f"  incident: {verdict}; record {record_path}, post-mortem draft {record_path.with_suffix('.md')}")
         say(f"  verdict: {report['verdict']}   report: {report_path}")
         return DrillOutcome(not problems, problems, report, report_path)
     finally:
+        if vars_file:
+            os.unlink(vars_file)
         if keep:
             say(f"drill: lab kept running in {lab_dir} (tradeops lab down --dir {lab_dir})")
         else:
