@@ -32,6 +32,7 @@ ARGSPEC = {
     "dir": {"type": "path"},
     "trigger": {"type": "dict"},
     "detected_at": {"type": "str"},
+    "continue_from": {"type": "dict"},
     # every other event
     "phase": {"type": "str"},
     "state": {"type": "str", "choices": ["halted", "resumed"]},
@@ -79,7 +80,7 @@ class ActionModule(ActionBase):
             record, path = incident.open_record(
                 os.path.dirname(path), args["id"], args["type"], args["severity"],
                 playbook=str(task_vars.get("ansible_play_name") or ""), trigger=args.get("trigger"),
-                detected_at=args.get("detected_at"), title=args.get("title"))
+                detected_at=args.get("detected_at"), title=args.get("title"), continue_from=args.get("continue_from"))
             incident.save(record, path)
         incident_run.set_current(path)
         return path

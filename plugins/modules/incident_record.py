@@ -73,6 +73,12 @@ options:
   detected_at:
     description: When the problem was detected (ISO 8601), for the MTTD; a trigger's C(fired_at) serves too.
     type: str
+  continue_from:
+    description:
+      - With V(open), the record a previous job handed over, used when no record file of this id exists here.
+      - An AWX workflow runs each job in a fresh container; the report role hands the record to the next node
+        as the artifact C(tradeops_incident_record) (C(ansible.builtin.set_stats)), and the resume job continues it.
+    type: dict
   phase:
     description: The phase the event belongs to (V(contain), V(assess), V(repair), ...). Default the event's name.
     type: str

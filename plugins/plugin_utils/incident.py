@@ -546,12 +546,23 @@ def _write(path, text):
 
 
 def open_record(base, incident_id, incident_type, severity, playbook=None, trigger=None, detected_at=None,
-                title=None, at=None):
-    """Continue the open record of this incident, or start one (a closed one is archived beside it)."""
+                title=None, at=None, continue_from=None):
+    """Continue the open record of this incident, or start one (a closed one is archived beside it).
+
+    ``continue_from`` is the record a previous job handed over (an AWX workflow's artifact: each job runs in
+    a fresh container); it is used when there is no record file of this id here."""
     at = at or iso()
     path = record_path(base, incident_id)
     record = None
-    if os.path.exists(path):
+    if not os.path.exists(path) and continue_from:
+        if not isinstance(continue_from, dict) or continue_from.get("schema_version") != SCHEMA_VERSION \
+                or continue_from.get("incident_id") != incident_id:
+            raise RecordError("continue_from is not a schema version %d record of incident %s"
+                              % (SCHEMA_VERSION, incident_id))
+        record = json.loads(json.dumps(continue_from))
+        if record.get("closed_at"):
+            record = None
+    if record is None and os.path.exists(path):
         record = load(path)
         if record.get("closed_at"):  # a resolved incident of the same id: kept beside it, a new one starts
             stem = path[:-len(".json")] + "-" + re.sub(r"[^0-9TZ]", "", record["started_at"])[:15]

@@ -242,3 +242,21 @@ def test_metrics_compare_with_the_seed_rto():
     for section in ("## 1. Incident summary", "## 2. Timeline", "## 3. Root cause analysis", "## 4. Action items",
                     "## 5. Lessons learned", "### Recovery objectives (seed 002)", "```mermaid", "**TO FILL**"):
         assert section in draft, section
+
+
+def test_a_record_handed_over_by_a_previous_job_is_continued_where_no_file_exists(tmp_path):
+    first, _ = incident.open_record(str(tmp_path / "job1"), "inc-5", "p0_outage", "P0", playbook="p0")
+    incident.add_halt(first, "contain", "halted", halt_result({n: "halted" for n in ENGINES}))
+    incident.finish(first)
+    handed = json.loads(json.dumps(first))  # what set_stats carries to the next AWX node
+    # the resume job runs in a fresh container: no file, the artifact continues the incident
+    second, path = incident.open_record(str(tmp_path / "job2"), "inc-5", "resume_trading", "P2",
+                                        continue_from=handed)
+    assert len(second["runs"]) == 2 and second["halts"] == first["halts"] and second["severity"] == "P0"
+    with pytest.raises(incident.RecordError, match="not a schema version 1 record of incident inc-6"):
+        incident.open_record(str(tmp_path / "job3"), "inc-6", "resume_trading", "P2", continue_from=handed)
+    # a resolved incident handed over does not come back to life
+    incident.set_resume(second, "resumed")
+    second["closed_at"] = incident.iso()
+    fresh, _ = incident.open_record(str(tmp_path / "job4"), "inc-5", "p0_outage", "P0", continue_from=second)
+    assert fresh["halts"] == [] and len(fresh["runs"]) == 1
