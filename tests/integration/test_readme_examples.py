@@ -55,6 +55,7 @@ PLAN = [
     Step("tradeops run p0_outage --secret-var vault_token=VAULT_TOKEN"),  # VAULT_TOKEN is set (a canary)
     Step("tradeops run p0_outage --via-worker"),
     Step("tradeops report latest"),
+    Step("tradeops report latest --format md"),
     Step(INJECT, ["tradeops lab inject latency engine-001", "tradeops lab inject latency engine-001 --clear"],
          why="a synopsis: a fault, then --clear"),
     Step("tradeops lab restart ENGINE...", ["tradeops lab restart engine-002"], why="a synopsis: one engine"),
@@ -179,6 +180,14 @@ def _check_via_worker(proc, runs, lab_dir):
     assert _latest_result(runs)["via_worker"] is True
 
 
+def _check_postmortem(proc, runs, lab_dir):
+    """The latest run's incident, as a post-mortem draft rendered from its record, Mermaid timeline included."""
+    result = _latest_result(runs)
+    assert proc.stdout.startswith("# Post-mortem draft: "), proc.stdout[:500]
+    assert f"| Verdict | **{json.loads(Path(result['report_path']).read_text())['verdict']['text']}** |" in proc.stdout
+    assert "```mermaid\ngantt\n" in proc.stdout and "## 3. Root cause analysis" in proc.stdout
+
+
 def _check_drill(proc, runs, lab_dir):
     """The drill passed: every engine halted and verified, repaired, and trading again after the approved resume."""
     assert re.search(r"^\s*verdict: PASS ", proc.stdout, re.M), proc.stdout[-3000:]
@@ -186,6 +195,7 @@ def _check_drill(proc, runs, lab_dir):
 
 
 CHECKS = {
+    "tradeops report latest --format md": _check_postmortem,
     "make drill": _check_drill,
     'tradeops run p0_outage -e p0_outage_reason="INC-1234 engines down"': _check_reason,
     "tradeops lab status --json": _check_status_json,
