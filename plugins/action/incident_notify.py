@@ -6,7 +6,7 @@
 was sent in the record, escalates on no progress, and starts or stops the background status watcher.
 
 A channel that fails, or a notification configuration that is wrong, never fails the remediation: the
-task reports it (a warning, and ``failed`` names) and the record keeps it.
+task reports it (a warning, and ``not_sent`` names) and the record keeps it.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -59,7 +59,7 @@ class ActionModule(ActionBase):
     def _send(self, message, channels, args, task_vars):
         """One call of the notify module; a module failure (bad channel options) becomes a recorded warning."""
         if not channels:
-            return {"notifications": [], "sent": [], "failed": []}
+            return {"notifications": [], "sent": [], "not_sent": []}
         out = self._execute_module(module_name="tradeops.remediation.notify",
                                    module_args={"message": message, "channels": channels,
                                                 "concurrency": args["concurrency"]},
@@ -69,7 +69,7 @@ class ActionModule(ActionBase):
             error = str(out.get("msg") or "the notify module failed")
             return {"notifications": [{"name": "(configuration)", "type": "-", "kind": message["kind"],
                                        "status": "failed", "attempts": 0, "error": error}],
-                    "sent": [], "failed": ["(configuration)"], "warnings": [error]}
+                    "sent": [], "not_sent": ["(configuration)"], "warnings": [error]}
         return out
 
     def _levels(self, args, severity):
@@ -96,7 +96,7 @@ class ActionModule(ActionBase):
         incident.update(path, lambda rec: incident.add_notifications(rec, kind, notifications))
         warnings += list(out.get("warnings") or [])
         result = {"changed": bool(out.get("sent")), "kind": kind, "notifications": notifications,
-                  "sent": out.get("sent") or [], "failed": out.get("failed") or []}
+                  "sent": out.get("sent") or [], "not_sent": out.get("not_sent") or []}
 
         levels = self._levels(args, severity)
         defaults = incident.SEVERITIES[severity]

@@ -22,7 +22,7 @@ description:
     O(escalate_after) seconds without progress, for as long as the incident stays open (the approval wait
     included), at most O(watch_max_seconds). The resolution notice stops it first, so it is the last message.
   - A channel that fails, or channel options that are wrong, never fail the task; they are reported in
-    RV(failed) and as warnings, and recorded.
+    RV(not_sent) and as warnings, and recorded.
   - The channels' secrets reach the watcher on its stdin only; they are written nowhere.
 extends_documentation_fragment:
   - tradeops.remediation.attributes
@@ -114,7 +114,7 @@ sent:
   returned: when a record is open
   type: list
   elements: str
-failed:
+not_sent:
   description: Channels that failed after their retries.
   returned: when a record is open
   type: list
