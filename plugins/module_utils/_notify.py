@@ -230,7 +230,8 @@ def message(spec):
 # The senders: one per type, each raising Transient or Permanent
 # --------------------------------------------------------------------------------------------
 def _now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (now.microsecond // 1000)
 
 
 def _send_email(ch, msg, deadline):
