@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 DEB_PACKAGES=(postgresql postgresql-contrib redis-server docker.io debootstrap iproute2)
+# Node runs Mermaid's own parser for the tests of the post-mortem draft (tests/js): Debian's nodejs and npm,
+# unless a node with npm is already installed (a NodeSource nodejs ships its own npm and conflicts with Debian's).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  DEB_PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -99,5 +104,10 @@ fi
 if [ ! -L collections/ansible_collections/tradeops/remediation ]; then
   mkdir -p collections/ansible_collections/tradeops
   ln -sfn ../../.. collections/ansible_collections/tradeops/remediation
+fi
+# tests/js: Mermaid's parser for the tests, pinned by its package-lock.json; reinstalled when the lock changes.
+if [ ! -f tests/js/node_modules/.package-lock.json ] || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
+  echo "setup: installing tests/js (npm ci: the Mermaid parser the tests check diagrams with)"
+  npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
 echo "setup: ok"

@@ -260,3 +260,41 @@ def test_a_record_handed_over_by_a_previous_job_is_continued_where_no_file_exist
     second["closed_at"] = incident.iso()
     fresh, _ = incident.open_record(str(tmp_path / "job4"), "inc-5", "p0_outage", "P0", continue_from=second)
     assert fresh["halts"] == [] and len(fresh["runs"]) == 1
+
+
+def test_the_post_mortem_timeline_is_a_gantt_mermaid_parses_with_every_phase_and_marker():
+    from tests.helpers.mermaid import blocks, parse
+
+    record = resumed()
+    record["phases"].append({"name": "odd: name; #1 %% x", "run": 1, "start": record["phases"][-1]["end"],
+                             "end": record["phases"][-1]["end"], "outcome": "failed", "summary": ""})
+    incident.finish(record)
+    found = blocks(incident.postmortem(record))
+    assert len(found) == 1
+    gantt = parse(found[0])
+    assert gantt["type"] == "gantt" and gantt["title"] == "Incident inc-1"
+    assert gantt["sections"] == ["Response", "Markers"]
+    phases = [t for t in gantt["tasks"] if t["section"] == "Response"]
+    assert [t["task"] for t in phases][:6] == ["contain", "assess", "repair", "re-verify", "verify", "resume"]
+    for task, phase in zip(phases, record["phases"], strict=True):
+        assert task["start"][:19] == incident.parse_time(phase["start"]).strftime("%Y-%m-%dT%H:%M:%S")
+        assert task["end"] >= task["start"]
+    assert phases[0]["crit"] and phases[-1]["crit"] and phases[1]["done"]  # contain left engine-002 unverified
+    marks = {t["task"]: t for t in gantt["tasks"] if t["milestone"]}
+    assert set(marks) == {"halt verified", "trading resumed"}
+    assert marks["trading resumed"]["start"][:19] == incident.parse_time(record["resume"]["at"]).strftime(
+        "%Y-%m-%dT%H:%M:%S")
+
+
+@pytest.mark.parametrize("bad", [
+    "gantt\n  dateFormat YYYY-MM-DDTHH:mm:ss\n  section A\n"
+    "  contain :done, p0, 2026-12-03T10:61:00, 2026-12-03T10:00:03\n",
+    "gantt\n  dateFormat YYYY-MM-DD\n  section A\n  t :a1, 2026-13-45, 1d\n",
+    "gantt\n  dateFormat YYYY-MM-DD\n  section A\n  t : : :\n",
+    "gannt\n  section A\n",
+])
+def test_the_mermaid_check_refuses_an_invalid_gantt(bad):
+    from tests.helpers.mermaid import MermaidSyntaxError, parse
+
+    with pytest.raises(MermaidSyntaxError):
+        parse(bad)
