@@ -14,7 +14,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible.errors import AnsibleActionFail
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.tradeops.remediation.plugins.plugin_utils import incident, incident_run, incident_watch
@@ -39,10 +38,8 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
-        validation = ArgumentSpecValidator(ARGSPEC).validate(self._task.args)
-        if validation.error_messages:
-            raise AnsibleActionFail("incident_notify: %s" % "; ".join(validation.error_messages))
-        args = validation.validated_parameters
+        # ActionBase's own validation: it raises AnsibleActionFail naming the bad option
+        args = self.validate_argument_spec(argument_spec=ARGSPEC)[1]
         path = incident_run.current_path()
         if path is None:
             result.update(changed=False, skipped=True, msg="no incident record is open in this run: nothing to tell")

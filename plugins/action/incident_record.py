@@ -17,7 +17,6 @@ import os
 
 from ansible import constants as C
 from ansible.errors import AnsibleActionFail
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.tradeops.remediation.plugins.plugin_utils import incident, incident_run
@@ -57,10 +56,8 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
-        validation = ArgumentSpecValidator(ARGSPEC).validate(self._task.args)
-        if validation.error_messages:
-            raise AnsibleActionFail("incident_record: %s" % "; ".join(validation.error_messages))
-        args = validation.validated_parameters
+        # ActionBase's own validation: it raises AnsibleActionFail naming the bad option
+        args = self.validate_argument_spec(argument_spec=ARGSPEC)[1]
         try:
             result.update(self._feed(args, bool(self._play_context.check_mode), task_vars or {}))
         except incident.RecordError as exc:

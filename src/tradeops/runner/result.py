@@ -37,21 +37,8 @@ EXIT_FAILED = 1
 EXIT_HALTED_NOT_RECOVERED = 2
 EXIT_BAD_INPUT = 3
 
-RESOLVED = "resolved"
-FAILED = "remediation_failed"
-HALTED_NOT_RECOVERED = "halted_not_recovered"
-BAD_INPUT = "bad_input"
-CHECKED = "checked"
-CANCELED = "canceled"
-
-OUTCOME_EXIT = {
-    RESOLVED: EXIT_RESOLVED,
-    CHECKED: EXIT_RESOLVED,
-    FAILED: EXIT_FAILED,
-    CANCELED: EXIT_FAILED,
-    HALTED_NOT_RECOVERED: EXIT_HALTED_NOT_RECOVERED,
-    BAD_INPUT: EXIT_BAD_INPUT,
-}
+# The outcomes and their exit codes are the collection's (plugins/plugin_utils/incident.py: OUTCOME_EXIT),
+# which computes them for the report and this runner alike; the EXIT_* names above are the API's.
 
 HALT_ACTION = "tradeops.remediation.halt_trading"
 HEALTH_ACTION = "tradeops.remediation.health_check"

@@ -298,3 +298,12 @@ def test_the_mermaid_check_refuses_an_invalid_gantt(bad):
 
     with pytest.raises(MermaidSyntaxError):
         parse(bad)
+
+
+def test_the_runner_exit_codes_are_the_models():
+    from tradeops.runner import result
+
+    assert incident.OUTCOME_EXIT == {"resolved": result.EXIT_RESOLVED, "checked": result.EXIT_RESOLVED,
+                                     "remediation_failed": result.EXIT_FAILED, "canceled": result.EXIT_FAILED,
+                                     "halted_not_recovered": result.EXIT_HALTED_NOT_RECOVERED,
+                                     "bad_input": result.EXIT_BAD_INPUT}
