@@ -53,6 +53,33 @@ def test_ruff():
     assert proc.returncode == 0, proc.stdout[-5000:]
 
 
+CONDITIONAL_KEYS = ("that", "when", "failed_when", "changed_when", "until")
+
+
+def _non_string_conditionals(node, where):
+    """Yield every conditional that YAML did not parse as a string (an unquoted ': ' makes it a mapping)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in CONDITIONAL_KEYS:
+                for item in value if isinstance(value, list) else [value]:
+                    if not isinstance(item, (str, bool)):
+                        yield f"{where}: {key}: {item!r}"
+            yield from _non_string_conditionals(value, where)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _non_string_conditionals(item, where)
+
+
+def test_every_conditional_is_a_string():
+    """ansible-core refuses a conditional that is not a string, but only when the task runs (molecule's
+    verify, a rarely taken branch); ansible-lint does not see it. This finds them all at once."""
+    files = [f for f in tracked_files() if f.endswith((".yml", ".yaml"))
+             and f.startswith(("playbooks/", "roles/", "molecule/", "extensions/", "tests/"))]
+    assert any(f.startswith("molecule/") for f in files) and any(f.startswith("roles/") for f in files)
+    broken = [hit for f in files for hit in _non_string_conditionals(yaml.safe_load((ROOT / f).read_text()), f)]
+    assert not broken, "quote these conditionals:\n" + "\n".join(broken)
+
+
 def _copy_as_collection(dest: Path) -> Path:
     coll = dest / "ansible_collections" / "tradeops" / "remediation"
     for rel in tracked_files():
