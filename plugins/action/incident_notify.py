@@ -58,7 +58,7 @@ class ActionModule(ActionBase):
         if not channels:
             return {"notifications": [], "sent": [], "not_sent": []}
         out = self._execute_module(module_name="tradeops.remediation.notify",
-                                   module_args={"message": message, "channels": channels,
+                                   module_args={"notice": message, "channels": channels,
                                                 "concurrency": args["concurrency"]},
                                    task_vars=task_vars)
         out.pop("invocation", None)
@@ -115,4 +115,3 @@ class ActionModule(ActionBase):
         result["status_every"] = every
         result["escalate_after"] = after
         return result
-

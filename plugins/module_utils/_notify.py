@@ -211,14 +211,14 @@ def channels(specs):
 def message(spec):
     """Validate the message (its kind, severity and one-line title)."""
     if not isinstance(spec, dict):
-        raise ValidationError("message must be a dict")
-    require(spec, ("kind", "incident_id", "dedup_key", "severity", "title", "text"), "message", "every message")
+        raise ValidationError("notice must be a dict")
+    require(spec, ("kind", "incident_id", "dedup_key", "severity", "title", "text"), "notice", "every notice")
     if spec["kind"] not in KINDS:
-        raise ValidationError("message.kind must be one of %s, got %r" % (", ".join(KINDS), spec["kind"]))
+        raise ValidationError("notice.kind must be one of %s, got %r" % (", ".join(KINDS), spec["kind"]))
     if spec["severity"] not in SEVERITIES:
-        raise ValidationError("message.severity must be one of %s, got %r" % (", ".join(SEVERITIES), spec["severity"]))
+        raise ValidationError("notice.severity must be one of %s, got %r" % (", ".join(SEVERITIES), spec["severity"]))
     if len(str(spec["dedup_key"])) > 255:
-        raise ValidationError("message.dedup_key must be at most 255 characters")
+        raise ValidationError("notice.dedup_key must be at most 255 characters")
     out = dict(spec)
     out["title"] = " ".join(str(spec["title"]).split())
     out["fields"] = dict((str(k), str(v)) for k, v in (spec.get("fields") or {}).items())
@@ -273,7 +273,7 @@ def _send_email(ch, msg, deadline):
     except smtplib.SMTPAuthenticationError as err:
         raise Permanent("SMTP %s: authentication refused (%d)" % (ch.host, err.smtp_code))
     except smtplib.SMTPRecipientsRefused as err:
-        codes = sorted(set(code for code, _ in err.recipients.values()))
+        codes = sorted(set(reply[0] for reply in err.recipients.values()))
         raise (Transient if all(400 <= c < 500 for c in codes) else Permanent)(
             "SMTP %s refused every recipient (%s)" % (ch.host, ", ".join(map(str, codes))))
     except smtplib.SMTPResponseException as err:
@@ -430,9 +430,8 @@ def send(message_spec, channel_specs, concurrency=8, check_mode=False):
         results = fan_out(chans, work, concurrency, longest, on_error) if chans else []
     sent = [r["name"] for r in results if r["status"] == "sent"]
     not_sent = [r["name"] for r in results if r["status"] == "failed"]
-    warnings = ["notify: channel %s (%s) failed after %d attempt(s): %s" % (r["name"], r["type"], r["attempts"],
-                                                                         r["error"]) for r in results
-                if r["status"] == "failed"]
+    warnings = ["notify: channel %s (%s) failed after %d attempt(s): %s"
+                % (r["name"], r["type"], r["attempts"], r["error"]) for r in results if r["status"] == "failed"]
     # not "failed": that key would fail the task, and a channel never does
     return {"notifications": results, "sent": sent, "not_sent": not_sent, "changed": bool(sent),
             "warnings": warnings}

@@ -38,6 +38,7 @@ attributes:
     details:
       - Each call sends a notice.
   action:
+    description: Indicates this has a corresponding action plugin, so some parts of the options can be executed on the controller.
     support: full
     details:
       - Runs on the controller; the notify module runs where the task is delegated (localhost).
@@ -86,7 +87,7 @@ options:
     type: int
     default: 8
 author:
-  - tradeops contributors
+  - tradeops SRE team (@tradeops)
 """
 
 EXAMPLES = r"""

@@ -12,7 +12,7 @@ module: incident_record
 short_description: Feed the run's incident record (one event per call), on the controller
 version_added: 0.1.0
 description:
-  - Every role of the collection feeds one incident record through this action: the playbook's first task
+  - Every role of the collection feeds one incident record through this action. The playbook's first task
     opens it (V(open)), then each phase records what it did (a halt, the triage, the evidence, the repairs,
     the health gate, the resume, a failure, the notifications sent), and the report phase closes the run
     (V(close)), which computes the verdict once.
@@ -24,7 +24,7 @@ description:
     starts a new record.
   - Which record a run feeds is kept in the C(ansible-playbook) process's own temporary directory, so tasks
     need not be told, and no variable can point a run at another record.
-  - The record holds no secret: it is built only from the roles' results.
+  - The record holds no secret; it is built only from the roles' results.
 extends_documentation_fragment:
   - tradeops.remediation.attributes
 attributes:
@@ -40,6 +40,7 @@ attributes:
       - Each call appends an event to the record; RV(ignore:changed) is always V(false) (the record is an
         artifact of the run, not a change to the trading system).
   action:
+    description: Indicates this has a corresponding action plugin, so some parts of the options can be executed on the controller.
     support: full
     details:
       - Runs on the controller only.
@@ -68,7 +69,7 @@ options:
     description: Directory for the record and the post-mortem draft (V(open)). Default C(<playbook_dir>/../reports).
     type: path
   trigger:
-    description: What started the run (for example C({source: alertmanager, alert: ..., fired_at: ...})).
+    description: What started the run, with at least C(source) (for example V(manual), V(alertmanager)); C(fired_at) gives the MTTD.
     type: dict
   detected_at:
     description: When the problem was detected (ISO 8601), for the MTTD; a trigger's C(fired_at) serves too.
@@ -133,7 +134,7 @@ options:
     elements: str
     default: []
 author:
-  - tradeops contributors
+  - tradeops SRE team (@tradeops)
 """
 
 EXAMPLES = r"""

@@ -12,15 +12,15 @@ module: notify
 short_description: Send one incident notice to many channels at once (email, Slack, PagerDuty, signed webhook)
 version_added: 0.1.0
 description:
-  - Sends O(message) to every channel of O(channels) B(concurrently), each within its own O(channels[].timeout),
+  - Sends O(notice) to every channel of O(channels) B(concurrently), each within its own O(channels[].timeout),
     retrying what may pass next time (a refused or dropped connection, a timeout, HTTP 429 and 5xx with their
     C(Retry-After), SMTP 4xx replies) up to O(channels[].retries) times.
   - A channel that fails never fails the task; it is listed in RV(not_sent), with a warning. Only invalid options
-    fail the task, naming the option (C(channels[2] (oncall-pd): routing_key is required for a pagerduty channel)).
+    fail the task, naming the option, for example C(channels[2] (oncall-pd) routing_key is required).
   - Email goes over SMTP (STARTTLS by default; a server without STARTTLS is refused rather than sent to in clear).
     Slack gets an incoming-webhook payload (C(text) and Block Kit blocks). PagerDuty gets Events API v2 events
     (V(initial), V(status) and V(escalation) trigger, V(acknowledge) acknowledges, V(resolution) resolves), all
-    under the message's C(dedup_key), so one incident is one PagerDuty alert. The webhook gets the message as JSON,
+    under the notice's C(dedup_key), so one incident is one PagerDuty alert. The webhook gets the message as JSON,
     signed with HMAC-SHA256 over C(<timestamp>.<body>) (headers C(X-Tradeops-Timestamp), C(X-Tradeops-Signature)).
   - The incident playbooks do not call it directly; the C(notify) role renders the notices from the incident record
     (M(tradeops.remediation.incident_notify)). It is a module of its own so that any playbook can tell people.
@@ -43,8 +43,8 @@ attributes:
     details:
       - Every call sends the notice again.
 options:
-  message:
-    description: The notice.
+  notice:
+    description: The notice (not C(message), a name Ansible reserves).
     type: dict
     required: true
     suboptions:
@@ -165,24 +165,24 @@ options:
       group:
         description: (pagerduty) The event's C(payload.group).
         type: str
-      # fragment: http_options.transport prefix="(slack, pagerduty, webhook)"
+      # fragment: http_options.transport prefix="(HTTP channels)"
       validate_certs:
-        description: (slack, pagerduty, webhook) Validate the server's TLS certificate and host name. Default V(true).
+        description: (HTTP channels) Validate the server's TLS certificate and host name. Default V(true).
         type: bool
       ca_path:
-        description: (slack, pagerduty, webhook) A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
+        description: (HTTP channels) A CA bundle (PEM) to validate the server's TLS certificate with, instead of the system's.
         type: path
       client_cert:
         description:
-          - (slack, pagerduty, webhook) A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
+          - (HTTP channels) A client certificate (PEM) to present to the server (mutual TLS). It may hold the private key too.
         type: path
       client_key:
         description:
-          - (slack, pagerduty, webhook) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
+          - (HTTP channels) The private key (PEM, unencrypted) of the client certificate, when it is not in the certificate file.
         type: path
       proxy:
         description:
-          - (slack, pagerduty, webhook) An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
+          - (HTTP channels) An HTTP proxy to send the requests through, for example C(http://proxy.internal:3128). HTTPS goes through it with C(CONNECT).
           - Without it, the proxy environment variables of the module's host apply (C(https_proxy), C(no_proxy)).
         type: str
       # end fragment
@@ -195,7 +195,7 @@ options:
 EXAMPLES = r"""
 - name: Tell the on-call engineers
   tradeops.remediation.notify:
-    message:
+    notice:
       kind: initial
       incident_id: INC-1234
       dedup_key: tradeops-INC-1234
@@ -270,7 +270,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils import _notif
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError, ValidationError
 
 ARGUMENT_SPEC = dict(
-    message=dict(type="dict", required=True, options=_notify.MESSAGE_ARGSPEC),
+    notice=dict(type="dict", required=True, options=_notify.MESSAGE_ARGSPEC),
     channels=dict(type="list", elements="dict", required=True, options=_notify.CHANNEL_ARGSPEC),
     concurrency=dict(type="int", default=8),
 )
@@ -280,7 +280,7 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     p = module.params
     try:
-        result = _notify.send(p["message"], p["channels"], concurrency=p["concurrency"], check_mode=module.check_mode)
+        result = _notify.send(p["notice"], p["channels"], concurrency=p["concurrency"], check_mode=module.check_mode)
     except ValidationError as err:
         module.fail_json(msg="notify: %s. Nothing was sent: fix the options and re-run." % err)
     except TradeopsError as err:

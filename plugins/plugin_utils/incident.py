@@ -729,8 +729,8 @@ def postmortem(record):
     m = metrics(record)
     verdict = record.get("verdict") or decide(record)
     sev = record["severity"]
-    first = lambda name: next((p for p in record.get("phases") or [] if p["name"] == name), None)  # noqa: E731
-    contain, verify = first("contain"), first("verify")
+    contain, verify = (next((p for p in record.get("phases") or [] if p["name"] == name), None)
+                       for name in ("contain", "verify"))
     resume = record.get("resume") or {}
     out = [
         "# Post-mortem draft: %s" % record["incident_id"], "",
@@ -749,15 +749,15 @@ def postmortem(record):
         "", "### Impact (seed 002)", "",
         "- Engines halted: %d; not verified halted: %s" % (len(s["halted"]), ", ".join(s["not_halted"]) or "none"),
         "- Held by: %s" % ("; ".join("%s: %s" % kv for kv in sorted(s["halt_holds"].items())) or "nothing held"),
-        "- Repaired: %s; not recovered: %s" % (", ".join(s["recovered"]) or "none",
-                                             ", ".join(s["not_recovered"]) or "none"),
+        "- Repaired: %s; not recovered: %s" % (
+            ", ".join(s["recovered"]) or "none", ", ".join(s["not_recovered"]) or "none"),
         "- Financial impact, trades affected, users affected: **TO FILL**", "",
         "## 2. Timeline", "",
         "| time (UTC) | phase | outcome | what happened |", "| --- | --- | --- | --- |",
     ]
     for phase in record.get("phases") or []:
-        out.append("| %s | %s | %s | %s |" % (_hhmm(phase["start"]), phase["name"], phase["outcome"],
-                                             (phase.get("summary") or "").replace("|", "/")))
+        out.append("| %s | %s | %s | %s |" % (
+            _hhmm(phase["start"]), phase["name"], phase["outcome"], (phase.get("summary") or "").replace("|", "/")))
     out += ["", "- Detection time: %s" % (m["detected_at"] or "not known (the run was started by hand)"),
             "- Response time (declared to contained): %s" % duration_text(m["time_to_contain_s"]),
             "- Mitigation time (to the health gate GO): %s" % duration_text(m["time_to_recover_s"]),

@@ -112,7 +112,7 @@ def escalate_if_due(record_path, config, send, now=None):
     def bump(rec):
         incident.escalate(rec, level + 1, target.get("name") or "level %d" % (level + 1),
                           [c.get("name") for c in target.get("channels") or []])
-    _, record = incident.update(record_path, bump)
+    record = incident.update(record_path, bump)[1]
     message = incident.message(record, "escalation", config.get("report_link"))
     result = send(message, target.get("channels") or [], concurrency=config.get("concurrency", 8))
     record_sent(record_path, "escalation", result)

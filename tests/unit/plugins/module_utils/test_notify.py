@@ -186,11 +186,11 @@ def test_the_module_reports_per_channel_and_never_fails_for_a_channel(receivers,
     from ansible_collections.tradeops.remediation.plugins.modules import notify
 
     receivers["webhook"].close()
-    result = run_module(notify, capsys, {"message": msg(), "channels": channels(receivers)})
+    result = run_module(notify, capsys, {"notice": msg(), "channels": channels(receivers)})
     assert not result.get("failed"), result
     assert result["sent"] == ["mail", "slack", "pd"] and result["not_sent"] == ["hook"]
     assert "notify: channel hook (webhook) failed after" in result["_raw"]
     assert SMTP_PASSWORD not in json.dumps(result) and ROUTING_KEY not in json.dumps(result)
-    bad = run_module(notify, capsys, {"message": msg(), "channels": channels(receivers, pd={"routing_key": "short"})})
+    bad = run_module(notify, capsys, {"notice": msg(), "channels": channels(receivers, pd={"routing_key": "short"})})
     assert bad["failed"] and bad["msg"].startswith("notify: channels[2] (pd): routing_key") and \
         "Nothing was sent" in bad["msg"]
