@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .lab import Lab, LabError, LabInputError
 from .lab.dbfaults import CORRUPT_KINDS, DEFAULT_CORRUPT_COUNTS, LONG_QUERY_SECONDS
+from .lab.exchange import FAULTS as EXCHANGE_FAULTS
 from .lab.state import (
     ALL,
     DB_FAULTS,
@@ -83,6 +84,8 @@ def _add_lab_commands(subparsers: Any) -> None:
     up.add_argument("--order-interval", type=float, default=0.2, metavar="SECONDS", help="seconds between orders")
     up.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="give up after this long")
     up.add_argument("--no-wait", dest="wait", action="store_false", help="do not wait for the first orders")
+    up.add_argument("--no-exchange", dest="exchange", action="store_false",
+                    help="do not start the lab exchange (the engines then rest no order at a venue)")
     up.set_defaults(func=_cmd_lab_up)
 
     status = lab_sub.add_parser("status", parents=[common], help="show the lab (exit 1 if it is unhealthy)")
@@ -103,13 +106,16 @@ def _add_lab_commands(subparsers: Any) -> None:
         "trades held open, a second session blocked behind it. --clear ends the sessions. "
         "Security fault leaked-secret (engines optional, default all): a rogue client calls GET /pnl/status "
         "every 0.2 s with the admin token current at injection, recording its results in "
-        "<lab dir>/faults/leaked-secret.json; --clear stops it.",
+        "<lab dir>/faults/leaked-secret.json; --clear stops it. "
+        "Exchange faults: exchange-down (5xx), exchange-slow (every answer --seconds late, default 2) for the "
+        "whole exchange; exchange-rate-limit, exchange-auth (the keys revoked), cancel-lies (cancels answer "
+        "success and cancel nothing) for the accounts of the engines named (default all).",
     )
     inject.add_argument(
         "fault",
         metavar="FAULT",
         help=f"engine fault: {', '.join(FAULTS)} ('*' with --clear: all); database fault: {', '.join(DB_FAULTS)}; "
-        f"security fault: {', '.join(SECURITY_FAULTS)}",
+        f"security fault: {', '.join(SECURITY_FAULTS)}; exchange fault: {', '.join(EXCHANGE_FAULTS)}",
     )
     inject.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
     inject.add_argument("--all", action="store_true", help="every engine")
@@ -133,7 +139,7 @@ def _add_lab_commands(subparsers: Any) -> None:
         type=float,
         default=None,
         metavar="S",
-        help=f"long-query: how long the query sleeps (default {LONG_QUERY_SECONDS})",
+        help=f"long-query: how long the query sleeps (default {LONG_QUERY_SECONDS}); exchange-slow: the delay",
     )
     inject.set_defaults(func=_cmd_lab_inject)
 
@@ -190,6 +196,7 @@ def _cmd_lab_up(args: argparse.Namespace) -> int:
         order_interval=args.order_interval,
         wait=args.wait,
         timeout=args.timeout,
+        exchange=args.exchange,
     )
     pg, rd, ctl = st["postgres"], st["redis"], st["control"]
     faulty = [f"{e['name']}={','.join(e['faults'])}" for e in st["engines"] if e["faults"]]
@@ -197,6 +204,9 @@ def _cmd_lab_up(args: argparse.Namespace) -> int:
     print(f"  postgres  {pg['host']}:{pg['port']}  db {pg['dbname']}, user {pg['user']}")
     print(f"  redis     {rd['host']}:{rd['port']}")
     print(f"  control   {ctl['host']}:{ctl['port']}  (engines pid {st['engines_pid']})")
+    if st.get("exchange"):
+        ex = st["exchange"]
+        print(f"  exchange  {ex['url']}  (Kraken's REST API; one account per engine)")
     if faulty:
         print(f"  faults    {' '.join(faulty)}")
     print(f"  state     {lab.state_path} (holds the secrets; mode 0600)")
@@ -268,6 +278,14 @@ def _status_summary(status: dict[str, Any]) -> list[str]:
         f"{status['control']['host']}:{status['control']['port']}",
         f"  secrets {status.get('secrets_file') or '-'} (the engines' admin tokens; re-read on change and SIGHUP)",
     ]
+    if status.get("exchange"):
+        ex = status["exchange"]
+        working = ex.get("working_orders") or {}
+        faults = ex.get("faults") or {}
+        active = sorted(faults.get("venue") or {}) + [f"{f}({','.join(n)})" for f, n in
+                                                      sorted((faults.get("accounts") or {}).items())]
+        lines.append("  " + comp("exchange", ex) + f", {sum(working.values())} working order(s) over "
+                     f"{len(working)} account(s)" + (f", faults {' '.join(active)}" if active else ""))
     lines += _db_fault_status_lines(status.get("db_faults") or {})
     lines += [f"  error: {err}" for err in status["errors"]]
     return lines
@@ -329,6 +347,16 @@ def _cmd_lab_inject(args: argparse.Namespace) -> int:
         return _cmd_lab_inject_db(args, engines)
     if args.fault == FAULT_LEAKED_SECRET:
         return _cmd_lab_inject_leak(args, engines)
+    if args.fault in EXCHANGE_FAULTS:
+        if args.kinds is not None or args.count is not None:
+            raise LabInputError(f"--kinds and --count do not apply to {args.fault}")
+        faults = Lab(args.dir).inject(args.fault, engines or None, clear=args.clear, seconds=args.seconds)
+        if args.json:
+            print(json.dumps(faults, indent=2))
+        else:
+            print(f"{args.fault} {'cleared' if args.clear else 'injected'}; exchange faults now: "
+                  f"{json.dumps(faults, sort_keys=True)}")
+        return EXIT_OK
     if args.kinds is not None or args.count is not None or args.seconds is not None:
         raise LabInputError(
             f"--kinds and --count only apply to {FAULT_CORRUPT_ROWS}, --seconds only to {FAULT_LONG_QUERY}"

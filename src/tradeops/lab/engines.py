@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import errno
 import hmac
 import json
@@ -80,6 +81,7 @@ from redis.exceptions import RedisError
 from . import metrics
 from .dbfaults import SessionFaults
 from .errors import LabError, LabInputError
+from .exchange import PAIRS
 from .postgres import dsn as pg_dsn
 from .state import (
     ALL,
@@ -121,6 +123,7 @@ from .state import (
     read_secrets_env,
     write_json_atomic,
 )
+from .venue import KrakenClient, VenueError
 from .web import HttpError, Request, Response, serve_connection
 
 log = logging.getLogger("tradeops.lab.engines")
@@ -143,6 +146,9 @@ LEAK_RECENT = 200  # results kept in the record
 LEAK_WRITE_INTERVAL = 0.25  # the record file is rewritten at most this often
 LEAK_PATH = "/pnl/status"
 FIREWALL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+VENUE_RESTING = 3  # resting orders an engine keeps at the lab exchange
+VENUE_PAIRS = tuple(PAIRS)
+
 SYMBOLS: dict[str, float] = {
     "BTC-USD": 65000.0,
     "ETH-USD": 3400.0,
@@ -655,6 +661,17 @@ class Engine:
         self.firewall = Firewall()  # the host loads the persisted settings; a restart keeps them
         self.pnl = 0.0
         self.prices = dict(SYMBOLS)
+        account = (host.exchange.get("accounts") or {}).get(self.name) if host.exchange else None
+        self.venue: KrakenClient | None = (
+            KrakenClient(host.exchange["host"], host.exchange["port"], account["engine_key"]["key"],
+                         account["engine_key"]["secret"])
+            if account else None
+        )
+        self.venue_orders: collections.deque[str] = collections.deque()
+        self.venue_placed = 0
+        self.venue_errors = 0
+        self._venue_ticks = 0
+        self._venue_busy = False
         self._rng = random.Random()
         self._server: asyncio.Server | None = None
         self._reserve: socket.socket | None = None  # bound, not listening: the port stays ours while crashed
@@ -786,6 +803,52 @@ class Engine:
         self.host.writer.submit(self._make_order(t))
         self.orders_total += 1
         self.window.record(t, False)
+        self._venue_maybe()
+
+    # -- the venue: a few resting orders at the lab exchange, replaced as the engine trades --------------------
+
+    def _venue_maybe(self) -> None:
+        if self.venue is None or self._venue_busy:
+            return
+        self._venue_ticks += 1
+        if self._venue_ticks % self.host.venue_every:
+            return
+        self._venue_busy = True
+        fut = asyncio.get_running_loop().run_in_executor(self.host.venue_pool, self._venue_step)
+        fut.add_done_callback(self._venue_done)
+
+    def _venue_done(self, fut: asyncio.Future[None]) -> None:
+        self._venue_busy = False
+        if not fut.cancelled() and fut.exception() is not None:
+            self.venue_errors += 1
+
+    def _venue_step(self) -> None:
+        """Runs in the host's venue thread pool: cancel the oldest resting order when there are enough,
+        then rest a new limit order 0.3-1.5 % away from the venue's price (so it fills only if the price
+        moves that far: what an order left behind after a halt does)."""
+        assert self.venue is not None
+        if len(self.venue_orders) >= VENUE_RESTING:
+            txid = self.venue_orders.popleft()
+            try:
+                self.venue.call("CancelOrder", {"txid": txid})
+            except VenueError:
+                pass  # filled, or already cancelled
+        pair = self._rng.choice(VENUE_PAIRS)
+        side = self._rng.choice(("buy", "sell"))
+        pct = self._rng.uniform(0.3, 1.5)
+        volume = self._rng.uniform(50, 500) / SYMBOLS[PAIRS[pair][6]]
+        try:
+            res = self.venue.call("AddOrder", {
+                "pair": pair, "type": side, "ordertype": "limit", "volume": f"{volume:.8f}",
+                "price": f"{'-' if side == 'buy' else '+'}{pct:.2f}%",
+            })
+        except VenueError as exc:
+            self.venue_errors += 1
+            if self.venue_errors in (1, 10, 100) or self.venue_errors % 1000 == 0:
+                self.event(logging.WARNING, "venue: AddOrder refused (%s), %d refusals so far", exc, self.venue_errors)
+            return
+        self.venue_orders.append(res["txid"][0])
+        self.venue_placed += 1
 
     def _make_order(self, t: float) -> OrderRow:
         symbol = self._rng.choice(list(SYMBOLS))
@@ -945,6 +1008,7 @@ class Engine:
             "started_at": self.started_at,
             "auth": {"success": self.auth_success, "failures": self.auth_failures},
             "firewall": self.firewall.describe(),
+            "venue": {"placed": self.venue_placed, "refused": self.venue_errors} if self.venue else None,
         }
 
     # -- HTTP ----------------------------------------------------------------------------------------------
@@ -1164,6 +1228,10 @@ class EngineHost:
         self.tokens = AdminTokens(Path(config.get("secrets_file") or lab_dir / SECRETS_FILE), self.admin_token)
         self.leaked: LeakedClient | None = None
         self.order_interval = float(config.get("order_interval", 0.2))
+        self.exchange: Mapping[str, Any] | None = config.get("exchange")
+        # about 20 venue steps a second over the whole fleet, at most one a second per engine
+        self.venue_every = max(int(round(1.0 / self.order_interval)), -(-len(config["engines"]) // 4), 1)
+        self.venue_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="venue")
         self.writer = OrderWriter(config["postgres"])
         self.db_faults = SessionFaults(config["postgres"])  # the long-query and blocking-lock sessions
         rc = config["redis"]
@@ -1282,6 +1350,7 @@ class EngineHost:
         except OSError as exc:
             log.error("cannot remove the disk-pressure ballast: %s", exc)
         await asyncio.to_thread(self.writer.stop, 10.0)
+        self.venue_pool.shutdown(wait=False, cancel_futures=True)
         try:
             # redis-py >= 5 has aclose(); the 4.x of Debian bookworm (the drill images) only close()
             await getattr(self.redis, "aclose", self.redis.close)()

@@ -19,8 +19,10 @@ import psycopg2
 import psycopg2.extensions
 import redis
 
-from . import dbfaults, postgres, redis_server
+from . import dbfaults, postgres, redis_server, venue
 from .errors import LabError, LabInputError
+from .exchange import ACCOUNT_FAULTS as EXCHANGE_ACCOUNT_FAULTS
+from .exchange import FAULTS as EXCHANGE_FAULTS
 from .postgres import PostgresServer, stop_cluster
 from .procs import http_request, pid_alive, tail, terminate
 from .redis_server import RedisServer
@@ -208,11 +210,14 @@ class Lab:
         order_interval: float = 0.2,
         wait: bool = True,
         timeout: float = UP_TIMEOUT,
+        exchange: bool = True,
     ) -> dict[str, Any]:
         """Start PostgreSQL, Redis and ``engines`` engines; return the state (also written to state.json).
 
         ``mix`` overrides the cycle of primary halt methods (``"redis,file"``); ``faults`` maps engine
-        names (or ``"*"``) to faults active from the start. With ``wait`` (the default) returns once every
+        names (or ``"*"``) to faults active from the start. ``exchange`` (the default) starts the lab exchange
+        (``tradeops.lab.exchange``, Kraken's REST API) with one account per engine, on which the engines keep
+        a few resting orders while they trade. With ``wait`` (the default) returns once every
         engine listens and every engine not crashed has had an order committed; without it, once every
         engine's port is bound. Anything started is torn down again if ``up`` fails.
         """
@@ -228,9 +233,11 @@ class Lab:
             (self.lab_dir / MARKER_FILE).write_text(
                 "This directory is a tradeops lab; `tradeops lab down` deletes it.\n"
             )
-            return self._up(specs, float(order_interval), wait, timeout)
+            return self._up(specs, float(order_interval), wait, timeout, bool(exchange))
 
-    def _up(self, specs: list[dict[str, Any]], order_interval: float, wait: bool, timeout: float) -> dict[str, Any]:
+    def _up(
+        self, specs: list[dict[str, Any]], order_interval: float, wait: bool, timeout: float, exchange: bool = True
+    ) -> dict[str, Any]:
         t0 = time.monotonic()
         deadline = t0 + timeout
         st: dict[str, Any] = {
@@ -244,6 +251,7 @@ class Lab:
             "engines_pid": None,
             "postgres": None,
             "redis": None,
+            "exchange": None,
             "engines": specs,
             "restart_argv": restart_argv(self.lab_dir),
         }
@@ -265,6 +273,10 @@ class Lab:
             st["redis"] = RedisServer(self.lab_dir).start(new_secret())
             save()
             log.info("redis up on port %s (%.1fs)", st["redis"]["port"], time.monotonic() - t0)
+            if exchange:
+                st["exchange"] = self._start_exchange(st, specs, deadline)
+                save()
+                log.info("exchange up on port %s (%.1fs)", st["exchange"]["port"], time.monotonic() - t0)
             for spec in specs:
                 Path(spec["dir"]).mkdir(parents=True, exist_ok=True)
             write_secrets_env(self.secrets_path, {SECRET_CURRENT: st["admin_token"]})
@@ -278,6 +290,7 @@ class Lab:
                     "order_interval": order_interval,
                     "postgres": st["postgres"],
                     "redis": st["redis"],
+                    "exchange": st["exchange"],
                     "engines": specs,
                 },
             )
@@ -300,6 +313,15 @@ class Lab:
             if isinstance(exc, LabError) or not isinstance(exc, Exception):
                 raise
             raise LabError(f"lab up failed: {exc!r}") from exc
+
+    def _start_exchange(self, st: Mapping[str, Any], specs: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
+        conn = postgres.connect(st["postgres"])
+        try:
+            with conn.cursor() as cur:
+                accounts = venue.plan_accounts([s["name"] for s in specs], cur, len(postgres.SEED_ACCOUNTS))
+        finally:
+            conn.close()
+        return venue.start(self.lab_dir, st["control_token"], accounts, deadline)
 
     def _spawn_engines(self) -> subprocess.Popen[bytes]:
         src_root = str(Path(__file__).resolve().parents[2])
@@ -442,6 +464,7 @@ class Lab:
         for pid in dict.fromkeys(p for p in pids if p):
             if not terminate(pid, expect, timeout=ENGINES_STOP_TIMEOUT):
                 log.warning("engines process %s did not stop", pid)
+        venue.stop(self.lab_dir, st.get("exchange"))
         if st.get("redis"):
             RedisServer(self.lab_dir).stop(st["redis"])
         if st.get("postgres"):
@@ -520,6 +543,10 @@ class Lab:
         and ``leaked()``. Returns ``{"leaked": record, "already"}``; ``clear`` stops it (the record stays,
         ``active: false``).
         """
+        if fault in EXCHANGE_FAULTS:
+            if kinds is not None or count is not None:
+                raise LabInputError(f"kinds and count do not apply to {fault}")
+            return self._inject_exchange(fault, engines, bool(clear), seconds)
         if fault == FAULT_LEAKED_SECRET:
             if kinds is not None or count is not None or seconds is not None:
                 raise LabInputError(f"kinds, count and seconds do not apply to {fault}")
@@ -540,6 +567,49 @@ class Lab:
         names = self._engine_names(engines if engines is not None else [])
         res = self.control("POST", "/lab/faults", {"engines": names, "fault": fault, "clear": bool(clear)})
         return list(res["engines"])
+
+    def _inject_exchange(
+        self, fault: str, accounts: str | Sequence[str] | None, clear: bool, seconds: float | None
+    ) -> dict[str, Any]:
+        names = [accounts] if isinstance(accounts, str) else list(accounts or [])
+        if fault in EXCHANGE_ACCOUNT_FAULTS:
+            names = [] if names in ([], [ALL]) else self._engine_names(names)
+        elif names:
+            raise LabInputError(f"{fault} applies to the whole exchange and takes no engine names")
+        if seconds is not None and fault != "exchange-slow":
+            raise LabInputError(f"seconds only applies to exchange-slow, not {fault}")
+        return dict(self.exchange_control("POST", "/lab/faults",
+                                          {"fault": fault, "accounts": names, "clear": clear, "seconds": seconds}))
+
+    # -- the exchange ----------------------------------------------------------------------------------------
+
+    def exchange_control(self, method: str, path: str, body: Any = None, timeout: float = CONTROL_TIMEOUT) -> Any:
+        """Call the lab exchange's control API (``/lab/state``, ``/lab/orders``, ``/lab/fills``, ``/lab/move``,
+        ``/lab/faults``, ``/lab/accounts``). LabError if this lab runs no exchange."""
+        st = self.state
+        if not st.get("exchange"):
+            raise LabError(f"the lab in {self.lab_dir} runs no exchange (it was started with exchange=False)")
+        return venue.control(st["exchange"], _control_token(st), method, path, body, timeout)
+
+    def venue_accounts(self) -> dict[str, dict[str, Any]]:
+        """Each engine's exchange account and its operations key: ``{engine: {key, secret, account_id}}``
+        (the engine trades with a key of its own). Secrets: keep them out of logs."""
+        accounts = (self.state.get("exchange") or {}).get("accounts") or {}
+        return {name: {k: a[k] for k in ("key", "secret", "account_id")} for name, a in accounts.items()}
+
+    def working_orders(self) -> dict[str, int]:
+        """Working (open) orders per exchange account, as the exchange itself holds them."""
+        accounts = self.exchange_control("GET", "/lab/state")["accounts"]
+        return {name: int(a["open_orders"]) for name, a in accounts.items()}
+
+    def venue_fills(self, since: float = 0.0, account: str | None = None) -> list[dict[str, Any]]:
+        """Fills at the exchange at or after the epoch time ``since``."""
+        query = f"?since={since!r}" + (f"&account={account}" if account else "")
+        return list(self.exchange_control("GET", "/lab/fills" + query)["fills"])
+
+    def move_price(self, pair: str, pct: float) -> float:
+        """Move a pair's price by ``pct`` percent at once (resting orders it crosses fill)."""
+        return float(self.exchange_control("POST", "/lab/move", {"pair": pair, "pct": pct})["price"])
 
     def _leak(self, engines: str | Sequence[str] | None, clear: bool) -> dict[str, Any]:
         if clear:
@@ -951,6 +1021,17 @@ class Lab:
             entry["last_order_at"] = last
             engines.append(entry)
         out["engines"] = engines
+        if st.get("exchange"):
+            ex = st["exchange"]
+            out["exchange"] = {"host": ex["host"], "port": ex["port"], "pid": ex["pid"],
+                               "alive": venue.running(self.lab_dir, ex)}
+            try:
+                view = self.exchange_control("GET", "/lab/state", timeout=3.0)
+                out["exchange"].update(reachable=True, faults=view["faults"],
+                                       working_orders={n: a["open_orders"] for n, a in view["accounts"].items()})
+            except LabError as exc:
+                out["exchange"]["reachable"] = False
+                out["errors"].append(f"exchange: {exc}")
         try:
             out["db_faults"] = self.db_faults(ask_engines=out["control"]["reachable"])
         except LabError as exc:
@@ -961,5 +1042,6 @@ class Lab:
             and out["control"]["reachable"]
             and out["postgres"].get("reachable", False)
             and out["redis"]["reachable"]
+            and out.get("exchange", {"reachable": True})["reachable"]
         )
         return out

@@ -18,8 +18,21 @@ from ansible_collections.tradeops.remediation.plugins.doc_fragments import http_
 from ansible_collections.tradeops.remediation.plugins.doc_fragments import kubernetes as kubernetes_fragment
 from ansible_collections.tradeops.remediation.plugins.doc_fragments import postgres as postgres_fragment
 from ansible_collections.tradeops.remediation.plugins.doc_fragments import redis as redis_fragment
-from ansible_collections.tradeops.remediation.plugins.module_utils import _docker, _http, _kubernetes, _postgres, _redis
-from ansible_collections.tradeops.remediation.plugins.modules import halt_trading, health_check, rotate_secret
+from ansible_collections.tradeops.remediation.plugins.doc_fragments import venue as venue_fragment
+from ansible_collections.tradeops.remediation.plugins.module_utils import (
+    _docker,
+    _http,
+    _kubernetes,
+    _postgres,
+    _redis,
+    _venue,
+)
+from ansible_collections.tradeops.remediation.plugins.modules import (
+    halt_trading,
+    health_check,
+    rotate_secret,
+    venue_guard,
+)
 
 from tests.unit.plugins.modules.test_health_check import _argspec_shape, _doc_options
 
@@ -32,9 +45,10 @@ FRAGMENTS = {
     "docker": (docker_fragment.ModuleDocFragment.DOCUMENTATION, _docker.ARGSPEC),
     "kubernetes": (kubernetes_fragment.ModuleDocFragment.DOCUMENTATION, _kubernetes.ARGSPEC),
     "postgres": (postgres_fragment.ModuleDocFragment.DOCUMENTATION, _postgres.postgres_connection_spec()),
+    "venue": (venue_fragment.ModuleDocFragment.DOCUMENTATION, _venue.ACCOUNT_ARGSPEC),
 }
 SECRETS = {"http_options.auth": {"token"}, "redis": {"password"}, "kubernetes": {"api_key"},
-           "postgres": {"login_password"}}
+           "postgres": {"login_password"}, "venue": {"api_key", "secret", "password"}}
 
 
 def _docs_script():
@@ -77,7 +91,8 @@ def test_a_stale_copy_is_detected_and_rewritten():
         docs.render("      # fragment: redis\n      host:\n")
 
 
-@pytest.mark.parametrize("module", [halt_trading, health_check, rotate_secret], ids=lambda m: m.__name__.split(".")[-1])
+@pytest.mark.parametrize("module", [halt_trading, health_check, rotate_secret, venue_guard],
+                         ids=lambda m: m.__name__.split(".")[-1])
 def test_the_modules_take_the_backend_options_from_the_fragments(module):
     """Every backend option a module documents inside its lists comes from a fragment block."""
     text = module.DOCUMENTATION
