@@ -105,6 +105,8 @@ class ActionModule(ActionBase):
             incident.start_phase(record, phase)
         elif event == "halt":
             incident.add_halt(record, phase, args.get("state") or "halted", args.get("result") or {})
+        elif event == "venue":
+            incident.add_venue(record, phase, args.get("result") or {})
         elif event == "triage":
             incident.set_triage(record, args.get("result") or {}, phase)
         elif event == "evidence":

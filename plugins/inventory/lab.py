@@ -16,6 +16,8 @@ description:
     C(halt_trading_target), in the shape the C(tradeops.remediation.halt_trading) module takes.
   - Adds the lab's PostgreSQL and Redis addresses as group variables, so roles can prove from
     the database that orders stopped.
+  - When the lab runs its exchange, each engine's account there (its operations key) is the host variable
+    C(venue_account), in the shape the C(tradeops.remediation.venue_guard) module takes.
   - The admin token in C(halt_trading_target) is the CURRENT one, read from the lab's secrets file
     (C(ADMIN_TOKEN) in C(secrets.env), group variable C(tradeops_lab_secrets_file)), falling back to the
     state file's C(admin_token); so playbooks keep working after a rotation. Every engine API call,
@@ -177,6 +179,7 @@ class InventoryModule(BaseInventoryPlugin):
 
         pg = state.get("postgres") or {}
         rd = state.get("redis") or {}
+        exchange = state.get("exchange") or {}
         lab_dir = state.get("lab_dir") or os.path.dirname(state_file)
         secrets_file = state.get("secrets_file") or os.path.join(lab_dir, SECRETS_FILE)
         admin_token = _current_admin_token(secrets_file, state.get("admin_token"))
@@ -242,5 +245,12 @@ class InventoryModule(BaseInventoryPlugin):
                 "service_recovery_runtime": "process",
                 "service_recovery_restart_command": list(restart_argv) + [name],
             }
+            account = (exchange.get("accounts") or {}).get(name)
+            if account:
+                # the operations team's key of the engine's account at the lab exchange (Kraken's API)
+                host_vars["venue_account"] = {
+                    "name": name, "exchange": "kraken", "url": exchange.get("url"), "api_key": account.get("key"),
+                    "secret": account.get("secret"), "account_id": account.get("account_id"),
+                }
             for key, value in host_vars.items():
                 self.inventory.set_variable(name, key, value)

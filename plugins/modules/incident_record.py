@@ -49,7 +49,7 @@ options:
     description: What happened.
     type: str
     required: true
-    choices: [open, start, halt, triage, evidence, repair, gate, resume, action, failure, notification, escalation, close]
+    choices: [open, start, halt, venue, triage, evidence, repair, gate, resume, action, failure, notification, escalation, close]
   id:
     description:
       - Incident id (letters, digits, C(.), C(_), C(-); at most 128; used as the file name). Required by V(open).

@@ -58,7 +58,7 @@ OUTCOME_EXIT = {RESOLVED: 0, CHECKED: 0, FAILED: 1, CANCELED: 1, HALTED_NOT_RECO
 
 HALTED = ("halted", "already_halted")
 RESUMED = ("resumed", "already_resumed")
-EVENTS = ("open", "start", "halt", "triage", "evidence", "repair", "gate", "resume", "action", "failure",
+EVENTS = ("open", "start", "halt", "venue", "triage", "evidence", "repair", "gate", "resume", "action", "failure",
           "notification", "escalation", "close")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -248,6 +248,42 @@ def add_halt(record, phase, state, result, at=None):
     return entry
 
 
+def add_venue(record, phase, result, at=None):
+    """A venue_guard call: per account what was working before and after, and what is not verified."""
+    at = at or iso()
+    venue = record.get("venue") or {"calls": [], "working_before": None, "working_after": None, "cancelled": None,
+                                     "unverified": [], "dead_man_switch": None, "positions_mismatched": [],
+                                     "positions_at_risk": []}
+    action = result.get("action")
+    accounts = [a for a in result.get("accounts") or [] if isinstance(a, dict) and a.get("name")]
+    entry = {"at": at, "run": len(record["runs"]), "phase": phase, "action": action,
+             "elapsed_ms": result.get("elapsed_ms"), "failed": sorted(result.get("failed_accounts") or []),
+             "accounts": [{"name": a["name"], "status": a.get("status"), "working_before": a.get("working_before"),
+                           "working_after": a.get("working_after"), "error": a.get("error")} for a in accounts]}
+    venue["calls"].append(entry)
+    if action == "cancel_all":
+        before, after = result.get("working_orders_before"), result.get("working_orders_after")
+        venue.update(working_before=before, working_after=after, unverified=sorted(result.get("unverified") or []),
+                     cancelled=(before - after) if isinstance(before, int) and isinstance(after, int) else None)
+        armed = [a["dead_man_switch"] for a in accounts if isinstance(a.get("dead_man_switch"), dict)]
+        if armed:
+            venue["dead_man_switch"] = {"armed": len(armed), "timeout": armed[0].get("timeout"),
+                                        "trigger_time": armed[0].get("trigger_time")}
+        summary_text = "cancel_all: %s working before, %s after; not verified: %s (%s ms)" % (
+            before, after, ", ".join(venue["unverified"]) or "none", result.get("elapsed_ms"))
+    elif action == "positions":
+        venue["positions_mismatched"] = sorted(result.get("mismatched") or [])
+        summary_text = "positions: mismatched %s" % (", ".join(venue["positions_mismatched"]) or "none")
+    elif action == "protect":
+        venue["positions_at_risk"] = sorted(a["name"] for a in accounts if a.get("status") != "verified")
+        summary_text = "protect: not protected %s" % (", ".join(venue["positions_at_risk"]) or "none")
+    else:
+        summary_text = "%s: failed %s" % (action, ", ".join(entry["failed"]) or "none")
+    record["venue"] = venue
+    add_action(record, phase, "venue %s" % action, "failed" if entry["failed"] else "verified", summary_text, at)
+    return entry
+
+
 def set_triage(record, result, phase="assess", at=None):
     at = at or iso()
     record["triage"] = {"at": at, "status": result.get("status"),
@@ -350,7 +386,7 @@ def escalate(record, level, name, channels, at=None):
 def summary(record):
     """The engines' states and the repair results, derived once from the record."""
     if not record:
-        return {"contained": [], "halted": [], "resumed": [], "not_halted": [], "restarted": [], "recovered": [],
+        return {"venue_unverified": [], "contained": [], "halted": [], "resumed": [], "not_halted": [], "restarted": [], "recovered": [],
                 "not_recovered": [], "still_nogo": [], "health_gate": None, "halt_holds": {},
                 "awaiting_approval": False}
     engines = record.get("engines") or {}
@@ -373,7 +409,8 @@ def summary(record):
         still_nogo = sorted(set((record.get("triage") or {}).get("nogo_components") or []) - set(recovered))
     resume = (record.get("resume") or {}).get("outcome")
     awaiting = bool(halted) and not resumed and gate == "GO" and resume in (None, "skipped_not_approved")
-    return {"contained": contained, "halted": halted, "resumed": resumed, "not_halted": not_halted,
+    venue_unverified = sorted((record.get("venue") or {}).get("unverified") or [])
+    return {"venue_unverified": venue_unverified, "contained": contained, "halted": halted, "resumed": resumed, "not_halted": not_halted,
             "restarted": sorted(latest), "recovered": recovered, "not_recovered": not_recovered,
             "still_nogo": sorted(still_nogo), "health_gate": gate, "awaiting_approval": awaiting,
             "halt_holds": {n: engines[n].get("hold_summary") for n in halted if engines[n].get("hold_summary")}}
@@ -403,7 +440,8 @@ def decide(record, status="successful", rc=0, check=False, bad_input=None, state
         return verdict(CHECKED if rc == 0 and status == "successful" else FAILED,
                        "CHECK MODE: nothing changed" + ("" if rc == 0 and status == "successful"
                                                         else "; the check failed (rc %s)" % rc))
-    if status == "successful" and not s["not_halted"] and not s["still_nogo"]:
+    venue = s.get("venue_unverified") or []
+    if status == "successful" and not s["not_halted"] and not s["still_nogo"] and not venue:
         if s["resumed"] and not s["halted"]:
             return verdict(RESOLVED, "RESOLVED: trading resumed, verified", closed=True)
         if s["awaiting_approval"]:
@@ -411,12 +449,14 @@ def decide(record, status="successful", rc=0, check=False, bad_input=None, state
         if s["halted"]:
             return verdict(RESOLVED, "CONTAINED: trading halted, verified")
         return verdict(RESOLVED, "RESOLVED", closed=True)
-    if s["halted"] and not s["not_halted"] and s["contained"]:
+    if s["halted"] and not s["not_halted"] and s["contained"] and not venue:
         where = (" in %s" % failure["phase"]) if failure else ""
         return verdict(HALTED_NOT_RECOVERED, "HALTED, NOT RECOVERED%s: every engine is verified halted; still "
                        "NO-GO: %s" % (where, ", ".join(s["still_nogo"] or s["not_recovered"]) or "see the failures"))
     if s["not_halted"]:
         text = "REMEDIATION FAILED: not verified halted: " + ", ".join(s["not_halted"])
+    elif venue:
+        text = "REMEDIATION FAILED: working orders not verified cancelled at the venue: " + ", ".join(venue)
     elif failure:
         text = "REMEDIATION FAILED in %s: %s" % (failure["phase"], failure["reason"][:300])
     elif s["still_nogo"]:
@@ -590,8 +630,9 @@ def _impact(record, s):
         parts.append("orders after the halt: %s" % orders[-1])
     venue = record.get("venue")
     if venue:
-        parts.append("working orders cancelled at the venue: %s; positions at risk: %s" % (
-            venue.get("cancelled", "unknown"), venue.get("positions_at_risk", "unknown")))
+        parts.append("working orders at the venue: %s before, %s after (cancelled %s); not verified: %s" % (
+            venue.get("working_before"), venue.get("working_after"), venue.get("cancelled"),
+            ", ".join(venue.get("unverified") or []) or "none"))
     return "; ".join(parts)
 
 

@@ -183,6 +183,25 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
                 problems.append(f"{name} wrote {after[name]} orders after the contain phase")
             if not before.get(name) and name not in faults:
                 problems.append(f"{name} never traded before the halt: the proof would be vacuous")
+        venue = incident_report.get("venue") or {}
+        cancels = [c for c in venue.get("calls") or []
+                   if c.get("action") == "cancel_all" and c.get("phase") == "contain"]
+        venue_accounts = {a["name"]: a for a in (cancels[0]["accounts"] if cancels else [])}
+        if not cancels:
+            problems.append("the contain phase did not cancel the working orders at the venue")
+        else:
+            if not venue.get("working_before"):
+                problems.append("no working order at the venue before the contain phase: the proof would be vacuous")
+            if venue.get("working_after") != 0 or venue.get("unverified"):
+                problems.append(f"working orders left at the venue after contain: {venue.get('working_after')} "
+                                f"(not verified: {venue.get('unverified')})")
+            working_now = lab.working_orders()
+            if any(working_now.values()):
+                problems.append(f"the exchange lists working orders after contain: {working_now}")
+            fills = lab.venue_fills(since=_epoch(cancels[0]["at"]))
+            if fills:
+                problems.append(f"{len(fills)} fill(s) at the venue after the verified cancel: "
+                                f"{sorted({f['account'] for f in fills})}")
         gate_at = _epoch(incident_report["gate"]["at"]) if incident_report.get("gate") else None
         mttr = round(gate_at - fault_at, 1) if gate_at else None
 
@@ -214,6 +233,9 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
             "p0_outage_seconds": round(p0_seconds, 1),
             "contain_ms": contain.get("elapsed_ms"),
             "halted_in_contain": len(contain["done"]) + len(contain["already"]),
+            "venue_working_orders_before_contain": venue.get("working_before"),
+            "venue_working_orders_after_contain": venue.get("working_after"),
+            "venue_unverified": venue.get("unverified"),
             "left_to_repair_by_contain": sorted(contain["failed"] + contain["unverified"]),
             "restarted": restarted,
             "verified_halted_after_repair": len(verified),
@@ -233,14 +255,18 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
 
         say("drill: 5/5 report")
         say(f"  {'engine':<11} {'contain':<13} {'method':<7} {'time':>8}  {'restarted':<9} "
-            f"{'traded after contain':>20}")
+            f"{'traded after contain':>20}  {'venue orders':>12}")
         for name in names:
             t = first.get(name, {})
+            v = venue_accounts.get(name, {})
+            orders_at_venue = f"{v.get('working_before', '-')} -> {v.get('working_after', '-')}"
             say(f"  {name:<11} {t.get('status', '-'):<13} {t.get('method') or '-':<7} "
                 f"{str(t.get('latency_ms', '-')) + ' ms':>8}  {'yes' if name in restarted else '-':<9} "
-                f"{after.get(name, 0):>20}")
+                f"{after.get(name, 0):>20}  {orders_at_venue:>12}")
         say(f"  contain: {report['halted_in_contain']}/{len(names)} verified in {contain.get('elapsed_ms')} ms; "
             f"left to repair: {', '.join(report['left_to_repair_by_contain']) or 'none'}")
+        say(f"  venue: {venue.get('working_before')} working order(s) before contain, {venue.get('working_after')} "
+            f"after, read back from the exchange; not verified: {', '.join(venue.get('unverified') or []) or 'none'}")
         say(f"  repair: restarted {', '.join(restarted) or 'none'}; after repair "
             f"{len(verified)}/{len(names)} verified halted; health gate {gate}")
         say(f"  MTTR (fault to all GO): {mttr} s; p0_outage.yml took {report['p0_outage_seconds']} s")
