@@ -69,6 +69,13 @@ SECRETS_RELOAD_TIMEOUT = 5.0  # after SIGHUP: until the engines process has re-r
 _OWN_FILES = (STATE_FILE, STARTING_FILE, ENGINES_CONFIG_FILE, ENGINES_RUNTIME_FILE, SECRETS_FILE)
 
 
+class VenueAccountInfo(dict):
+    """An account at the lab exchange as venue_guard takes it (the dict), and its trading key (``trader``),
+    which is not an option of the module and so is not in the dict."""
+
+    trader: tuple[str, str] | None = None
+
+
 def _control_token(st: Mapping[str, Any]) -> str:
     """The control API's token (state files from before ``control_token`` use the admin token)."""
     return str(st.get("control_token") or st["admin_token"])
@@ -573,7 +580,7 @@ class Lab:
     ) -> dict[str, Any]:
         names = [accounts] if isinstance(accounts, str) else list(accounts or [])
         if fault in EXCHANGE_ACCOUNT_FAULTS:
-            names = [] if names in ([], [ALL]) else self._engine_names(names)
+            names = [] if names in ([], [ALL]) else names  # accounts: the engines' and any added ones
         elif names:
             raise LabInputError(f"{fault} applies to the whole exchange and takes no engine names")
         if seconds is not None and fault != "exchange-slow":
@@ -606,6 +613,38 @@ class Lab:
         """Fills at the exchange at or after the epoch time ``since``."""
         query = f"?since={since!r}" + (f"&account={account}" if account else "")
         return list(self.exchange_control("GET", "/lab/fills" + query)["fills"])
+
+    def add_venue_account(
+        self, name: str, balances: Mapping[str, float] | None = None, account_id: int | None = None
+    ) -> dict[str, Any]:
+        """A new account at the lab exchange (its operations key), in the shape venue_guard's accounts take:
+        ``{name, exchange, url, api_key, secret}`` (plus ``account_id`` when given). Default balances:
+        1,000,000 USD and 10 BTC."""
+        body = {"name": name, "balances": dict(balances or {"ZUSD": 1_000_000, "XXBT": 10}), "account_id": account_id,
+                "keys": ["ops", "trader"]}
+        keys = self.exchange_control("POST", "/lab/accounts", body)["keys"]
+        out = VenueAccountInfo(name=name, exchange="kraken", url=self.state["exchange"]["url"],
+                               api_key=keys["ops"]["key"], secret=keys["ops"]["secret"])
+        out.trader = (keys["trader"]["key"], keys["trader"]["secret"])
+        if account_id is not None:
+            out["account_id"] = account_id
+        return out
+
+    def rest_orders(self, account: Mapping[str, Any], count: int, pair: str = "XXBTZUSD",
+                    distance_pct: float = 5.0) -> list[str]:
+        """Place ``count`` limit orders for ``account`` (what ``add_venue_account`` returned) that rest: buys
+        ``distance_pct`` below the price and sells above it, alternately, with the account's trading key (as
+        an engine would: the operations key, with its own nonces, stays the collection's). Returns their txids."""
+        ex = self.state["exchange"]
+        key, secret = getattr(account, "trader", None) or (account["api_key"], account["secret"])
+        client = venue.KrakenClient(ex["host"], ex["port"], key, secret)
+        txids = []
+        for i in range(count):
+            side = "buy" if i % 2 == 0 else "sell"
+            res = client.call("AddOrder", {"pair": pair, "type": side, "ordertype": "limit", "volume": "0.01",
+                                           "price": f"{'-' if side == 'buy' else '+'}{distance_pct}%"})
+            txids.append(res["txid"][0])
+        return txids
 
     def move_price(self, pair: str, pct: float) -> float:
         """Move a pair's price by ``pct`` percent at once (resting orders it crosses fill)."""

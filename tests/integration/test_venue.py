@@ -1,0 +1,299 @@
+"""The kill switch at the venue, through ccxt against the lab exchange (Kraken's REST API on the loopback).
+
+One lab for the module (3 engines resting orders at the exchange). Most tests use accounts of their own
+(``add_venue_account``), so that the engines' trading cannot blur what a test proves; the engines' own
+accounts are used where the point is an engine (a crashed engine's orders are still cancelled).
+Every assertion reads the exchange back: through ccxt as a user would, or through the lab's control API.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ccxt
+import pytest
+from ansible_collections.tradeops.remediation.plugins.modules import venue_guard
+
+from tests.conftest import start_lab
+from tests.helpers.modules import run_module
+from tradeops.lab.venue import KrakenClient, VenueError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    handle = start_lab(tmp_path_factory.mktemp("venue-lab"), engines=3)
+    yield handle.lab
+    handle.lab.down()
+
+
+_COUNTER = iter(range(1, 10_000))
+
+
+@pytest.fixture
+def account(lab):
+    """A fresh account at the lab exchange (1,000,000 USD, 10 BTC) with nothing working."""
+    return lab.add_venue_account(f"test-{next(_COUNTER)}")
+
+
+def client(acct, **extra):
+    ex = ccxt.kraken({"apiKey": acct["api_key"], "secret": acct["secret"], "enableRateLimit": False,
+                      "timeout": 5000, **extra})
+    ex.urls["api"] = {"public": acct["url"], "private": acct["url"]}
+    return ex
+
+
+def guard(capsys, action, accounts, **options):
+    args = {"action": action, "accounts": accounts, "strict": False, **options}
+    return run_module(venue_guard, capsys, args)
+
+
+def wait_until(predicate, timeout, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+# -- the lab exchange is a faithful Kraken -----------------------------------------------------------------
+
+def test_ccxt_kraken_trades_on_the_lab_exchange_unmodified(lab, account):
+    ex = client(account)
+    markets = ex.load_markets()
+    assert {"BTC/USD", "ETH/USD", "SOL/USD", "EUR/USD"} <= set(markets)
+    assert ex.fetch_balance()["total"]["BTC"] == 10
+    price = ex.fetch_ticker("BTC/USD")["last"]
+    buy = ex.create_order("BTC/USD", "limit", "buy", 0.01, round(price * 0.9, 1))
+    stop = ex.create_order("BTC/USD", "market", "sell", 0.5, None, {"stopLossPrice": round(price * 0.8, 1)})
+    working = {o["id"]: o for o in ex.fetch_open_orders()}
+    assert set(working) == {buy["id"], stop["id"]}
+    assert working[stop["id"]]["stopLossPrice"] == round(price * 0.8, 1)
+    ex.cancel_order(buy["id"])
+    assert [o["id"] for o in ex.fetch_open_orders()] == [stop["id"]]
+
+
+def test_a_wrong_signature_a_replayed_nonce_and_a_revoked_key_are_refused(lab, account):
+    forged = client(dict(account, secret="A" * 4 + account["secret"][4:]))
+    with pytest.raises(ccxt.ExchangeError, match="EAPI:Invalid signature"):
+        forged.fetch_balance()
+    st = lab.state["exchange"]
+    replay = KrakenClient(st["host"], st["port"], account["api_key"], account["secret"])
+    replay.nonce = lambda: "1700000000000"  # the same signed nonce twice: Kraken refuses the second
+    assert replay.call("Balance")["ZUSD"].startswith("1000000")
+    with pytest.raises(VenueError, match="EAPI:Invalid nonce"):
+        replay.call("Balance")
+    lab.inject("exchange-auth", [account["name"]])
+    try:
+        with pytest.raises(ccxt.AuthenticationError, match="EAPI:Invalid key"):
+            client(account).fetch_balance()
+    finally:
+        lab.inject("exchange-auth", [account["name"]], clear=True)
+    assert client(account).fetch_balance()["total"]["USD"] == 1_000_000
+
+
+def test_a_resting_order_fills_when_the_price_crosses_it(lab, account):
+    txids = lab.rest_orders(account, 2, distance_pct=2.0)  # a buy 2 % below, a sell 2 % above
+    since = time.time()
+    lab.move_price("BTC/USD", -3.0)
+    fills = lab.venue_fills(since=since, account=account["name"])
+    assert [f["ordertxid"] for f in fills] == [txids[0]]
+    balance = client(account).fetch_balance()["total"]
+    assert balance["BTC"] == pytest.approx(10.01)
+    lab.move_price("BTC/USD", 3.2)
+
+
+# -- venue_guard ---------------------------------------------------------------------------------------------
+
+def test_cancel_all_leaves_zero_working_orders_read_back_and_nothing_fills_after(lab, capsys):
+    accounts = [lab.add_venue_account(f"fleet-{next(_COUNTER)}") for _ in range(4)]
+    for acct in accounts:
+        lab.rest_orders(acct, 10)
+    out = guard(capsys, "cancel_all", accounts)
+    assert out["_rc"] == 0, out["_raw"]
+    assert out["changed"] and sorted(out["verified"]) == sorted(a["name"] for a in accounts)
+    assert out["working_orders_before"] == 40 and out["working_orders_after"] == 0
+    for acct in accounts:
+        assert client(acct).fetch_open_orders() == []
+    cancelled_at = time.time()
+    lab.move_price("BTC/USD", -8.0)  # every buy of those books would have filled
+    lab.move_price("BTC/USD", 17.0)  # and every sell
+    lab.move_price("BTC/USD", -7.5)
+    assert [f for f in lab.venue_fills(since=cancelled_at) if f["account"] in {a["name"] for a in accounts}] == []
+    again = guard(capsys, "cancel_all", accounts)
+    assert again["_rc"] == 0 and not again["changed"]  # idempotent
+    for secret in [a["secret"] for a in accounts] + [a["api_key"] for a in accounts]:
+        assert secret not in out["_raw"] and secret not in again["_raw"]
+
+
+def test_check_mode_cancels_nothing(lab, account, capsys):
+    lab.rest_orders(account, 3)
+    out = run_module(venue_guard, capsys, {"action": "cancel_all", "accounts": [account], "strict": False,
+                                           "_ansible_check_mode": True})
+    assert out["changed"] and out["accounts"][0]["would_cancel"] == 3
+    assert len(client(account).fetch_open_orders()) == 3
+
+
+def test_a_crashed_engines_orders_are_still_cancelled(lab, capsys):
+    name = "engine-002"
+    wait_until(lambda: lab.working_orders()[name] >= 2, 15)
+    lab.inject("crash", [name])
+    assert lab.working_orders()[name] >= 2  # the crash cancelled nothing: they rest at the venue
+    ops = lab.venue_accounts()[name]  # the operations key: the engine's own is not needed
+    acct = {"name": name, "url": lab.state["exchange"]["url"], "api_key": ops["key"], "secret": ops["secret"]}
+    out = guard(capsys, "cancel_all", [acct])
+    assert out["verified"] == [name], out["_raw"]
+    assert lab.working_orders()[name] == 0
+    lab.inject("crash", [name], clear=True)
+
+
+def test_cancel_lies_comes_out_unverified_and_named_with_its_orders(lab, capsys):
+    honest, liar = lab.add_venue_account(f"honest-{next(_COUNTER)}"), lab.add_venue_account(f"liar-{next(_COUNTER)}")
+    lab.rest_orders(honest, 5)
+    lab.rest_orders(liar, 5)
+    lab.inject("cancel-lies", [liar["name"]])
+    try:
+        started = time.monotonic()
+        out = guard(capsys, "cancel_all", [honest, liar], timeout=2)
+        took = time.monotonic() - started
+        strict = run_module(venue_guard, capsys, {"action": "cancel_all", "accounts": [liar], "timeout": 1})
+    finally:
+        lab.inject("cancel-lies", [liar["name"]], clear=True)
+    assert out["verified"] == [honest["name"]] and out["unverified"] == [liar["name"]]
+    result = {a["name"]: a for a in out["accounts"]}[liar["name"]]
+    assert result["status"] == "unverified" and result["working_after"] == 5 and len(result["remaining"]) == 5
+    assert "still working" in result["error"]
+    assert took < 5, "the deadline bounds an account that lies"
+    assert strict["_rc"] == 1 and liar["name"] in strict["msg"]  # strict (the default) fails the task
+
+
+def test_rate_limited_accounts_are_all_verified_within_ten_seconds(lab, capsys):
+    accounts = [lab.add_venue_account(f"limited-{next(_COUNTER)}") for _ in range(5)]
+    for acct in accounts:
+        lab.rest_orders(acct, 20)
+    lab.inject("exchange-rate-limit", [a["name"] for a in accounts])
+    try:
+        out = guard(capsys, "cancel_all", accounts, timeout=10)
+    finally:
+        lab.inject("exchange-rate-limit", [a["name"] for a in accounts], clear=True)
+    assert out["unverified"] == [], out["_raw"]
+    assert sum(a["retries"] for a in out["accounts"]) > 0  # the exchange did say "rate limit exceeded"
+    assert lab.exchange_control("GET", "/lab/state")["accounts"][accounts[0]["name"]]["refused"].get("rate_limit")
+    assert all(lab.working_orders()[a["name"]] == 0 for a in accounts)
+
+
+@pytest.mark.parametrize("fault,words", [("exchange-down", "ExchangeNotAvailable"), ("exchange-auth", "API key")])
+def test_an_exchange_that_is_down_or_refuses_the_key_is_named_unverified(lab, capsys, fault, words):
+    acct = lab.add_venue_account(f"{fault}-{next(_COUNTER)}")
+    lab.rest_orders(acct, 2)
+    lab.inject(fault, [acct["name"]] if fault == "exchange-auth" else None)
+    try:
+        started = time.monotonic()
+        out = guard(capsys, "cancel_all", [acct], timeout=2)
+        took = time.monotonic() - started
+    finally:
+        lab.inject(fault, [acct["name"]] if fault == "exchange-auth" else None, clear=True)
+    assert out["unverified"] == [acct["name"]]
+    assert words in out["accounts"][0]["error"]
+    assert acct["secret"] not in out["_raw"]
+    assert took < 4
+    assert lab.working_orders()[acct["name"]] == 2  # nothing was assumed: the orders are still there
+
+
+def test_a_slow_exchange_is_waited_for_within_the_deadline(lab, account, capsys):
+    lab.rest_orders(account, 3)
+    lab.inject("exchange-slow", seconds=0.5)
+    try:
+        out = guard(capsys, "cancel_all", [account], timeout=10)
+    finally:
+        lab.inject("exchange-slow", clear=True)
+    assert out["verified"] == [account["name"]] and out["accounts"][0]["elapsed_ms"] >= 1000
+
+
+def test_the_dead_man_switch_fires_and_disarming_it_stops_it(lab, capsys):
+    fire, keep = lab.add_venue_account(f"dms-{next(_COUNTER)}"), lab.add_venue_account(f"dms-{next(_COUNTER)}")
+    lab.rest_orders(fire, 4)
+    lab.rest_orders(keep, 4)
+    armed = guard(capsys, "dead_man_switch", [fire, keep], dead_man_switch={"state": "armed", "timeout": 2})
+    assert armed["_rc"] == 0 and all(a["dead_man_switch"]["armed"] for a in armed["accounts"])
+    disarmed = guard(capsys, "dead_man_switch", [keep], dead_man_switch={"state": "disarmed"})
+    assert disarmed["accounts"][0]["dead_man_switch"]["trigger_time"] == "0"
+    assert wait_until(lambda: lab.working_orders()[fire["name"]] == 0, 10), "the switch did not fire"
+    view = lab.exchange_control("GET", "/lab/state")["accounts"]
+    assert view[fire["name"]]["dead_man_switch_fired"] and not view[keep["name"]]["dead_man_switch_fired"]
+    assert lab.working_orders()[keep["name"]] == 4
+
+
+def test_positions_report_and_reconcile_rewrites_the_table_keeping_the_old_rows(lab, capsys):
+    st = lab.state["postgres"]
+    db = {"login_host": st["host"], "login_port": st["port"], "login_db": st["dbname"], "login_user": st["user"],
+          "login_password": st["password"]}
+    conn = lab.pg_connect()
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT symbol, sum(quantity) FROM positions WHERE account_id = 7 AND status = 'open' "
+                    "GROUP BY symbol")
+        table = {s: float(q) for s, q in cur.fetchall()}
+    conn.close()
+    btc = table.get("BTC-USD", 0.0)
+    # the venue holds what the table says, plus 1.5 BTC the table does not know about
+    acct = lab.add_venue_account(f"pos-{next(_COUNTER)}", account_id=7, balances={
+        "ZUSD": 1_000_000, "XXBT": btc + 1.5, "XETH": table.get("ETH-USD", 0.0), "SOL": table.get("SOL-USD", 0.0),
+        "ZEUR": table.get("EUR-USD", 0.0)})
+    report = guard(capsys, "positions", [acct], **db)
+    assert report["_rc"] == 0, report["_raw"]
+    result = report["accounts"][0]
+    assert report["mismatched"] == [acct["name"]] and not report["changed"]
+    assert [(m["db_symbol"], m["difference"]) for m in result["mismatches"]] == [("BTC-USD", 1.5)]
+    assert set(result["not_at_venue"]) <= {"AAPL", "MSFT"}
+    applied = guard(capsys, "positions", [acct], reconcile="apply", **db)
+    assert applied["changed"] and applied["accounts"][0]["reconciled"] == 1
+    rows = lab.pg_connect()
+    with rows, rows.cursor() as cur:
+        cur.execute("SELECT sum(quantity) FROM positions WHERE account_id = 7 AND symbol = 'BTC-USD' "
+                    "AND status = 'open'")
+        assert float(cur.fetchone()[0]) == pytest.approx(btc + 1.5)
+        cur.execute("SELECT sum(quantity) FROM positions_venue_backup WHERE account_id = 7 AND symbol = 'BTC-USD'")
+        assert float(cur.fetchone()[0]) == pytest.approx(btc)  # the old row, kept
+    rows.close()
+    again = guard(capsys, "positions", [acct], reconcile="apply", **db)
+    assert again["mismatched"] == [] and not again["changed"]
+
+
+def test_protect_places_a_stop_loss_for_every_uncovered_position_once(lab, capsys):
+    acct = lab.add_venue_account(f"protect-{next(_COUNTER)}", balances={"ZUSD": 100_000, "XXBT": 2, "XETH": 30})
+    out = guard(capsys, "protect", [acct], stop_distance=0.05)
+    assert out["_rc"] == 0, out["_raw"]
+    assert sorted(out["accounts"][0]["protected"]) == ["BTC/USD", "ETH/USD"]
+    stops = {o["symbol"]: o for o in client(acct).fetch_open_orders()}
+    assert stops["BTC/USD"]["amount"] == 2 and stops["ETH/USD"]["amount"] == 30
+    price = client(acct).fetch_ticker("BTC/USD")["last"]
+    assert stops["BTC/USD"]["stopLossPrice"] == pytest.approx(price * 0.95, rel=0.01)
+    again = guard(capsys, "protect", [acct])
+    assert not again["changed"] and len(client(acct).fetch_open_orders()) == 2
+
+
+def test_flatten_refuses_without_approval_and_sells_within_the_slippage_with_it(lab, capsys):
+    acct = lab.add_venue_account(f"flat-{next(_COUNTER)}", balances={"ZUSD": 1000, "XXBT": 1.25, "SOL": 40})
+    lab.rest_orders(acct, 2, distance_pct=3.0)  # a resting buy and a resting sell, which holds 0.01 BTC
+    refused = run_module(venue_guard, capsys, {"action": "flatten", "accounts": [acct]})
+    assert refused["_rc"] == 1 and "approved" in refused["msg"] and "nothing was sent" in refused["msg"]
+    assert client(acct).fetch_balance()["total"]["BTC"] == 1.25
+    out = guard(capsys, "flatten", [acct], approved=True, max_slippage=0.01, time_limit=10)
+    assert out["_rc"] == 0, out["_raw"]
+    sold = {s["symbol"]: s for s in out["accounts"][0]["sold"]}
+    assert set(sold) == {"BTC/USD", "SOL/USD"}
+    for s in sold.values():
+        assert 0 <= s["slippage"] <= 0.01
+    total = client(acct).fetch_balance()["total"]
+    assert total.get("BTC", 0) == 0 and total.get("SOL", 0) == 0 and total["USD"] > 0
+    assert client(acct).fetch_open_orders() == []
+
+
+def test_wrong_options_name_the_option_and_send_nothing(capsys):
+    out = run_module(venue_guard, capsys, {"action": "cancel_all", "accounts": [{"name": "x", "api_key": "key-1"}]})
+    assert out["_rc"] == 1 and "accounts[0] (x).secret is required" in out["msg"]
+    out = run_module(venue_guard, capsys, {"action": "cancel_all", "accounts": [
+        {"name": "x", "api_key": "key-1", "secret": "secret-1", "exchange": "nosuchexchange"}]})
+    assert out["_rc"] == 1 and "accounts[0] (x).exchange" in out["msg"]
