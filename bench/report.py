@@ -74,6 +74,17 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         f = rot["failed_calls"]["max"]
         add("rotate 20 secrets: failed authenticated calls (worst run)", "0", f, None if f is None else f == 0,
             num(f, 0))
+    venue = res.get("venue")
+    if venue:
+        g = venue["guard_s"]["median"]
+        add("venue cancel-all 20x100: venue_guard to zero verified", "≤ 2 s", g, None if g is None else g <= 2,
+            num(g, 2, " s"))
+        r = venue["ratios"]["loop/guard"]
+        add("venue cancel-all 20x100: per-order ccxt loop / venue_guard", "≥ 10×", r, None if r is None else r >= 10,
+            num(r, 1, "×"))
+        u = venue["rate_limited_unverified"]["max"]
+        add("venue cancel-all under the rate-limit fault: accounts unverified within 10 s (worst run)", "0", u,
+            None if u is None else u == 0, num(u, 0))
     return out
 
 
@@ -200,6 +211,21 @@ def markdown(res: dict[str, Any], heading: str = "##") -> str:
         if ctl:
             lines.append(f"| control, 1 run, staging=direct: failed calls | {ctl['failed_calls']} of {ctl['calls']} |")
         lines.append("")
+    venue = res.get("venue")
+    if venue:
+        lines += [f"{h3} Venue cancel-all", "",
+                  f"{venue['accounts']} accounts x {venue['orders_per_account']} resting orders at the lab exchange "
+                  "(Kraken's API); seconds from the start of the call to zero working orders, then confirmed by the "
+                  f"exchange itself. Failed runs: {venue['failed_runs']}.{load(venue)}", "",
+                  "| path | seconds |", "| --- | ---: |",
+                  "| a. venue_guard cancel_all (cancel-all + read-back, accounts concurrent) | "
+                  f"{fmt(venue['guard_s'])} |",
+                  f"| b. per-order cancel loop through ccxt, one process | {fmt(venue['loop_s'])} |",
+                  f"| ratio b/a (target ≥ 10×) | {num(venue['ratios']['loop/guard'], 1, '×')} |",
+                  "| c. venue_guard under exchange-rate-limit, 10 s deadline | "
+                  f"{fmt(venue['rate_limited_s'])} |",
+                  "| c. accounts left unverified (target 0) | "
+                  f"{fmt(venue['rate_limited_unverified'], '', 0)} |", ""]
     tg = res.get("targets") or []
     if tg:
         lines += [f"{h3} Targets", "", "| target | goal | measured | met |", "| --- | --- | ---: | :---: |"]

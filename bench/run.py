@@ -11,6 +11,8 @@ Sections (``--only``, default all):
   (default 1M,10M) trades, warm cache; writer INSERT p99 with and without the scan. See bench/pg.py.
 - ``mttr``: the P0 drill (20 engines, 3 crashed, 1 hung), phase by phase. See bench/mttr.py.
 - ``rotate``: rotate 20 secrets, failed calls of a polling consumer. See bench/rotate.py.
+- ``venue``: venue_guard cancel_all on 20 accounts x 100 resting orders against a per-order ccxt loop, and
+  under the exchange's rate-limit fault. See bench/venue.py.
 
 Every figure is the median, min and max of ``--runs`` runs (default 5). The machine load average is recorded
 at the start and the end of the run and of each section. Exits 1 if a run failed (e.g. an engine was not
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH, ROOT, loadavg, log, machine  # noqa: E402
 from report import markdown, targets, update_readme  # noqa: E402
 
-SECTIONS = ("halt", "pg", "mttr", "rotate")
+SECTIONS = ("halt", "pg", "mttr", "rotate", "venue")
 DEFAULT_ENGINES = "20,200"
 DEFAULT_PATHS = "a,b,c,d,e"
 DEFAULT_PG_ROWS = "1000000,10000000"
@@ -70,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rotate-secrets", type=int, default=20)
     p.add_argument("--no-rotate-control", action="store_true",
                    help="rotate: skip the control run (staging=direct, which must show failed calls)")
+    p.add_argument("--venue-accounts", type=int, default=20, help="venue: accounts (default 20)")
+    p.add_argument("--venue-orders", type=int, default=100, help="venue: resting orders per account (default 100)")
     p.add_argument("--out-dir", default=str(BENCH / "results"), help="where <date>.json/.md go")
     p.add_argument("--render", metavar="JSON", default=None,
                    help="run nothing: write the Markdown (and with --readme yes, the README section) of a results JSON")
@@ -101,6 +105,8 @@ def failed_runs(res: dict[str, Any]) -> list[str]:
         out.append(f"mttr: {res['mttr']['failed_runs']} drill(s) did not PASS")
     if res.get("rotate", {}).get("failed_runs"):
         out.append(f"rotate: {res['rotate']['failed_runs']} failed run(s)")
+    if res.get("venue", {}).get("failed_runs"):
+        out.append(f"venue: {res['venue']['failed_runs']} failed run(s)")
     return out
 
 
@@ -151,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             from rotate import run_rotate
 
             res["rotate"] = run_rotate(args.runs, work, args.rotate_secrets, not args.no_rotate_control)
+        if "venue" in args.sections:
+            from venue import run_venue
+
+            res["venue"] = run_venue(args.runs, work, args.venue_accounts, args.venue_orders)
     res["loadavg_end"] = loadavg()
     res["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res["duration_s"] = round(time.time() - started, 1)

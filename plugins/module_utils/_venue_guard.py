@@ -28,11 +28,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import math
 import time
 
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import (
     BackendError,
+    DeadlineExceeded,
     TradeopsError,
     ValidationError,
 )
@@ -51,6 +53,25 @@ def _num(value):
         return float(value or 0)
     except (TypeError, ValueError):
         return 0.0
+
+
+def _cancel_count(answer):
+    """How many orders an exchange's cancel-all says it cancelled, where it says (Kraken: ``result.count``)."""
+    for item in answer if isinstance(answer, list) else [answer]:
+        info = item.get("info") if isinstance(item, dict) else None
+        result = info.get("result") if isinstance(info, dict) else None
+        if isinstance(result, dict) and isinstance(result.get("count"), int):
+            return result["count"]
+    return None
+
+
+def _price_at_least(ex, symbol, price):
+    """``price`` on the market's price grid, rounded up (a sell's floor must not slip past max_slippage)."""
+    rounded = float(ex.price_to_precision(symbol, price))
+    tick = _num((ex.markets[symbol].get("precision") or {}).get("price"))
+    if rounded < price and 0 < tick < price:
+        rounded = float(ex.price_to_precision(symbol, math.ceil(price / tick - 1e-9) * tick))
+    return rounded
 
 
 def _order_view(order):
@@ -143,45 +164,55 @@ class VenueGuard:
     def _cancel_all(self, client, deadline, result):
         ex = client.exchange
         result["status"] = UNVERIFIED
-        before = self._open(client, deadline)
-        result["working_before"] = len(before)
         if self.check_mode:
-            result.update(status=VERIFIED if not before else UNVERIFIED, working_after=len(before),
-                          would_cancel=len(before), changed=bool(before), remaining=[_order_view(o) for o in before])
+            before = self._open(client, deadline)
+            result.update(working_before=len(before), status=VERIFIED if not before else UNVERIFIED,
+                          working_after=len(before), would_cancel=len(before), changed=bool(before),
+                          remaining=[_order_view(o) for o in before])
             return
         if self.dms and self.dms.get("state") == "armed":
             result["dead_man_switch"] = self._arm(client, deadline, self.dms.get("timeout"))
             result["changed"] = True
         rounds = 0
-        open_orders = before
-        while True:
-            if open_orders:
-                rounds += 1
-                result["changed"] = True
-                if ex.has.get("cancelAllOrders") and rounds == 1:
-                    client.call(deadline, "cancel all orders", ex.cancel_all_orders)
-                else:  # the cancel-all did not take them all (or there is none): one by one
-                    for order in open_orders:
-                        try:
-                            client.call(deadline, "cancel order %s" % order.get("id"), ex.cancel_order,
-                                        order.get("id"), order.get("symbol"))
-                        except BackendError as err:
-                            if deadline.expired():
-                                raise
-                            result.setdefault("cancel_errors", []).append(str(err))
-                time.sleep(min(READBACK_PAUSE, deadline.remaining()))
+        if ex.has.get("cancelAllOrders"):
+            # the exchange's own cancel-all first, without reading the book: it is what stops the risk
+            answer = client.call(deadline, "cancel all orders", ex.cancel_all_orders)
+            rounds = 1
+            result["working_before"] = _cancel_count(answer)
             open_orders = self._open(client, deadline)
+        else:
+            open_orders = self._open(client, deadline)
+            result["working_before"] = len(open_orders)
+        if result["working_before"]:
+            result["changed"] = True
+        while True:
             result["working_after"] = len(open_orders)
             result["remaining"] = [_order_view(o) for o in open_orders]
+            result["cancel_rounds"] = rounds
             if not open_orders:
                 result["status"] = VERIFIED
-                result["cancel_rounds"] = rounds
                 return
-            if deadline.remaining() < READBACK_PAUSE:
-                result["error"] = ("%d order(s) still working after %d cancel round(s): the exchange answered "
-                                   "the cancels but the orders stay (cancel them at the venue by hand, or have "
-                                   "the venue's risk desk do it)" % (len(open_orders), rounds))
+            try:
+                if deadline.remaining() < READBACK_PAUSE:
+                    raise DeadlineExceeded("deadline")
+                rounds += 1
+                result["changed"] = True
+                for order in open_orders:  # what a cancel-all left (or no cancel-all): one by one
+                    try:
+                        client.call(deadline, "cancel order %s" % order.get("id"), ex.cancel_order,
+                                    order.get("id"), order.get("symbol"))
+                    except DeadlineExceeded:
+                        raise
+                    except BackendError as err:
+                        result.setdefault("cancel_errors", []).append(str(err))
+                time.sleep(min(READBACK_PAUSE, deadline.remaining()))
+                open_orders = self._open(client, deadline)
+            except DeadlineExceeded:
                 result["cancel_rounds"] = rounds
+                result["error"] = ("%d order(s) still working when the deadline of %.1fs ran out, after %d cancel "
+                                   "round(s): the exchange answered the cancels but the orders stay (cancel them at "
+                                   "the venue by hand, or have the venue's risk desk do it)"
+                                   % (len(open_orders), self.timeout, rounds))
                 return
 
     # -- dead man's switch ---------------------------------------------------------------------------------
@@ -346,7 +377,7 @@ class VenueGuard:
         for symbol, amount in sorted(positions.items()):
             minimum = _num(((ex.markets[symbol].get("limits") or {}).get("amount") or {}).get("min"))
             start_price = _num(client.call(deadline, "read %s price" % symbol, ex.fetch_ticker, symbol).get("last"))
-            floor = float(ex.price_to_precision(symbol, start_price * (1 - self.max_slippage)))
+            floor = _price_at_least(ex, symbol, start_price * (1 - self.max_slippage))
             left, proceeds, filled = amount, 0.0, 0.0
             while left > max(minimum, DUST) and time.monotonic() < ends:
                 order = client.call(deadline, "sell %s" % symbol, ex.create_order, symbol, "limit", "sell",

@@ -42,3 +42,20 @@ def test_bench_harness_runs_and_measures_a_verified_halt_of_every_engine(tmp_pat
     assert section["ratios"]["a/e"] > 1  # ansible-playbook cannot beat the bare fan-out
     table = (out_dir / written[1]).read_text()
     assert "| a. ansible-playbook p0_outage.yml --tags contain |" in table
+
+
+def test_bench_venue_section_runs_and_the_exchange_confirms_zero_working_orders(tmp_path):
+    """venue_guard's cancel-all against the per-order ccxt loop, small (3 accounts x 10 orders, one run): each
+    figure counts only when the exchange itself lists no working order afterwards (bench/venue.py)."""
+    out_dir = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--only", "venue", "--runs", "1", "--venue-accounts", "3",
+         "--venue-orders", "10", "--out-dir", str(out_dir), "--readme", "no"],
+        cwd=ROOT, env=ansible_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(next(out_dir.glob("*.json")).read_text())
+    venue = res["venue"]
+    assert venue["failed_runs"] == 0 and venue["guard_s"]["n"] == 1 and venue["loop_s"]["n"] == 1
+    assert venue["rate_limited_unverified"]["max"] == 0
+    assert venue["ratios"]["loop/guard"] is not None
+    assert "### Venue cancel-all" in next(out_dir.glob("*.md")).read_text()

@@ -824,8 +824,9 @@ class Engine:
 
     def _venue_step(self) -> None:
         """Runs in the host's venue thread pool: cancel the oldest resting order when there are enough,
-        then rest a new limit order 0.3-1.5 % away from the venue's price (so it fills only if the price
-        moves that far: what an order left behind after a halt does)."""
+        then rest a new limit order 1-2.5 % away from the venue's price. While the engine trades, an order lives
+        a few seconds and the price does not get there; an order left behind by a halt lives on, and fills
+        within minutes (the price moves about 1.5 % a minute)."""
         assert self.venue is not None
         if len(self.venue_orders) >= VENUE_RESTING:
             txid = self.venue_orders.popleft()
@@ -835,7 +836,7 @@ class Engine:
                 pass  # filled, or already cancelled
         pair = self._rng.choice(VENUE_PAIRS)
         side = self._rng.choice(("buy", "sell"))
-        pct = self._rng.uniform(0.3, 1.5)
+        pct = self._rng.uniform(1.0, 2.5)
         volume = self._rng.uniform(50, 500) / SYMBOLS[PAIRS[pair][6]]
         try:
             res = self.venue.call("AddOrder", {

@@ -73,7 +73,7 @@ SPREAD = 0.0002
 COUNTER_MAX = 20.0
 COUNTER_DECAY = 0.5
 # Under the rate-limit fault: every call counts, against a much smaller budget.
-FAULT_COUNTER_MAX = 2.0
+FAULT_COUNTER_MAX = 1.0
 FAULT_COUNTER_DECAY = 1.0
 TRADING_CALLS = frozenset(("AddOrder", "CancelOrder", "CancelAll", "CancelAllOrdersAfter"))
 MAX_DMS_TIMEOUT = 86400
