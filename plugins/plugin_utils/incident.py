@@ -628,12 +628,18 @@ def _impact(record, s):
         parts.append("NOT verified halted: " + ", ".join(s["not_halted"]))
     if orders:
         parts.append("orders after the halt: %s" % orders[-1])
-    venue = record.get("venue")
+    venue = _venue_line(record.get("venue"))
     if venue:
-        parts.append("working orders at the venue: %s before, %s after (cancelled %s); not verified: %s" % (
-            venue.get("working_before"), venue.get("working_after"), venue.get("cancelled"),
-            ", ".join(venue.get("unverified") or []) or "none"))
+        parts.append(venue)
     return "; ".join(parts)
+
+
+def _venue_line(venue):
+    if not venue:
+        return None
+    return "working orders at the venue: %s before, %s after (cancelled %s); not verified: %s" % (
+        venue.get("working_before"), venue.get("working_after"), venue.get("cancelled"),
+        ", ".join(venue.get("unverified") or []) or "none")
 
 
 def _actions(record):
@@ -792,6 +798,7 @@ def postmortem(record):
         "- Held by: %s" % ("; ".join("%s: %s" % kv for kv in sorted(s["halt_holds"].items())) or "nothing held"),
         "- Repaired: %s; not recovered: %s" % (
             ", ".join(s["recovered"]) or "none", ", ".join(s["not_recovered"]) or "none"),
+        "- Venue: %s" % (_venue_line(record.get("venue")) or "no exchange account was acted on"),
         "- Financial impact, trades affected, users affected: **TO FILL**", "",
         "## 2. Timeline", "",
         "| time (UTC) | phase | outcome | what happened |", "| --- | --- | --- | --- |",

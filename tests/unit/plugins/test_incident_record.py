@@ -82,6 +82,29 @@ def not_halted():
     return r
 
 
+def venue_result(unverified=(), before=7):
+    accounts = [{"name": n, "status": "unverified" if n in unverified else "verified", "working_before": 2,
+                 "working_after": 2 if n in unverified else 0,
+                 "error": "2 order(s) still working" if n in unverified else None,
+                 "dead_man_switch": {"armed": True, "timeout": 300, "trigger_time": "2026-12-03T10:05:00Z"}}
+                for n in ENGINES]
+    return {"action": "cancel_all", "accounts": accounts, "elapsed_ms": 140, "verified": [
+        n for n in ENGINES if n not in unverified], "unverified": list(unverified), "failed_accounts": list(unverified),
+        "working_orders_before": before, "working_orders_after": 2 * len(unverified)}
+
+
+def venue_cancelled():
+    r = contained_only()
+    incident.add_venue(r, "contain", venue_result())
+    return r
+
+
+def venue_not_verified():
+    r = contained_only()
+    incident.add_venue(r, "contain", venue_result(unverified=["engine-002"]))
+    return r
+
+
 def nogo_without_halts():
     r = new("P3")
     incident.set_triage(r, health("NO-GO", ["engine-001"]))
@@ -106,6 +129,10 @@ VERDICTS = [
                                         "NO-GO: engine-003")),
     (not_halted, ("successful", 0, False, None),
      ("remediation_failed", 1, False, "REMEDIATION FAILED: not verified halted: engine-002")),
+    (venue_cancelled, ("successful", 0, False, None), ("resolved", 0, False, "CONTAINED: trading halted, verified")),
+    (venue_not_verified, ("successful", 0, False, None),
+     ("remediation_failed", 1, False, "REMEDIATION FAILED: working orders not verified cancelled at the venue: "
+                                      "engine-002")),
     (nogo_without_halts, ("successful", 0, False, None),
      ("remediation_failed", 1, False, "REMEDIATION FAILED: NO-GO: engine-001")),
     (lambda: new(), ("timeout", 254, False, None),
@@ -147,6 +174,19 @@ def test_the_record_summary_names_what_was_halted_repaired_and_held():
     assert s["awaiting_approval"] and s["health_gate"] == "GO"
     assert s["halt_holds"]["engine-002"] == "file, until the gated resume"
     assert incident.summary(resumed())["halt_holds"] == {}
+
+
+def test_the_record_keeps_the_venue_state_and_the_draft_says_it():
+    record = venue_not_verified()
+    venue = record["venue"]
+    assert (venue["working_before"], venue["working_after"], venue["cancelled"]) == (7, 2, 5)
+    assert venue["unverified"] == ["engine-002"] and venue["dead_man_switch"]["armed"] == 3
+    assert [a["status"] for a in venue["calls"][0]["accounts"]] == ["verified", "unverified", "verified"]
+    assert incident.summary(record)["venue_unverified"] == ["engine-002"]
+    assert "working orders at the venue: 7 before, 2 after (cancelled 5); not verified: engine-002" in \
+        incident.postmortem(record)
+    incident.finish(record)
+    validate(json.loads(json.dumps(record)))
 
 
 def test_phases_are_timed_and_a_halt_phase_starts_when_its_call_did():
