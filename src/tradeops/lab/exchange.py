@@ -270,14 +270,20 @@ class Exchange:
             for order in list(orders.values()):
                 self.match(order)
 
-    def match(self, order: Order) -> None:
+    def match(self, order: Order, on_arrival: bool = False) -> None:
+        """Fill ``order`` if the price allows. A limit order that crosses when it arrives takes the market's
+        price (a taker, no worse than its limit); one that rests fills at its limit when the price gets there."""
         if order.status != "open":
             return
         px = self.prices[order.pair]
+        taker = px * (1 + SPREAD / 2) if order.side == "buy" else px * (1 - SPREAD / 2)
         if order.ordertype == "market":
-            self.fill(order, px * (1 + SPREAD / 2) if order.side == "buy" else px * (1 - SPREAD / 2), TAKER_FEE)
+            self.fill(order, taker, TAKER_FEE)
         elif order.ordertype == "limit":
-            if (order.side == "buy" and px <= order.price) or (order.side == "sell" and px >= order.price):
+            if on_arrival and ((order.side == "buy" and taker <= order.price)
+                               or (order.side == "sell" and taker >= order.price)):
+                self.fill(order, taker, TAKER_FEE)
+            elif (order.side == "buy" and px <= order.price) or (order.side == "sell" and px >= order.price):
                 self.fill(order, order.price, MAKER_FEE)
             elif order.ioc:
                 self.close(order, "canceled", "Immediate or cancel: not filled")
@@ -492,7 +498,7 @@ class Exchange:
             return {"descr": {"order": order.descr()["order"]}}
         self.orders[order.txid] = order
         self.open_orders(acct.name)[order.txid] = order
-        self.match(order)
+        self.match(order, on_arrival=True)
         return {"descr": {"order": order.descr()["order"]}, "txid": [order.txid]}
 
     def parse_price(self, pair: str, raw: Any) -> float:

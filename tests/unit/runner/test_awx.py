@@ -149,7 +149,8 @@ def test_one_job_template_per_incident_playbook_with_the_survey(context):
     for t in context["awx_job_templates"]:
         assert (ROOT / t["playbook"]).is_file(), t["playbook"]
         variables = [q["variable"] for q in t["survey_spec"]["spec"]]
-        assert variables[1] == "incident_severity" and "resume_trading_approved" in variables
+        assert variables[1] == "incident_severity"
+        assert "resume_trading_approved" in variables or "liquidate_approved" in variables, t["name"]
         assert any(v.endswith(("_reason", "_incident_id")) for v in variables), t["name"]
         assert t["survey_enabled"] and t["ask_limit_on_launch"]  # the limit: AWX's launch prompt
         for q in t["survey_spec"]["spec"]:
@@ -159,7 +160,7 @@ def test_one_job_template_per_incident_playbook_with_the_survey(context):
 
 
 def test_the_workflow_is_p0_then_timed_approval_then_approved_resume(context):
-    (wf,) = context["awx_workflow_job_templates"]
+    (wf,) = [w for w in context["awx_workflow_job_templates"] if w["name"] == "tradeops | P0 outage, approval, resume"]
     nodes = {n["identifier"]: n for n in wf["workflow_nodes"]}
     templates = {t["name"] for t in context["awx_job_templates"]}
     p0, approval, resume = nodes["p0-outage"], nodes["approve-resume"], nodes["resume-trading"]
@@ -171,6 +172,22 @@ def test_the_workflow_is_p0_then_timed_approval_then_approved_resume(context):
     assert "failure_nodes" not in approval["related"] and "always_nodes" not in approval["related"]
     assert resume["unified_job_template"]["name"] == "tradeops | Resume trading"
     assert resume["extra_data"]["resume_trading_approved"] == "true"
+
+
+def test_the_liquidation_sells_only_after_the_timed_approval(context):
+    (wf,) = [w for w in context["awx_workflow_job_templates"] if w["name"] == "tradeops | Liquidate, approval, sell"]
+    nodes = {n["identifier"]: n for n in wf["workflow_nodes"]}
+    contain, approval, sell = nodes["liquidate-contain"], nodes["approve-liquidation"], nodes["liquidate-sell"]
+    assert contain["extra_data"]["liquidate_approved"] == "false"
+    assert contain["related"]["success_nodes"] == [{"identifier": "approve-liquidation"}]
+    assert approval["unified_job_template"]["type"] == "workflow_approval"
+    assert approval["unified_job_template"]["timeout"] > 0
+    assert approval["related"]["success_nodes"] == [{"identifier": "liquidate-sell"}]
+    assert set(approval["related"]) == {"success_nodes"}  # a denial or a time-out never sells
+    assert sell["extra_data"]["liquidate_approved"] == "true"
+    template = {t["name"]: t for t in context["awx_job_templates"]}["tradeops | Liquidate"]
+    survey = {q["variable"]: q for q in template["survey_spec"]["spec"]}
+    assert survey["liquidate_approved"]["default"] == "false"
 
 
 def test_credentials_are_referenced_never_embedded(context):
