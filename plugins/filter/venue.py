@@ -43,6 +43,8 @@ def venue_report_lines(result):
                                                    for m in acct["mismatches"])
         if acct.get("placed"):
             line += ", stop-losses placed: %s" % ", ".join(p["symbol"] for p in acct["placed"])
+        if acct.get("unprotected"):
+            line += ", NOT protected: %s" % "; ".join("%s (%s)" % (u["symbol"], u["error"]) for u in acct["unprotected"])
         if acct.get("sold"):
             line += ", sold: %s" % ", ".join("%s %s (slippage %s)" % (s["symbol"], s["sold"], s["slippage"])
                                              for s in acct["sold"])

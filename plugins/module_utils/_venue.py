@@ -120,7 +120,11 @@ def accounts_options(specs, option="accounts"):
 
 
 class MarketCache:
-    """Markets are loaded once per exchange and URL, then shared by every account's client."""
+    """Markets are loaded once per exchange and URL, then shared by every account's client.
+
+    Loading markets also leaves indexes in the client's ``options`` (Kraken's ``marketsByAltname``, by which
+    an order's pair is resolved to its symbol): they are shared too, or orders would come back without one.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -132,10 +136,11 @@ class MarketCache:
             if key not in self._markets:
                 ex = client.exchange
                 client.call(deadline, "load markets", ex.load_markets)
-                self._markets[key] = (ex.markets, ex.currencies)
+                self._markets[key] = (ex.markets, ex.currencies, dict(ex.options))
                 return
-        markets, currencies = self._markets[key]
+        markets, currencies, options = self._markets[key]
         client.exchange.set_markets(markets, currencies)
+        client.exchange.options.update(options)
 
 
 class VenueClient:

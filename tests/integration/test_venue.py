@@ -263,14 +263,18 @@ def test_positions_report_and_reconcile_rewrites_the_table_keeping_the_old_rows(
 
 def test_protect_places_a_stop_loss_for_every_uncovered_position_once(lab, capsys):
     acct = lab.add_venue_account(f"protect-{next(_COUNTER)}", balances={"ZUSD": 100_000, "XXBT": 2, "XETH": 30})
-    out = guard(capsys, "protect", [acct], stop_distance=0.05)
+    other = lab.add_venue_account(f"protect-{next(_COUNTER)}", balances={"ZUSD": 100_000, "XXBT": 1, "ZEUR": 500})
+    # two accounts: the second reads its orders with the markets the first loaded (shared, pairs included)
+    out = guard(capsys, "protect", [acct, other], stop_distance=0.05)
     assert out["_rc"] == 0, out["_raw"]
     assert sorted(out["accounts"][0]["protected"]) == ["BTC/USD", "ETH/USD"]
+    assert sorted(out["accounts"][1]["protected"]) == ["BTC/USD", "EUR/USD"]
+    assert {o["symbol"] for o in client(other).fetch_open_orders()} == {"BTC/USD", "EUR/USD"}
     stops = {o["symbol"]: o for o in client(acct).fetch_open_orders()}
     assert stops["BTC/USD"]["amount"] == 2 and stops["ETH/USD"]["amount"] == 30
     price = client(acct).fetch_ticker("BTC/USD")["last"]
     assert stops["BTC/USD"]["stopLossPrice"] == pytest.approx(price * 0.95, rel=0.01)
-    again = guard(capsys, "protect", [acct])
+    again = guard(capsys, "protect", [acct, other])
     assert not again["changed"] and len(client(acct).fetch_open_orders()) == 2
 
 

@@ -604,10 +604,16 @@ class Lab:
         accounts = (self.state.get("exchange") or {}).get("accounts") or {}
         return {name: {k: a[k] for k in ("key", "secret", "account_id")} for name, a in accounts.items()}
 
-    def working_orders(self) -> dict[str, int]:
-        """Working (open) orders per exchange account, as the exchange itself holds them."""
+    def working_orders(self, exclude_stops: bool = False) -> dict[str, int]:
+        """Working (open) orders per exchange account, as the exchange itself holds them; ``exclude_stops``
+        leaves out the protective stop-loss orders (what the health gate places on every position)."""
         accounts = self.exchange_control("GET", "/lab/state")["accounts"]
-        return {name: int(a["open_orders"]) for name, a in accounts.items()}
+        counts = {name: int(a["open_orders"]) for name, a in accounts.items()}
+        if exclude_stops:
+            for order in self.exchange_control("GET", "/lab/orders?status=open")["orders"]:
+                if order["descr"]["ordertype"] == "stop-loss":
+                    counts[order["account"]] -= 1
+        return counts
 
     def venue_fills(self, since: float = 0.0, account: str | None = None) -> list[dict[str, Any]]:
         """Fills at the exchange at or after the epoch time ``since``."""
