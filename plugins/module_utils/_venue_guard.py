@@ -171,8 +171,8 @@ class VenueGuard:
                           remaining=[_order_view(o) for o in before])
             return
         if self.dms and self.dms.get("state") == "armed":
+            # not a change by itself: re-arming is the heartbeat, and the switch's state cannot be read back
             result["dead_man_switch"] = self._arm(client, deadline, self.dms.get("timeout"))
-            result["changed"] = True
         rounds = 0
         if ex.has.get("cancelAllOrders"):
             # the exchange's own cancel-all first, without reading the book: it is what stops the risk
@@ -326,14 +326,22 @@ class VenueGuard:
         return sum(_num(o.get("amount")) - _num(o.get("filled")) for o in open_orders
                    if o.get("symbol") == symbol and o.get("side") == "sell" and o.get("stopLossPrice"))
 
+    def _held(self, open_orders, symbol):
+        """What working orders that are not stop-losses hold of a position (a resting sell reserves it)."""
+        return sum(_num(o.get("amount")) - _num(o.get("filled")) for o in open_orders
+                   if o.get("symbol") == symbol and o.get("side") == "sell" and not o.get("stopLossPrice"))
+
     def _protect(self, client, deadline, result):
         ex = client.exchange
         positions = self._venue_positions(client, deadline)
         open_orders = self._open(client, deadline)
-        placed, protected, unprotected = [], [], []
+        placed, protected, unprotected, held = [], [], [], {}
         for symbol, amount in sorted(positions.items()):
             minimum = _num(((ex.markets[symbol].get("limits") or {}).get("amount") or {}).get("min"))
-            gap = amount - self._covered(open_orders, symbol)
+            reserved = self._held(open_orders, symbol)
+            gap = amount - self._covered(open_orders, symbol) - reserved
+            if reserved > DUST:
+                held[symbol] = reserved
             if gap <= max(minimum, DUST):
                 protected.append(symbol)
                 continue
@@ -342,26 +350,40 @@ class VenueGuard:
                 continue
             last = _num(client.call(deadline, "read %s price" % symbol, ex.fetch_ticker, symbol).get("last"))
             stop = float(ex.price_to_precision(symbol, last * (1 - self.stop_distance)))
-            try:
-                order = client.call(deadline, "place a stop-loss on %s" % symbol, ex.create_order, symbol, "market",
-                                    "sell", float(ex.amount_to_precision(symbol, gap)), None,
-                                    {"stopLossPrice": stop})
-                placed.append({"symbol": symbol, "amount": gap, "stop_price": stop, "id": order.get("id")})
-            except BackendError as err:
-                unprotected.append({"symbol": symbol, "amount": gap, "error": str(err)})
+            for attempt in range(3):  # a trading engine may rest a sell meanwhile: read again, place the rest
+                try:
+                    order = client.call(deadline, "place a stop-loss on %s" % symbol, ex.create_order, symbol,
+                                        "market", "sell", float(ex.amount_to_precision(symbol, gap)), None,
+                                        {"stopLossPrice": stop})
+                    placed.append({"symbol": symbol, "amount": gap, "stop_price": stop, "id": order.get("id")})
+                    break
+                except BackendError as err:
+                    if attempt == 2 or "InsufficientFunds" not in str(err):
+                        unprotected.append({"symbol": symbol, "amount": gap, "error": str(err)})
+                        break
+                    open_orders = self._open(client, deadline)
+                    reserved = self._held(open_orders, symbol)
+                    gap = amount - self._covered(open_orders, symbol) - reserved
+                    held[symbol] = reserved
+                    if gap <= max(minimum, DUST):
+                        protected.append(symbol)
+                        break
         result["changed"] = bool(placed)
         if not self.check_mode and placed:
             time.sleep(min(READBACK_PAUSE, deadline.remaining()))
             open_orders = self._open(client, deadline)
             for p in placed:
-                if self._covered(open_orders, p["symbol"]) + DUST < positions[p["symbol"]] - _num(
-                        ((ex.markets[p["symbol"]].get("limits") or {}).get("amount") or {}).get("min")):
-                    unprotected.append({"symbol": p["symbol"], "amount": p["amount"],
+                symbol = p["symbol"]
+                minimum = _num(((ex.markets[symbol].get("limits") or {}).get("amount") or {}).get("min"))
+                if self._covered(open_orders, symbol) + self._held(open_orders, symbol) + max(minimum, DUST) \
+                        < positions[symbol]:
+                    unprotected.append({"symbol": symbol, "amount": p["amount"],
                                         "error": "the stop-loss is not among the open orders when read back"})
                 else:
-                    protected.append(p["symbol"])
+                    protected.append(symbol)
+        # a part held by a working sell order is reported, not protected twice (the exchange would refuse it)
         result.update(positions=positions, placed=placed, protected=sorted(set(protected)),
-                      unprotected=unprotected, status=FAILED if unprotected else VERIFIED)
+                      held_by_orders=held, unprotected=unprotected, status=FAILED if unprotected else VERIFIED)
 
     # -- flatten -------------------------------------------------------------------------------------------
     def _flatten(self, client, deadline, result):

@@ -49,7 +49,8 @@ attributes:
     support: partial
     details:
       - O(action=cancel_all), O(action=protect) and O(action=positions) report no change when there is nothing to
-        cancel, protect or reconcile. Arming the dead man's switch is a change every time (it is the heartbeat).
+        cancel, protect or reconcile (arming the dead man's switch along with O(action=cancel_all) is not counted:
+        re-arming is its heartbeat). O(action=dead_man_switch) is a change every time.
 options:
   action:
     description: What to do on every account.
