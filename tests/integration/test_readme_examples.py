@@ -59,6 +59,8 @@ PLAN = [
     Step(INJECT, ["tradeops lab inject latency engine-001", "tradeops lab inject latency engine-001 --clear"],
          why="a synopsis: a fault, then --clear"),
     Step("tradeops lab restart ENGINE...", ["tradeops lab restart engine-002"], why="a synopsis: one engine"),
+    Step("tradeops lab inject cancel-lies engine-002"),
+    Step("tradeops lab inject cancel-lies engine-002 --clear"),
     Step("tradeops lab down"),
     # the main job, last: its own 20-engine lab (.lab-drill), faults, p0_outage, the approved resume, torn down
     Step("make drill"),
@@ -188,13 +190,33 @@ def _check_postmortem(proc, runs, lab_dir):
     assert "```mermaid\ngantt\n" in proc.stdout and "## 3. Root cause analysis" in proc.stdout
 
 
+def _check_cancel_lies(proc, runs, lab_dir):
+    """The exchange itself now lies about engine-002's cancels (and only engine-002's)."""
+    from tradeops.lab import Lab
+
+    assert "cancel-lies injected" in proc.stdout
+    faults = Lab(lab_dir).exchange_control("GET", "/lab/state")["faults"]
+    assert faults["accounts"] == {"cancel-lies": ["engine-002"]}, faults
+
+
+def _check_cancel_lies_cleared(proc, runs, lab_dir):
+    from tradeops.lab import Lab
+
+    assert Lab(lab_dir).exchange_control("GET", "/lab/state")["faults"]["accounts"] == {}
+
+
 def _check_drill(proc, runs, lab_dir):
     """The drill passed: every engine halted and verified, repaired, and trading again after the approved resume."""
     assert re.search(r"^\s*verdict: PASS ", proc.stdout, re.M), proc.stdout[-3000:]
+    # working orders rested at the venue before the contain phase, and none after it
+    assert re.search(r"^\s*venue: [1-9][0-9]* working order\(s\) before contain, 0 after", proc.stdout, re.M), \
+        proc.stdout[-3000:]
     assert "PROBLEM:" not in proc.stdout and "drill: lab torn down" in proc.stdout, proc.stdout[-3000:]
 
 
 CHECKS = {
+    "tradeops lab inject cancel-lies engine-002": _check_cancel_lies,
+    "tradeops lab inject cancel-lies engine-002 --clear": _check_cancel_lies_cleared,
     "tradeops report latest --format md": _check_postmortem,
     "make drill": _check_drill,
     'tradeops run p0_outage -e p0_outage_reason="INC-1234 engines down"': _check_reason,
