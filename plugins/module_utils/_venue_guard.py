@@ -74,6 +74,11 @@ def _price_at_least(ex, symbol, price):
     return rounded
 
 
+def _protective(order):
+    """A stop-loss sell: what protect places on a position (it only ever reduces it)."""
+    return order.get("side") == "sell" and bool(order.get("stopLossPrice"))
+
+
 def _order_view(order):
     return {"id": order.get("id"), "symbol": order.get("symbol"), "side": order.get("side"),
             "type": order.get("type"), "amount": order.get("amount"),
@@ -86,7 +91,7 @@ class VenueGuard:
     def __init__(self, action, accounts, timeout=10.0, request_timeout=3.0, concurrency=20, check_mode=False,
                  dead_man_switch=None, stop_distance=0.05, max_slippage=0.01, time_limit=60.0, approved=False,
                  reconcile="report", positions_db=None, positions_table="positions", symbols=None,
-                 tolerance=1e-6):
+                 tolerance=1e-6, keep_stops=False):
         if action not in ACTIONS:
             raise ValidationError("action must be one of %s, got %r" % (", ".join(ACTIONS), action))
         if action == "flatten" and approved is not True:
@@ -111,6 +116,7 @@ class VenueGuard:
         self.positions_table = positions_table
         self.symbols = dict(symbols or {})
         self.tolerance = float(tolerance)
+        self.keep_stops = bool(keep_stops)
         self.markets = MarketCache()
 
     # -- the fleet -----------------------------------------------------------------------------------------
@@ -165,7 +171,7 @@ class VenueGuard:
         ex = client.exchange
         result["status"] = UNVERIFIED
         if self.check_mode:
-            before = self._open(client, deadline)
+            before = [o for o in self._open(client, deadline) if not (self.keep_stops and _protective(o))]
             result.update(working_before=len(before), status=VERIFIED if not before else UNVERIFIED,
                           working_after=len(before), would_cancel=len(before), changed=bool(before),
                           remaining=[_order_view(o) for o in before])
@@ -174,7 +180,18 @@ class VenueGuard:
             # not a change by itself: re-arming is the heartbeat, and the switch's state cannot be read back
             result["dead_man_switch"] = self._arm(client, deadline, self.dms.get("timeout"))
         rounds = 0
-        if ex.has.get("cancelAllOrders"):
+        kept = []
+        if self.keep_stops:
+            # protective stop-losses stay (seed 002: positions protected); everything else is cancelled
+            open_orders = self._open(client, deadline)
+            kept = [o for o in open_orders if _protective(o)]
+            open_orders = [o for o in open_orders if not _protective(o)]
+            result["working_before"] = len(open_orders)
+            if open_orders and not kept and ex.has.get("cancelAllOrders"):
+                client.call(deadline, "cancel all orders", ex.cancel_all_orders)
+                rounds = 1
+                open_orders = self._open(client, deadline)
+        elif ex.has.get("cancelAllOrders"):
             # the exchange's own cancel-all first, without reading the book: it is what stops the risk
             answer = client.call(deadline, "cancel all orders", ex.cancel_all_orders)
             rounds = 1
@@ -183,6 +200,7 @@ class VenueGuard:
         else:
             open_orders = self._open(client, deadline)
             result["working_before"] = len(open_orders)
+        result["stops_kept"] = len(kept)
         if result["working_before"]:
             result["changed"] = True
         while True:
@@ -206,7 +224,7 @@ class VenueGuard:
                     except BackendError as err:
                         result.setdefault("cancel_errors", []).append(str(err))
                 time.sleep(min(READBACK_PAUSE, deadline.remaining()))
-                open_orders = self._open(client, deadline)
+                open_orders = [o for o in self._open(client, deadline) if not (self.keep_stops and _protective(o))]
             except DeadlineExceeded:
                 result["cancel_rounds"] = rounds
                 result["error"] = ("%d order(s) still working when the deadline of %.1fs ran out, after %d cancel "

@@ -108,6 +108,13 @@ options:
         way; the incident playbooks set it to V(false) and decide from RV(unverified).
     type: bool
     default: true
+  keep_stops:
+    description:
+      - O(action=cancel_all) - leave the protective stop-loss sells (what O(action=protect) places) and cancel every
+        other order; RV(accounts[].stops_kept) counts them. Without it every order is cancelled, stops included.
+      - Verified the same way - the exchange must list no open order but those stops.
+    type: bool
+    default: false
   dead_man_switch:
     description: The dead man's switch (O(action=dead_man_switch), and armed first by O(action=cancel_all) when given).
     type: dict
@@ -216,6 +223,9 @@ accounts:
     working_after:
       description: (cancel_all) Open orders at the last read-back.
       type: int
+    stops_kept:
+      description: (cancel_all) Protective stop-losses left working (O(keep_stops)).
+      type: int
     remaining:
       description: (cancel_all) The orders still working at the last read-back.
       type: list
@@ -286,6 +296,7 @@ ARGUMENT_SPEC = dict(
     request_timeout=dict(type="float", default=3),
     concurrency=dict(type="int", default=20),
     strict=dict(type="bool", default=True),
+    keep_stops=dict(type="bool", default=False),
     dead_man_switch=dict(type="dict", options=dict(
         state=dict(type="str", choices=["armed", "disarmed"], default="armed"),
         timeout=dict(type="int", default=60),
@@ -322,7 +333,8 @@ def build(params, check_mode):
         time_limit=check_timeout(params["time_limit"], "time_limit", minimum=1),
         approved=params["approved"], reconcile=params["reconcile"],
         positions_db=db if has_db else None, positions_table=params["positions_table"],
-        symbols=params["symbols"], tolerance=number(params["tolerance"], "tolerance", minimum=0))
+        symbols=params["symbols"], tolerance=number(params["tolerance"], "tolerance", minimum=0),
+        keep_stops=params["keep_stops"])
 
 
 def main():

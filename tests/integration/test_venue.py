@@ -278,6 +278,24 @@ def test_protect_places_a_stop_loss_for_every_uncovered_position_once(lab, capsy
     assert not again["changed"] and len(client(acct).fetch_open_orders()) == 2
 
 
+def test_keep_stops_cancels_everything_but_the_protective_stop_losses_and_is_idempotent(lab, capsys):
+    acct = lab.add_venue_account(f"keep-{next(_COUNTER)}", balances={"ZUSD": 100_000, "XXBT": 2})
+    assert guard(capsys, "protect", [acct])["_rc"] == 0
+    lab.rest_orders(acct, 1)  # a resting buy (the stop holds all the BTC: a sell would be refused)
+    working = client(acct).fetch_open_orders()
+    resting = [o for o in working if not o["stopLossPrice"]]
+    assert resting and len(working) == len(resting) + 1
+    out = guard(capsys, "cancel_all", [acct], keep_stops=True)
+    assert out["accounts"][0]["status"] == "verified" and out["accounts"][0]["stops_kept"] == 1
+    assert out["accounts"][0]["working_before"] == len(resting)
+    left = client(acct).fetch_open_orders()
+    assert len(left) == 1 and left[0]["stopLossPrice"]
+    again = guard(capsys, "cancel_all", [acct], keep_stops=True)
+    assert not again["changed"] and len(client(acct).fetch_open_orders()) == 1
+    everything = guard(capsys, "cancel_all", [acct])
+    assert everything["changed"] and client(acct).fetch_open_orders() == []
+
+
 def test_flatten_refuses_without_approval_and_sells_within_the_slippage_with_it(lab, capsys):
     acct = lab.add_venue_account(f"flat-{next(_COUNTER)}", balances={"ZUSD": 1000, "XXBT": 1.25, "SOL": 40})
     lab.rest_orders(acct, 2, distance_pct=3.0)  # a resting buy and a resting sell, which holds 0.01 BTC

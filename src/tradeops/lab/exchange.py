@@ -715,9 +715,10 @@ async def run(lab_dir: Path, host: str = LOOPBACK) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tradeops.lab.exchange", description=__doc__.split("\n")[0])
     parser.add_argument("--lab-dir", required=True, type=Path)
+    parser.add_argument("--listen", default=LOOPBACK, help="the address to listen on (a drill's venue host: 0.0.0.0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
-    asyncio.run(run(args.lab_dir.resolve()))
+    asyncio.run(run(args.lab_dir.resolve(), args.listen))
     return 0
 
 

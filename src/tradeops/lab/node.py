@@ -15,6 +15,7 @@ the engines process, the database faults) and knows nothing of Ansible or Docker
     engines status   --dir DIR
     engines kill     --dir DIR      SIGKILL: the "crash" of a drill (the process is gone)
     engines freeze   --dir DIR      SIGSTOP: the "hang" of a drill (the process is there, answers nothing)
+    venue start      --dir DIR [--listen ADDR] [--port N]    the lab exchange, with DIR/exchange-accounts.json
 
 ``db up`` generates the PostgreSQL and Redis passwords, or reads them as JSON from stdin with ``--secrets-stdin``
 (``{"postgres_password": ..., "redis_password": ...}``: never on a command line), and writes ``DIR/db.json``
@@ -305,6 +306,29 @@ def engines_signal(directory: Path, sig: signal.Signals) -> dict[str, Any]:
     return {**engines_status(directory), "changed": True, "signal": sig.name, "signalled_at": time.time()}
 
 
+# -- venue host -----------------------------------------------------------------------------------------
+
+VENUE_ACCOUNTS_FILE = "exchange-accounts.json"
+
+
+def venue_start(directory: Path, listen: str, port: int) -> dict[str, Any]:
+    """Start the lab exchange (Kraken's API) on ``listen``:``port`` with the accounts of
+    ``DIR/exchange-accounts.json`` (``{"control_token", "accounts": {name: {"keys": {label: {key, secret}},
+    "balances"}}}``, 0600, written by the drill). Idempotent: a running exchange is left as it is."""
+    from . import venue
+    from .exchange import RUNTIME_FILE
+
+    runtime = read_json(directory / RUNTIME_FILE) if (directory / RUNTIME_FILE).exists() else None
+    if runtime and pid_alive(runtime.get("pid"), "tradeops.lab.exchange"):
+        return {"changed": False, "pid": runtime["pid"], "port": runtime["port"]}
+    spec = read_json(directory / VENUE_ACCOUNTS_FILE)
+    if not spec:
+        raise LabInputError(f"no {VENUE_ACCOUNTS_FILE} in {directory}")
+    entry = venue.start(directory, spec["control_token"], spec["accounts"], time.monotonic() + START_TIMEOUT,
+                        listen=listen, port=port)
+    return {"changed": True, "pid": entry["pid"], "port": entry["port"]}
+
+
 # -- CLI ------------------------------------------------------------------------------------------------
 
 
@@ -337,6 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     en = sub.add_parser("engines", help="an engine host: one engines process")
     en.add_argument("action", choices=["start", "restart", "status", "kill", "freeze"])
     en.add_argument("--dir", required=True, type=Path)
+    ve = sub.add_parser("venue", help="a venue host: the lab exchange")
+    ve.add_argument("action", choices=["start"])
+    ve.add_argument("--dir", required=True, type=Path)
+    ve.add_argument("--listen", default="0.0.0.0")
+    ve.add_argument("--port", type=int, default=8090)
     args = parser.parse_args(argv)
     directory = args.dir.resolve()
     try:
@@ -348,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out = db_corrupt_rows(directory, args.kinds, args.count)
             else:
                 out = db_corrupt_index(directory)
+        elif args.part == "venue":
+            out = venue_start(directory, args.listen, args.port)
         elif args.action == "start":
             out = engines_start(directory)
         elif args.action == "restart":

@@ -64,11 +64,14 @@ def plan_accounts(engine_names: list[str], cur: Any, db_accounts: int) -> dict[s
     return out
 
 
-def start(lab_dir: Path, control_token: str, accounts: Mapping[str, Any], deadline: float) -> dict[str, Any]:
-    """Start the exchange process; returns the state-file ``exchange`` entry once it listens."""
+def start(lab_dir: Path, control_token: str, accounts: Mapping[str, Any], deadline: float,
+          listen: str = LOOPBACK, port: int = 0) -> dict[str, Any]:
+    """Start the exchange process; returns the state-file ``exchange`` entry once it listens (on the loopback,
+    or on ``listen``:``port``, as a drill's venue host does)."""
     runtime = lab_dir / RUNTIME_FILE
     runtime.unlink(missing_ok=True)
-    write_json_atomic(lab_dir / CONFIG_FILE, {"control_token": control_token, "accounts": dict(accounts)})
+    write_json_atomic(lab_dir / CONFIG_FILE, {"control_token": control_token, "accounts": dict(accounts),
+                                               "port": port})
     src_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = src_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -76,7 +79,7 @@ def start(lab_dir: Path, control_token: str, accounts: Mapping[str, Any], deadli
     with open(lab_dir / LOG_FILE, "ab") as logf:
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tradeops.lab.exchange", "--lab-dir", str(lab_dir)],
+                [sys.executable, "-m", "tradeops.lab.exchange", "--lab-dir", str(lab_dir), "--listen", listen],
                 cwd=lab_dir, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True,
             )
@@ -90,7 +93,7 @@ def start(lab_dir: Path, control_token: str, accounts: Mapping[str, Any], deadli
             entry["url"] = f"http://{LOOPBACK}:{entry['port']}"
             # the operations key of each account (what the collection uses) and the engine's own
             entry["accounts"] = {name: {"key": a["keys"]["ops"]["key"], "secret": a["keys"]["ops"]["secret"],
-                                        "engine_key": a["keys"]["engine"], "account_id": a["account_id"]}
+                                        "engine_key": a["keys"].get("engine"), "account_id": a.get("account_id")}
                                  for name, a in accounts.items()}
             return entry
         if proc.poll() is not None:
