@@ -116,6 +116,18 @@ def kraken_signature(urlpath: str, body: bytes, nonce: str, secret: str) -> str:
     return base64.b64encode(mac.digest()).decode()
 
 
+def _slack(amount: float) -> float:
+    """What float rounding may cost an amount that went through a decimal string (8 decimals at Kraken)."""
+    return 1e-8 + abs(amount) * 1e-12
+
+
+def _floor(value: float, decimals: int) -> str:
+    """A balance as the exchange reports it: cut to the asset's decimals, never rounded up (an order for all
+    of a reported balance must be possible)."""
+    scale = 10 ** decimals
+    return _fmt(math.floor(value * scale + 1e-6) / scale, decimals)
+
+
 def _fmt(value: float, decimals: int = LOT_DECIMALS) -> str:
     return f"{value:.{decimals}f}"
 
@@ -298,13 +310,13 @@ class Exchange:
         cost = vol * price
         fee = cost * fee_rate
         if order.side == "sell":
-            if acct.balances.get(base, 0.0) + 1e-12 < vol:
+            if acct.balances.get(base, 0.0) + _slack(vol) < vol:
                 self.close(order, "canceled", "Insufficient funds")
                 return
             acct.balances[base] = acct.balances.get(base, 0.0) - vol
             acct.balances[quote] = acct.balances.get(quote, 0.0) + cost - fee
         else:
-            if acct.balances.get(quote, 0.0) + 1e-9 < cost + fee:
+            if acct.balances.get(quote, 0.0) + _slack(cost + fee) < cost + fee:
                 self.close(order, "canceled", "Insufficient funds")
                 return
             acct.balances[base] = acct.balances.get(base, 0.0) + vol
@@ -404,10 +416,10 @@ class Exchange:
 
     def private(self, acct: Account, method: str, params: dict[str, Any]) -> Any:
         if method == "Balance":
-            return {a: _fmt(v, ASSETS.get(a, ("", 10, 0))[1]) for a, v in sorted(acct.balances.items())}
+            return {a: _floor(v, ASSETS.get(a, ("", 10, 0))[1]) for a, v in sorted(acct.balances.items())}
         if method == "BalanceEx":  # what ccxt's fetch_balance calls: balance and what open orders hold
             opened = self.open_orders(acct.name)
-            return {a: {"balance": _fmt(v, ASSETS.get(a, ("", 10, 0))[1]),
+            return {a: {"balance": _floor(v, ASSETS.get(a, ("", 10, 0))[1]),
                         "hold_trade": _fmt(acct.reserved(a, opened), ASSETS.get(a, ("", 10, 0))[1])}
                     for a, v in sorted(acct.balances.items())}
         if method == "OpenOrders":
@@ -480,13 +492,13 @@ class Exchange:
         reduce_only = str(params.get("reduce_only", "")).lower() in ("true", "1")
         _, base, quote, _, _, _, _ = PAIRS[pair]
         if side == "sell":
-            if acct.balances.get(base, 0.0) - acct.reserved(base, self.open_orders(acct.name)) + 1e-12 < vol:
+            if acct.balances.get(base, 0.0) - acct.reserved(base, self.open_orders(acct.name)) + _slack(vol) < vol:
                 raise KrakenError("EOrder:Insufficient funds")
         else:
             if reduce_only:  # spot: a buy reduces no position
                 raise KrakenError("EOrder:Reduce only:Non-PC")
             need = vol * (price or self.prices[pair] * (1 + SPREAD))
-            if acct.balances.get(quote, 0.0) - acct.reserved(quote, self.open_orders(acct.name)) + 1e-9 < need:
+            if acct.balances.get(quote, 0.0) - acct.reserved(quote, self.open_orders(acct.name)) + _slack(need) < need:
                 raise KrakenError("EOrder:Insufficient funds")
         try:
             userref = int(params.get("userref") or 0)
