@@ -188,8 +188,8 @@ class VenueClient:
             try:
                 self.exchange.timeout = int(deadline.call_timeout(self.request_timeout) * 1000)
             except DeadlineExceeded:
-                raise DeadlineExceeded("%s: %s: the deadline of %.1fs ran out" % (self.account.name, what,
-                                                                                 deadline.seconds))
+                raise DeadlineExceeded("%s: %s: the deadline of %.1fs ran out"
+                                       % (self.account.name, what, deadline.seconds))
             self.requests += 1
             try:
                 return fn(*args, **kwargs)

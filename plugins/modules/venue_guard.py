@@ -49,8 +49,8 @@ attributes:
     support: partial
     details:
       - O(action=cancel_all), O(action=protect) and O(action=positions) report no change when there is nothing to
-        cancel, protect or reconcile (arming the dead man's switch along with O(action=cancel_all) is not counted:
-        re-arming is its heartbeat). O(action=dead_man_switch) is a change every time.
+        cancel, protect or reconcile (arming the dead man's switch along with O(action=cancel_all) is not counted,
+        since re-arming is its heartbeat). O(action=dead_man_switch) is a change every time.
 options:
   action:
     description: What to do on every account.
@@ -112,7 +112,7 @@ options:
     description:
       - O(action=cancel_all) - leave the protective stop-loss sells (what O(action=protect) places) and cancel every
         other order; RV(accounts[].stops_kept) counts them. Without it every order is cancelled, stops included.
-      - Verified the same way - the exchange must list no open order but those stops.
+      - Verified the same way, the exchange listing no open order but those stops.
     type: bool
     default: false
   dead_man_switch:
@@ -120,7 +120,7 @@ options:
     type: dict
     suboptions:
       state:
-        description: V(armed) (again: the heartbeat) or V(disarmed).
+        description: V(armed) (arming again is the heartbeat) or V(disarmed).
         type: str
         choices: [armed, disarmed]
         default: armed

@@ -251,9 +251,9 @@ def add_halt(record, phase, state, result, at=None):
 def add_venue(record, phase, result, at=None):
     """A venue_guard call: per account what was working before and after, and what is not verified."""
     at = at or iso()
-    venue = record.get("venue") or {"calls": [], "working_before": None, "working_after": None, "cancelled": None,
-                                     "unverified": [], "dead_man_switch": None, "positions_mismatched": [],
-                                     "positions_at_risk": []}
+    venue = record.get("venue") or {
+        "calls": [], "working_before": None, "working_after": None, "cancelled": None, "unverified": [],
+        "dead_man_switch": None, "positions_mismatched": [], "positions_at_risk": []}
     action = result.get("action")
     accounts = [a for a in result.get("accounts") or [] if isinstance(a, dict) and a.get("name")]
     entry = {"at": at, "run": len(record["runs"]), "phase": phase, "action": action,
