@@ -319,3 +319,27 @@ def test_wrong_options_name_the_option_and_send_nothing(capsys):
     out = run_module(venue_guard, capsys, {"action": "cancel_all", "accounts": [
         {"name": "x", "api_key": "key-1", "secret": "secret-1", "exchange": "nosuchexchange"}]})
     assert out["_rc"] == 1 and "accounts[0] (x).exchange" in out["msg"]
+
+
+# last: it halts the module lab's engines
+def test_the_contain_phase_leaves_no_venue_key_in_the_runners_artifacts_or_the_record(lab, tmp_path):
+    """`tradeops run p0_outage --tags contain`: every engine's orders cancelled at the venue, and no API key or
+    secret of any account in anything the run wrote (events, artifacts, the incident record and draft)."""
+    import os
+    import subprocess
+
+    from tests.conftest import VENV_BIN, ansible_env
+
+    env = ansible_env(lab.lab_dir, TRADEOPS_RUNS_DIR=str(tmp_path / "runs"))
+    proc = subprocess.run([str(VENV_BIN / "tradeops"), "run", "p0_outage", "--tags", "contain",
+                           "-e", f"incident_report_dir={tmp_path / 'reports'}"],
+                          env={**env, "PATH": f"{VENV_BIN}{os.pathsep}{env['PATH']}"}, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "CONTAINED: trading halted, verified" in proc.stdout
+    assert not any(lab.working_orders(exclude_stops=True).values())
+    secrets = [v.encode() for a in lab.venue_accounts().values() for v in (a["key"], a["secret"])]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 5
+    leaked = [str(p) for p in written if any(s in p.read_bytes() for s in secrets)]
+    assert leaked == []
