@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import time
 from pathlib import Path
 
@@ -562,19 +563,31 @@ def test_failed_up_tears_down_what_it_started(tmp_path: Path, monkeypatch: pytes
         started["redis"] = redis_start(self, *args, **kwargs)  # type: ignore[arg-type]
         return started["redis"]
 
+    real_python, venue_start = sys.executable, manager.venue.start
+
+    def record_venue(*args: object, **kwargs: object) -> dict:
+        monkeypatch.setattr(manager.sys, "executable", real_python)  # the exchange starts for real ...
+        try:
+            started["exchange"] = venue_start(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            monkeypatch.setattr(manager.sys, "executable", "/bin/sh")  # ... the engines process does not
+        return started["exchange"]
+
     monkeypatch.setattr(PostgresServer, "start", record_pg)
     monkeypatch.setattr(RedisServer, "start", record_redis)
+    monkeypatch.setattr(manager.venue, "start", record_venue)
     monkeypatch.setattr(manager.sys, "executable", "/bin/sh")  # the engines process dies at once
     lab = Lab(tmp_path / "lab")
     with pytest.raises(LabError, match="engines process exited") as excinfo:
         lab.up(engines=2)
     assert "engines.log" in str(excinfo.value)
-    assert set(started) == {"postgres", "redis"}
-    assert not pid_alive(started["postgres"]["pid"]) and not pid_alive(started["redis"]["pid"])
+    assert set(started) == {"postgres", "redis", "exchange"}
+    assert not any(pid_alive(started[part]["pid"]) for part in started)
     if os.geteuid() == 0:  # the cluster lived in its own temp dir, which must be gone
         assert not Path(started["postgres"]["datadir"]).parent.exists()
     assert not lab.is_up() and not (lab.lab_dir / ".starting.json").exists()
     assert not (lab.lab_dir / "engines-config.json").exists()  # no secrets left behind
+    assert not (lab.lab_dir / "exchange-config.json").exists()  # the accounts' keys neither
     assert (lab.lab_dir / "engines.log").exists()  # the logs stay for diagnosis
     monkeypatch.undo()
     lab.down()
