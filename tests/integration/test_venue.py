@@ -337,7 +337,9 @@ def test_the_contain_phase_leaves_no_venue_key_in_the_runners_artifacts_or_the_r
                           text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "CONTAINED: trading halted, verified" in proc.stdout
-    assert not any(lab.working_orders(exclude_stops=True).values())
+    working = lab.working_orders(exclude_stops=True)
+    engines = [e["name"] for e in lab.state["engines"]]
+    assert {name: working[name] for name in engines} == dict.fromkeys(engines, 0)  # the engines' accounts
     secrets = [v.encode() for a in lab.venue_accounts().values() for v in (a["key"], a["secret"])]
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(written) > 5
