@@ -25,6 +25,14 @@ description:
   - Every HTTP request it describes carries the header C(X-Lab-Source) set to C(management), the simulated source the lab
     firewall always lets through (group variables C(tradeops_lab_source_header) and
     C(tradeops_lab_management_source)).
+  - Each engine is also in the groups C(strategy_<strategy>), C(desk_<desk>) and C(venue_<venue>) (for example
+    C(strategy_momentum), C(desk_a), C(venue_kraken)), the groups a scoped halt (C(halt_trading_scope)) can name.
+  - Each engine's health probes are its detailed health, its error rate (above 5% is NO-GO, seed 000) and the
+    latency of its C(/health) answer (above O(max_latency_ms) is NO-GO).
+  - Each engine's model API (host variable C(tradeops_model_api)) and the probes that say its model is healthy
+    (C(tradeops_model_probes), accuracy at least 0.6 and no drift, seed 000), for C(playbooks/model_degradation.yml).
+  - Each engine's seed 004 status endpoint (C(GET /pnl/status) with the admin token, its C(haltReason) and P&L)
+    is the host variable C(tradeops_pnl_status), read by C(playbooks/trading_halted.yml).
   - The configuration file must end in C(tradeops_lab.yml) or C(tradeops_lab.yaml).
 author:
   - tradeops SRE team (@tradeops)
@@ -48,6 +56,13 @@ options:
         warning instead of failing. Off by default, so a forgotten C(tradeops lab up) is loud.
     type: bool
     default: false
+  max_latency_ms:
+    description:
+      - The latency above which an engine's answer makes its latency probe NO-GO.
+      - Seed 000 calls responses above 5 s degraded. The lab's latency faults add 1.5 s to every answer,
+        so the lab's bound is scaled down to 1 s; set it to a production engine's own bound.
+    type: float
+    default: 1000
 """
 
 EXAMPLES = r"""
@@ -91,8 +106,8 @@ def _current_admin_token(secrets_file, fallback):
     return fallback
 
 
-def _health_probes(engine):
-    """The probes that tell whether one lab engine is healthy (seed 000: error rate above 5% is NO-GO)."""
+def _health_probes(engine, max_latency_ms):
+    """The probes that tell whether one lab engine is healthy (seed 000: error rate above 5%, slow answers)."""
     name = engine["name"]
     base = "http://%s:%d" % (engine["host"], int(engine["port"]))
     return [
@@ -101,6 +116,20 @@ def _health_probes(engine):
         {"name": name + "-error-rate", "type": "metric", "url": base + "/metrics", "metric": "error_rate_ratio",
          "labels": {"engine": name}, "max": 0.05, "timeout": 2, "component": name,
          "headers": dict(MANAGEMENT_HEADERS)},
+        {"name": name + "-latency", "type": "http", "url": base + "/health", "max_latency_ms": max_latency_ms,
+         "timeout": 3, "component": name, "headers": dict(MANAGEMENT_HEADERS)},
+    ]
+
+
+def _model_probes(engine):
+    """The probes that say one engine's model is healthy (seed 000: accuracy below 60 %, drift alerts)."""
+    name = engine["name"]
+    url = "http://%s:%d/metrics" % (engine["host"], int(engine["port"]))
+    return [
+        {"name": name + "-model-accuracy", "type": "metric", "url": url, "metric": "model_accuracy",
+         "labels": {"engine": name}, "min": 0.6, "timeout": 2, "component": name, "headers": dict(MANAGEMENT_HEADERS)},
+        {"name": name + "-model-drift", "type": "metric", "url": url, "metric": "model_drift",
+         "labels": {"engine": name}, "max": 0, "timeout": 2, "component": name, "headers": dict(MANAGEMENT_HEADERS)},
     ]
 
 
@@ -227,6 +256,10 @@ class InventoryModule(BaseInventoryPlugin):
         for engine in state.get("engines", []):
             name = engine["name"]
             self.inventory.add_host(name, group=GROUP)
+            for kind in ("strategy", "desk", "venue"):
+                if engine.get(kind):
+                    group = self.inventory.add_group("%s_%s" % (kind, engine[kind]))
+                    self.inventory.add_host(name, group=group)
             target = _killswitch_target(engine, admin_token)
             for method in target["methods"]:
                 if method["type"] == "redis":
@@ -239,9 +272,21 @@ class InventoryModule(BaseInventoryPlugin):
                 "tradeops_engine": {
                     "name": name, "port": engine["port"], "dir": engine["dir"], "methods": engine.get("methods", []),
                     "base_url": "http://%s:%d" % (engine["host"], int(engine["port"])),
+                    "strategy": engine.get("strategy"), "desk": engine.get("desk"), "venue": engine.get("venue"),
                 },
                 "halt_trading_target": target,
-                "tradeops_health_probes": _health_probes(engine),
+                "tradeops_health_probes": _health_probes(engine, self.get_option("max_latency_ms")),
+                # seed 000's model degradation: the model API, and the probes that say the model is healthy
+                "tradeops_model_api": {
+                    "base_url": "http://%s:%d" % (engine["host"], int(engine["port"])), "token": admin_token,
+                    "token_header": "X-Admin-Token", "headers": dict(MANAGEMENT_HEADERS),
+                },
+                "tradeops_model_probes": _model_probes(engine),
+                # seed 004's status endpoint: whether the engine halted itself, why, and its P&L
+                "tradeops_pnl_status": {
+                    "url": "http://%s:%d/pnl/status" % (engine["host"], int(engine["port"])), "token": admin_token,
+                    "token_header": "X-Admin-Token", "headers": dict(MANAGEMENT_HEADERS), "timeout": 3,
+                },
                 "service_recovery_runtime": "process",
                 "service_recovery_restart_command": list(restart_argv) + [name],
             }

@@ -146,11 +146,13 @@ def _add_lab_commands(subparsers: Any) -> None:
     restart = lab_sub.add_parser(
         "restart",
         parents=[common],
-        help="restart engines like a process restart (fixes crash and hang; halt flags and other faults stay)",
+        help="restart engines like a process restart (fixes crash, hang, error-rate and latency; halt flags "
+        "and other faults stay)",
         description="Restart engines: each stops trading, drops its connections and in-memory state (API "
-        "halts), clears the crash and hang faults, and listens again on the same port. Halts held in the "
-        "EMERGENCY_STOP file or in redis still apply, so a flagged engine comes back halted; disk-pressure "
-        "and unrecoverable survive a restart.",
+        "halts), clears the faults whose cause is in the process (crash, hang, and the leak-like error-rate and "
+        "latency), and listens again on the same port. Halts held in the EMERGENCY_STOP file or in redis still "
+        "apply, so a flagged engine comes back halted; disk-pressure, unrecoverable and the dependency faults "
+        "survive a restart.",
     )
     restart.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
     restart.add_argument("--all", action="store_true", help="every engine")

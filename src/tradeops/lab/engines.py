@@ -10,7 +10,8 @@ order with ``created_at = t``. Hence no order ever carries a timestamp later tha
 source became visible, and "no order with created_at > T" in PostgreSQL proves the engine was halted at T.
 
 Restart (``POST /lab/engines/restart``, ``Engine.restart``) behaves like a process restart of one engine:
-its trading loop, listening socket and open connections go away, the faults a restart fixes (crash, hang)
+its trading loop, listening socket and open connections go away, the faults a restart fixes (crash, hang,
+error-rate and latency: a leak-like cause inside the process; not the dependency faults)
 are cleared, in-memory state is dropped (API halts, ``halted_at``/``halt_source``, the error-rate window),
 then it listens again on the same port with a new trading loop. Halt sources held outside the process
 (the EMERGENCY_STOP file, the redis keys) are read again on the first tick, so an engine whose flag is
@@ -91,14 +92,19 @@ from .state import (
     ENGINE_LOG,
     ENGINES_CONFIG_FILE,
     ENGINES_RUNTIME_FILE,
+    ERROR_FAULTS,
     FAULT_CRASH,
+    FAULT_DEPENDENCY_ERRORS,
     FAULT_DISK_PRESSURE,
     FAULT_ERROR_RATE,
     FAULT_HANG,
     FAULT_KILLSWITCH_BROKEN,
     FAULT_KILLSWITCH_LIES,
-    FAULT_LATENCY,
     FAULT_LEAKED_SECRET,
+    FAULT_MODEL_DRIFT,
+    FAULT_SELF_HALT_ERROR,
+    FAULT_SELF_HALT_LOSS,
+    FAULT_SELF_HALT_TARGET,
     FAULT_UNRECOVERABLE,
     FAULTS,
     FAULTS_DIR,
@@ -107,6 +113,7 @@ from .state import (
     FIREWALL_FILE,
     GLOBAL_HALT_KEY,
     KILLSWITCH_API,
+    LATENCY_FAULTS,
     LOOPBACK,
     ORCHESTRATE_API,
     REDIS,
@@ -114,6 +121,7 @@ from .state import (
     SECRET_PENDING,
     SECRET_PREVIOUS,
     SECRETS_FILE,
+    SELF_HALT_REASONS,
     SESSION_FAULTS,
     SOURCE_HEADER,
     SOURCE_MANAGEMENT,
@@ -128,11 +136,24 @@ from .web import HttpError, Request, Response, serve_connection
 
 log = logging.getLogger("tradeops.lab.engines")
 
+ERROR_CAUSES = {
+    FAULT_ERROR_RATE: "internal error: order cache exhausted (grows until the process restarts)",
+    FAULT_DEPENDENCY_ERRORS: "dependency error: pricing feed answered 503",
+}
 ERROR_EVERY = 5  # under the error-rate fault every 5th order attempt fails ...
 ERROR_RATE = 1 / ERROR_EVERY  # ... i.e. 20%, evenly spread, so the measured rate does not flap
 NO_GO_ERROR_RATE = 0.05  # /health/detailed says NO-GO above this error rate ...
 ERROR_WINDOW = 5.0  # ... measured over the order attempts of the last 5 s (NO-GO ~1.3 s after the fault
 ERROR_WINDOW_RESOLUTION = 0.25  # starts at 20% failures, GO again ~4 s after it is cleared)
+# Seed 004's orchestrator halts itself at its daily P&L bounds (GET /pnl/status: haltReason).
+DAILY_TARGET = 10_000.0
+DAILY_LOSS_LIMIT = -5_000.0
+SELF_HALT = "self"  # the halt source of a self-halt
+# The engine's models (seed 000 / 001): the primary at its current version, its previous version, a backup model.
+MODEL_PRIMARY, MODEL_BACKUP = "primary", "backup"
+MODEL_VERSIONS = ("v2", "v3")  # the previous and the current release of the primary model
+MODEL_ACCURACY = {(MODEL_PRIMARY, "v3"): 0.72, (MODEL_PRIMARY, "v2"): 0.68, (MODEL_BACKUP, "b1"): 0.65}
+DRIFTED_ACCURACY = 0.52
 LATENCY_DELAY = 1.5  # seconds added to every response under the latency fault
 REDIS_TIMEOUT = 2.0
 RESTART_DRAIN_TIMEOUT = 2.0  # how long a restart waits for the old loop and connections to finish cancelling
@@ -647,6 +668,16 @@ class Engine:
         self.restarts = 0
         self.started_at: float | None = None  # when it last started serving (None: crashed since launch)
         self.internal_halts: dict[str, str] = {}  # method -> reason, set by the halt APIs
+        # The engine's own halt (seed 004's haltReason): latched while its cause (a self-halt fault) is active,
+        # kept across restarts (the orchestrator persists it), lifted only by POST /admin/orchestrate/unhalt;
+        # an unhalt while the cause is still active is followed by a new self-halt on the next tick.
+        self.self_halt: str | None = None
+        self.risk_rejections: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        # The model in use (seed 000: switch to the backup model, roll back the version, or paper trading). Kept
+        # across restarts, as a deployed configuration is. In paper mode the engine places no order at the venue.
+        self.model: str = MODEL_PRIMARY
+        self.model_version: str = MODEL_VERSIONS[-1]
+        self.paper = False
         self.halted_at: float | None = None  # first tick that saw the engine halted
         self.halt_source: str | None = None
         self.orders_total = 0
@@ -687,6 +718,10 @@ class Engine:
             "/metrics": {"GET": self._metrics},
             "/api/v1/trading/status": {"GET": self._trading_status},
             "/pnl/status": {"GET": self._pnl_status},
+            "/model/status": {"GET": self._model_status},
+            "/model/switch": {"POST": self._model_switch},
+            "/model/rollback": {"POST": self._model_rollback},
+            "/model/paper": {"POST": self._model_paper},
         }
         if KILLSWITCH_API in self.methods:
             routes["/api/v1/emergency/kill_switch"] = {"POST": self._kill_switch}
@@ -715,6 +750,9 @@ class Engine:
     def evaluate(self, redis_values: Mapping[str, Any] | None) -> HaltState:
         """Combine the halt sources; ``redis_values`` are the redis keys' values (None: redis unreadable)."""
         active: dict[str, str] = {m: r for m, r in self.internal_halts.items() if m in self.methods}
+        if self.self_halt is not None:  # the engine's own reason comes first: it is what /pnl/status reports
+            redis_ok_self = (redis_values is not None) if REDIS in self.methods else None
+            return HaltState(True, SELF_HALT, self.self_halt, redis_ok_self)
         if FILE in self.methods and self.flag_path.exists():
             active[FILE] = f"emergency stop file {self.flag_path} exists"
         redis_ok: bool | None = None
@@ -742,6 +780,28 @@ class Engine:
             else:
                 self.host.redis_recovered()
         return self.evaluate(values)
+
+    def _self_halt_maybe(self) -> None:
+        """Latch the engine's own halt while a self-halt fault (its cause) is active."""
+        if self.self_halt is not None:
+            return
+        cause = next((f for f in SELF_HALT_REASONS if f in self.faults), None)
+        if cause is None:
+            return
+        self.self_halt = SELF_HALT_REASONS[cause]
+        if cause == FAULT_SELF_HALT_LOSS:
+            self.pnl = min(self.pnl, DAILY_LOSS_LIMIT - 250.0)
+            for i in range(3):  # what the risk manager refused on the way down
+                rejected = {"at": time.time(), "symbol": "XBTUSD", "side": "buy", "qty": 0.25 * (i + 1),
+                            "reason": f"daily loss limit {DAILY_LOSS_LIMIT:.0f} reached (pnl {self.pnl:.2f})"}
+                self.risk_rejections.append(rejected)
+                self.event(logging.WARNING, "risk manager rejected trade: %s %s %s: %s", rejected["side"],
+                           rejected["qty"], rejected["symbol"], rejected["reason"])
+        elif cause == FAULT_SELF_HALT_TARGET:
+            self.pnl = max(self.pnl, DAILY_TARGET + 250.0)
+        else:
+            self.event(logging.ERROR, "orchestrator: system error: stream consumer crashed")
+        self.event(logging.WARNING, "halted itself: %s (pnl %.2f)", self.self_halt, self.pnl)
 
     # -- trading -------------------------------------------------------------------------------------------
 
@@ -772,6 +832,7 @@ class Engine:
 
     async def _tick(self) -> None:
         t = time.time()  # FIRST: the order's timestamp precedes every halt check below
+        self._self_halt_maybe()
         state = await self.effective_state()
         if state.redis_ok is False:
             # The halt state cannot be known: fail closed, count an error.
@@ -794,11 +855,14 @@ class Engine:
             self.event(logging.WARNING, "trading again after %.1fs halted", t - self.halted_at)
             self.halted_at = None
             self.halt_source = None
-        if FAULT_ERROR_RATE in self.faults:
+        cause = next((f for f in ERROR_FAULTS if f in self.faults), None)
+        if cause is not None:
             self._fault_attempts += 1
             if self._fault_attempts % ERROR_EVERY == 0:
                 self.errors_total += 1
                 self.window.record(t, True)
+                # what an operator greps the log for (seed 000: tail logs/app.log | grep ERROR)
+                self.event(logging.ERROR, "order rejected: %s", ERROR_CAUSES[cause])
                 return
         self.host.writer.submit(self._make_order(t))
         self.orders_total += 1
@@ -808,7 +872,7 @@ class Engine:
     # -- the venue: a few resting orders at the lab exchange, replaced as the engine trades --------------------
 
     def _venue_maybe(self) -> None:
-        if self.venue is None or self._venue_busy:
+        if self.venue is None or self._venue_busy or self.paper:  # paper trading: nothing reaches the venue
             return
         self._venue_ticks += 1
         if self._venue_ticks % self.host.venue_every:
@@ -1010,6 +1074,7 @@ class Engine:
             "auth": {"success": self.auth_success, "failures": self.auth_failures},
             "firewall": self.firewall.describe(),
             "venue": {"placed": self.venue_placed, "refused": self.venue_errors} if self.venue else None,
+            "model": self.model_view(),
         }
 
     # -- HTTP ----------------------------------------------------------------------------------------------
@@ -1048,7 +1113,7 @@ class Engine:
             log.exception("%s: error serving %s %s", self.name, request.method, request.path)
             self.elog.write(logging.ERROR, f"error serving {request.method} {request.path}: {exc!r}")
             response = Response.error(500, "internal error")
-        if FAULT_LATENCY in self.faults:
+        if self.faults.intersection(LATENCY_FAULTS):
             await asyncio.sleep(LATENCY_DELAY)
         self.latency.observe(time.perf_counter() - started)
         self.requests[response.status] += 1
@@ -1088,13 +1153,18 @@ class Engine:
         state = await self.effective_state()
         error_rate = self.window.rate(time.time())
         db_ok = self.host.writer.healthy
-        engine_ok = FAULT_UNRECOVERABLE not in self.faults
+        # a system error is a broken engine until its cause is fixed (the fault cleared)
+        engine_ok = FAULT_UNRECOVERABLE not in self.faults and FAULT_SELF_HALT_ERROR not in self.faults
+        # a failing dependency shows in the health check whether or not the engine trades (a halted engine
+        # attempts no order, so its error rate cannot show it)
+        feed_ok = FAULT_DEPENDENCY_ERRORS not in self.faults
         go = (
             db_ok
             and state.redis_ok is not False
             and error_rate <= NO_GO_ERROR_RATE
             and not self.disk_pressure
             and engine_ok
+            and feed_ok
         )
         redis_component = "n/a" if state.redis_ok is None else ("ok" if state.redis_ok else "error")
         return Response.json(
@@ -1109,6 +1179,7 @@ class Engine:
                     "redis": redis_component,
                     "disk": "error" if self.disk_pressure else "ok",
                     "engine": "ok" if engine_ok else "error",
+                    "pricing_feed": "ok" if feed_ok else "error",
                 },
                 "error_rate": round(error_rate, 4),
                 "orders_total": self.orders_total,
@@ -1120,6 +1191,7 @@ class Engine:
     async def _metrics(self, request: Request) -> Response:
         state = await self.effective_state()
         eng = {"engine": self.name}
+        model = self.model_view()
         lines = [
             "# HELP orders_total Orders created by the trading engine.",
             "# TYPE orders_total counter",
@@ -1156,6 +1228,15 @@ class Engine:
             "# HELP auth_failures_total Admin calls refused with 401 (no, wrong or revoked X-Admin-Token).",
             "# TYPE auth_failures_total counter",
             f"auth_failures_total{metrics.labels(**eng)} {self.auth_failures}",
+            "# HELP model_accuracy Accuracy of the model in use over its recent predictions.",
+            "# TYPE model_accuracy gauge",
+            f"model_accuracy{metrics.labels(**eng)} {model['accuracy']}",
+            "# HELP model_drift 1 if the drift detector flags the model in use.",
+            "# TYPE model_drift gauge",
+            f"model_drift{metrics.labels(**eng)} {int(model['drift'])}",
+            "# HELP paper_trading 1 if the engine trades on paper (no order reaches the venue).",
+            "# TYPE paper_trading gauge",
+            f"paper_trading{metrics.labels(**eng)} {int(model['paper'])}",
             "# HELP firewall_enabled 1 if the engine's lab firewall is enabled.",
             "# TYPE firewall_enabled gauge",
             f"firewall_enabled{metrics.labels(**eng)} {int(self.firewall.enabled)}",
@@ -1174,7 +1255,52 @@ class Engine:
     async def _pnl_status(self, request: Request) -> Response:
         self._require_admin(request)
         state = await self._known_state()
-        return Response.json({"halted": state.halted, "haltReason": state.reason, "pnl": round(self.pnl, 2)})
+        return Response.json({"halted": state.halted, "haltReason": state.reason, "pnl": round(self.pnl, 2),
+                              "dailyTarget": DAILY_TARGET, "dailyLossLimit": DAILY_LOSS_LIMIT,
+                              "riskRejections": list(self.risk_rejections)})
+
+    # -- the model (seed 000 "ML Model Performance Degradation", seed 001 model rollback) ----------------------
+
+    def model_view(self) -> dict[str, Any]:
+        drifted = FAULT_MODEL_DRIFT in self.faults and (self.model, self.model_version) == (MODEL_PRIMARY, "v3")
+        accuracy = DRIFTED_ACCURACY if drifted else MODEL_ACCURACY[(self.model, self.model_version)]
+        return {"model": self.model, "version": self.model_version, "accuracy": accuracy, "drift": drifted,
+                "paper": self.paper, "backup": MODEL_BACKUP,
+                "previous_version": MODEL_VERSIONS[0] if self.model_version == MODEL_VERSIONS[-1] else None}
+
+    async def _model_status(self, request: Request) -> Response:
+        self._require_admin(request)
+        return Response.json(self.model_view())
+
+    async def _model_switch(self, request: Request) -> Response:
+        self._require_admin(request)
+        target = request.json_object().get("model")
+        if target not in (MODEL_PRIMARY, MODEL_BACKUP):
+            raise HttpError(400, f"'model' must be {MODEL_PRIMARY!r} or {MODEL_BACKUP!r}")
+        if target != self.model:
+            self.model = target
+            self.model_version = "b1" if target == MODEL_BACKUP else MODEL_VERSIONS[-1]
+            self.event(logging.WARNING, "model switched to %s %s", self.model, self.model_version)
+        return Response.json(self.model_view())
+
+    async def _model_rollback(self, request: Request) -> Response:
+        self._require_admin(request)
+        if self.model != MODEL_PRIMARY:
+            raise HttpError(409, "rollback applies to the primary model; switch back to it first")
+        if self.model_version != MODEL_VERSIONS[0]:
+            self.model_version = MODEL_VERSIONS[0]
+            self.event(logging.WARNING, "model rolled back to %s %s", self.model, self.model_version)
+        return Response.json(self.model_view())
+
+    async def _model_paper(self, request: Request) -> Response:
+        self._require_admin(request)
+        enabled = request.json_object().get("enabled")
+        if not isinstance(enabled, bool):
+            raise HttpError(400, "'enabled' must be true or false")
+        if enabled != self.paper:
+            self.paper = enabled
+            self.event(logging.WARNING, "paper trading %s", "on: no order reaches the venue" if enabled else "off")
+        return Response.json(self.model_view())
 
     async def _kill_switch(self, request: Request) -> Response:
         self._require_admin(request)
@@ -1209,6 +1335,9 @@ class Engine:
         self._require_admin(request)
         if self.internal_halts.pop(ORCHESTRATE_API, None) is not None:
             self.event(logging.WARNING, "orchestrate halt released")
+        if self.self_halt is not None:
+            self.event(logging.WARNING, "self-halt released (%s)", self.self_halt)
+            self.self_halt = None
         state = await self.effective_state()
         return Response.json({"status": "ok", "halted": state.halted, "haltReason": state.reason})
 

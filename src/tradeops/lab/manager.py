@@ -40,8 +40,10 @@ from .state import (
     FAULTS_DIR,
     LOCK_FILE,
     MARKER_FILE,
+    ORCHESTRATE_API,
     SECRET_CURRENT,
     SECRETS_FILE,
+    SELF_HALT_REASONS,
     SESSION_FAULTS,
     STARTING_FILE,
     STATE_FILE,
@@ -572,6 +574,13 @@ class Lab:
             )
         validate_fault(fault, allow_all=clear)
         names = self._engine_names(engines if engines is not None else [])
+        if fault in SELF_HALT_REASONS and not clear:
+            methods = {e["name"]: e["methods"] for e in self.state["engines"]}
+            without = [n for n in (list(methods) if ALL in names else names) if ORCHESTRATE_API not in methods[n]]
+            if without:
+                raise LabInputError(
+                    f"{fault} needs an engine with seed 004's halt/unhalt API (method {ORCHESTRATE_API}); "
+                    f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} none")
         res = self.control("POST", "/lab/faults", {"engines": names, "fault": fault, "clear": bool(clear)})
         return list(res["engines"])
 

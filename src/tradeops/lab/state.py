@@ -14,7 +14,7 @@ of the lab) depends on. Its shape::
       "engines_pid": 1234,
       "postgres": {"host", "port", "dbname", "user", "password", "datadir", "pid"},
       "redis": {"host", "port", "db", "password", "pid"},
-      "engines": [{"name", "host", "port", "dir", "methods", "redis_key", "faults"}],
+      "engines": [{"name", "host", "port", "dir", "methods", "redis_key", "faults", "strategy", "desk", "venue"}],
       "restart_argv": ["/venv/bin/python", "-m", "tradeops.cli", "lab", "restart", "--dir", "/abs/path"]
     }
 
@@ -103,6 +103,25 @@ FAULT_ERROR_RATE = "error-rate"
 FAULT_LATENCY = "latency"
 FAULT_DISK_PRESSURE = "disk-pressure"
 FAULT_UNRECOVERABLE = "unrecoverable"
+# The same symptoms as error-rate and latency, caused by something the engine depends on (a pricing feed,
+# a downstream service): a restart does not clear them, so a playbook that restarts must not claim a fix.
+FAULT_DEPENDENCY_ERRORS = "dependency-errors"
+# The engine halts itself, as seed 004's orchestrator does, with the haltReason GET /pnl/status reports: it holds
+# across restarts until the engine's own unhalt (POST /admin/orchestrate/unhalt), so only engines with the
+# orchestrate_api method take these faults. Clearing the fault is fixing the cause; it does not unhalt.
+FAULT_SELF_HALT_TARGET = "self-halt-target"  # daily_target_reached: normal operation
+FAULT_SELF_HALT_LOSS = "self-halt-loss"  # daily_loss_limit: a critical financial risk
+FAULT_SELF_HALT_ERROR = "self-halt-error"  # system_error
+# The primary model's predictions degrade (seed 000 "ML Model Performance Degradation": accuracy below 60 %, drift
+# alerts). It is the primary model at its current version that degrades: the backup model and the previous
+# version are unaffected, so switching or rolling back fixes the symptom while the fault stays.
+FAULT_MODEL_DRIFT = "model-drift"
+SELF_HALT_REASONS: dict[str, str] = {
+    FAULT_SELF_HALT_TARGET: "daily_target_reached",
+    FAULT_SELF_HALT_LOSS: "daily_loss_limit",
+    FAULT_SELF_HALT_ERROR: "system_error",
+}
+FAULT_DEPENDENCY_LATENCY = "dependency-latency"
 FAULTS: tuple[str, ...] = (
     FAULT_CRASH,
     FAULT_HANG,
@@ -112,10 +131,21 @@ FAULTS: tuple[str, ...] = (
     FAULT_LATENCY,
     FAULT_DISK_PRESSURE,
     FAULT_UNRECOVERABLE,
+    FAULT_DEPENDENCY_ERRORS,
+    FAULT_DEPENDENCY_LATENCY,
+    FAULT_SELF_HALT_TARGET,
+    FAULT_SELF_HALT_LOSS,
+    FAULT_SELF_HALT_ERROR,
+    FAULT_MODEL_DRIFT,
 )
-# What an engine restart fixes. Every other fault survives it: disk pressure (the disk is still full),
-# unrecoverable (a bad build), and the behaviours error-rate, latency, killswitch-broken/-lies.
-FAULTS_FIXED_BY_RESTART: tuple[str, ...] = (FAULT_CRASH, FAULT_HANG)
+# What an engine restart fixes: the faults whose cause lives in the process (a crash, a hang, and error-rate
+# and latency, which behave like a leak: the process degrades until it is restarted). Every other fault
+# survives it: disk pressure (the disk is still full), unrecoverable (a bad build), the dependency faults (the
+# cause is elsewhere), killswitch-broken/-lies (the code).
+FAULTS_FIXED_BY_RESTART: tuple[str, ...] = (FAULT_CRASH, FAULT_HANG, FAULT_ERROR_RATE, FAULT_LATENCY)
+# Errors and slowness, whatever their cause
+ERROR_FAULTS: tuple[str, ...] = (FAULT_ERROR_RATE, FAULT_DEPENDENCY_ERRORS)
+LATENCY_FAULTS: tuple[str, ...] = (FAULT_LATENCY, FAULT_DEPENDENCY_LATENCY)
 ALL = "*"
 
 # Database faults: lab-wide (no engine names), injected into the lab's PostgreSQL after `up`.
@@ -152,6 +182,18 @@ def restart_argv(lab_dir: Path) -> list[str]:
     without relying on ``tradeops`` being on the PATH.
     """
     return [sys.executable, "-m", "tradeops.cli", "lab", "restart", "--dir", str(lab_dir)]
+
+
+# Each engine runs one strategy for one desk, at one venue: the groups a scoped halt can name (the lab
+# inventory puts each engine in the groups strategy_<strategy>, desk_<desk> and venue_<venue>).
+STRATEGIES: tuple[str, ...] = ("momentum", "mean_reversion", "market_making")
+DESKS: tuple[str, ...] = ("a", "b")
+VENUE = "kraken"
+
+
+def engine_groups(index: int) -> dict[str, str]:
+    """The strategy, desk and venue of the engine at 0-based ``index`` (strategies cycle; desks alternate)."""
+    return {"strategy": STRATEGIES[index % len(STRATEGIES)], "desk": DESKS[index % len(DESKS)], "venue": VENUE}
 
 
 def engine_redis_key(name: str) -> str:
@@ -244,6 +286,7 @@ def build_engine_specs(
             "methods": engine_methods(cycle[i % len(cycle)]),
             "redis_key": engine_redis_key(name),
             "faults": per_engine[name],
+            **engine_groups(i),
         }
         for i, name in enumerate(names)
     ]

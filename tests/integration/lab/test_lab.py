@@ -114,7 +114,8 @@ def test_health_endpoints(lab: Lab) -> None:
     detail = call(lab, "engine-003", "GET", "/health/detailed").json()
     assert detail["engine"] == "engine-003"
     assert detail["trading_status"] == "GO" and detail["trading_active"] is True and detail["halted"] is False
-    assert detail["components"] == {"database": "ok", "redis": "ok", "disk": "ok", "engine": "ok"}
+    assert detail["components"] == {"database": "ok", "redis": "ok", "disk": "ok", "engine": "ok",
+                                    "pricing_feed": "ok"}
     assert detail["orders_total"] > 0 and detail["error_rate"] == 0.0
     assert isinstance(detail["restarts"], int) and detail["started_at"] <= time.time()
     assert call(lab, "engine-001", "GET", "/health/detailed").json()["components"]["redis"] == "n/a"

@@ -1,8 +1,9 @@
 """Engine restarts and the faults a restart does (not) repair, against the session's real lab.
 
-A restart is a process restart of one engine: it fixes crash and hang, drops in-memory halts, and
-re-reads the durable halt sources (EMERGENCY_STOP file, redis keys) on its first tick, so a flagged
-engine comes back halted; disk-pressure and unrecoverable survive it. Halts are proven from PostgreSQL.
+A restart is a process restart of one engine: it fixes crash and hang and the leak-like error-rate and
+latency, drops in-memory halts, and re-reads the durable halt sources (EMERGENCY_STOP file, redis keys) on
+its first tick, so a flagged engine comes back halted; disk-pressure, unrecoverable and the dependency faults
+survive it. Halts are proven from PostgreSQL.
 """
 
 from __future__ import annotations
@@ -184,6 +185,37 @@ def test_disk_pressure_is_no_go_survives_restart_and_clears(lab: Lab) -> None:
         detail = health(lab, n)
         assert detail["trading_status"] == "GO" and detail["components"]["disk"] == "ok"
         assert scrape(lab, n)["disk_pressure"] == 0
+
+
+@pytest.mark.parametrize("fault, survives", [("error-rate", False), ("dependency-errors", True)])
+def test_a_restart_clears_leak_like_errors_but_not_a_dependencys(lab: Lab, fault: str, survives: bool) -> None:
+    name = "engine-004"
+    log = Path(lab.engine(name)["dir"]) / "engine.log"
+    before = engine_view(lab, name)["errors_total"]  # counters persist across faults and restarts
+    lab.inject(fault, [name])
+    try:
+        deadline = time.monotonic() + 10
+        while engine_view(lab, name)["errors_total"] == before:  # every 5th order attempt fails
+            assert time.monotonic() < deadline, "no order was rejected under the fault"
+            time.sleep(0.1)
+        cause = "dependency error" if survives else "internal error"
+        assert f"order rejected: {cause}" in log.read_text()  # what the on-call engineer greps for
+        [view] = lab.restart([name])
+        assert view["faults"] == ([fault] if survives else [])
+        # a dependency's failure shows in the health check, even while the engine attempts no order
+        assert health(lab, name)["components"]["pricing_feed"] == ("error" if survives else "ok")
+        errors = engine_view(lab, name)["errors_total"]
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            now = engine_view(lab, name)["errors_total"]
+            if survives and now > errors:
+                break
+            assert survives or now == errors, f"{name} still rejects orders after the restart cleared {fault}"
+            time.sleep(0.2)
+        else:
+            assert not survives, f"{name} rejected no order for 2 s although {fault} survived the restart"
+    finally:
+        lab.inject(fault, [name], clear=True)
 
 
 def test_unrecoverable_survives_restart_until_cleared(lab: Lab) -> None:
