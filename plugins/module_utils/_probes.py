@@ -278,7 +278,8 @@ class HttpProbe(Probe):
     required = ("url",)
     argspec = _http.argspec("transport", "auth", url=dict(type="str"), method=dict(type="str"),
                             status=dict(type="list", elements="int"), field=dict(type="str"),
-                            value=dict(type="raw"), max_latency_ms=dict(type="float"))
+                            value=dict(type="raw"), max_latency_ms=dict(type="float"),
+                            capture=dict(type="list", elements="str"))
 
     def __init__(self, index, spec):
         super(HttpProbe, self).__init__(index, spec)
@@ -308,9 +309,35 @@ class HttpProbe(Probe):
         if not _missing(self.field) and self.method == "HEAD":
             raise ValidationError("%s: field needs a response body; use method GET, not HEAD" % where)
         self.max_latency_ms = _number(spec, "max_latency_ms", where, above=0)
+        capture = spec.get("capture") or []
+        if not isinstance(capture, (list, tuple)) or any(_missing(f) or not isinstance(f, str) for f in capture):
+            raise ValidationError("%s: capture must be a list of dotted JSON field paths" % where)
+        if capture and self.method == "HEAD":
+            raise ValidationError("%s: capture needs a response body; use method GET, not HEAD" % where)
+        self.capture = list(capture)
+        self.captured = None
+
+    def _capture(self, resp):
+        """The O(capture) fields of the answer (missing ones as None), or None when nothing is captured."""
+        if not self.capture:
+            return None
+        try:
+            body = resp.json()
+        except BackendError:
+            return dict((f, None) for f in self.capture)
+        captured = {}
+        for path in self.capture:
+            try:
+                captured[path] = _http.json_field(body, path)
+            except (KeyError, BackendError):
+                captured[path] = None
+        return captured
 
     def check(self, deadline):
+        self.captured = None
         resp = self.client.request(self.url, self.method, deadline=deadline)
+        if resp.status in self.status:
+            self.captured = self._capture(resp)
         what = "%s %s answered HTTP %d in %d ms" % (self.method, self.url, resp.status, resp.latency_ms)
         if resp.status not in self.status:
             return False, resp.status, "%s, expected %s: %s" % (
@@ -744,9 +771,13 @@ class ProbeService:
     # -- one probe ----------------------------------------------------------------------------
     def _result(self, probe, ok, value, message, latency_ms):
         status = GO if ok else (WARN if probe.severity == WARNING else NOGO)
-        return {"name": probe.name, "type": probe.type, "component": probe.component, "severity": probe.severity,
-                "status": status, "value": redact(value, self.secrets), "latency_ms": latency_ms,
-                "message": redact(message, self.secrets)}
+        result = {"name": probe.name, "type": probe.type, "component": probe.component, "severity": probe.severity,
+                  "status": status, "value": redact(value, self.secrets), "latency_ms": latency_ms,
+                  "message": redact(message, self.secrets)}
+        captured = getattr(probe, "captured", None)
+        if captured is not None:
+            result["captured"] = redact(captured, self.secrets)
+        return result
 
     def _probe_one(self, item, deadline):
         probe, timeout = item

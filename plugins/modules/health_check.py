@@ -112,6 +112,13 @@ options:
             JSON-aware, so V(true) matches C(true) and V("1") matches C(1).
           - The field's actual value is returned as RV(probes[].value).
         type: raw
+      capture:
+        description:
+          - (http) Dotted paths of JSON fields of the answer to return as RV(probes[].captured), whatever the
+            probe's status (for example the C(haltReason) and C(pnl) of seed 004's C(/pnl/status)). A field
+            that is not in the answer is returned as V(null). Known secrets in the values are masked.
+        type: list
+        elements: str
       max_latency_ms:
         description: (http) A response slower than this many milliseconds is V(NO-GO).
         type: float
@@ -439,6 +446,12 @@ probes:
         - V(null) when the probe could not measure anything.
       type: raw
       sample: GO
+    captured:
+      description: (http) The O(probes[].capture) fields of the answer, by path. Only when the probe has
+        O(probes[].capture) and its answer had an expected status.
+      type: dict
+      returned: when O(probes[].capture) is set
+      sample: {"haltReason": "daily_loss_limit", "pnl": -5250.0}
     latency_ms:
       description: How long the probe took, in milliseconds.
       type: int

@@ -583,3 +583,41 @@ def test_timeouts_are_finite_and_bounded_and_urls_parse(probe, service, needle):
 def test_postgres_connect_timeout_is_finite_and_bounded(value, needle):
     with pytest.raises(ValidationError, match=re.escape(needle)):
         _postgres.connection_kwargs({"connect_timeout": value}, where="postgres")
+
+
+# --------------------------------------------------------------------------------------------
+# http capture: fields of the answer returned whatever the status (seed 004's /pnl/status)
+# --------------------------------------------------------------------------------------------
+def test_http_capture_returns_the_named_fields_go_or_nogo_and_masks_the_token(scripted):
+    server = scripted()
+    token = "tok-" + "s3cr3t-value-1234"
+    server.body = json.dumps({"halted": True, "haltReason": "daily_loss_limit", "pnl": -5250.0,
+                              "riskRejections": [{"qty": 0.25}], "echo": "Bearer " + token})
+    probe = {"name": "e1-halt", "type": "http", "url": server.url + "/pnl/status", "field": "halted",
+             "value": False, "token": token, "capture": ["haltReason", "pnl", "riskRejections.0.qty", "echo",
+                                                         "missing.path"]}
+    out, result = one(probe)
+    assert result["status"] == "NO-GO" and result["value"] is True  # halted: the probe's own verdict
+    assert result["captured"] == {"haltReason": "daily_loss_limit", "pnl": -5250.0, "riskRejections.0.qty": 0.25,
+                                  "echo": "Bearer ********", "missing.path": None}
+    assert token not in json.dumps(out)
+    # no capture asked: no captured key; an error status: nothing captured
+    _, plain = one({"name": "plain", "type": "http", "url": server.url + "/pnl/status"})
+    assert "captured" not in plain
+    server.status = 503
+    _, failed = one(probe)
+    assert failed["status"] == "NO-GO" and "captured" not in failed
+
+
+@pytest.mark.parametrize("capture, words", [
+    ("haltReason", "capture must be a list of dotted JSON field paths"),
+    ([""], "capture must be a list of dotted JSON field paths"),
+])
+def test_http_capture_must_be_a_list_of_paths(capture, words):
+    with pytest.raises(ValidationError, match=words):
+        run([{"name": "p", "type": "http", "url": "http://127.0.0.1:9/x", "capture": capture}])
+
+
+def test_http_capture_needs_a_body():
+    with pytest.raises(ValidationError, match="capture needs a response body"):
+        run([{"name": "p", "type": "http", "url": "http://127.0.0.1:9/x", "method": "HEAD", "capture": ["a"]}])
