@@ -70,3 +70,15 @@ def test_the_real_checkout():
     assert real["p0_outage"].kind == "incident" and real["p0_outage"].severity == "P0"
     assert real["health_check"].kind == "action"
     assert describe(ROOT / "playbooks" / "awx_configure.yml").kind == "config"
+
+
+@pytest.mark.parametrize("name, severity, words", [
+    ("service_degraded", "P1", "halt and restart only them"),
+    ("trading_halted", "P0", "loss limit kept halted and escalated"),
+    ("model_degradation", "P1", "switch to the backup model, roll back, or paper trading"),
+])
+def test_the_service_incidents_are_listed_with_their_seed_severity_from_their_header(name, severity, words):
+    found = {i.name: i for i in list_incidents(ROOT)}
+    incident = found[name]
+    assert (incident.kind, incident.severity, incident.source) == ("incident", severity, "header")
+    assert words in incident.description and "\n" not in incident.description
