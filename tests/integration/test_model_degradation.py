@@ -76,3 +76,14 @@ def test_healthy_models_are_left_alone_and_a_wrong_remedy_is_refused(lab_factory
     bad = run(lab, tmp_path / "bad", "-e", "model_degradation_action=retrain")
     assert bad.returncode != 0
     assert "model_degradation_action must be backup, rollback or paper, got retrain" in bad.stdout
+
+
+def test_check_mode_calls_no_model_api_and_changes_nothing(lab_factory, tmp_path):
+    lab = lab_factory(engines=2)
+    lab.lab.inject("model-drift", [DRIFTING])
+    before = lab.engines_view()[DRIFTING]["model"]
+    proc = run(lab, tmp_path, "--check", "-e", "model_degradation_action=paper")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert f"Check mode, nothing changed. Would apply paper on: {DRIFTING}" in proc.stdout
+    assert lab.engines_view()[DRIFTING]["model"] == before  # still the drifting primary, not on paper
+    assert not (tmp_path / f"{INCIDENT}.json").exists()  # check mode writes no record

@@ -152,3 +152,16 @@ def test_a_self_halt_during_the_post_unhalt_watch_halts_the_engine_again(lab_fac
     lab.lab.inject("self-halt-loss", ["engine-002"], clear=True)
     # our halt holds even though the engine's own cause is gone: only the next gated resume lifts it
     lab.assert_stays_halted(["engine-002"], epoch(again["at"]), window=1.0)
+
+
+def test_a_loss_limit_engine_is_never_resumed_even_when_a_variable_puts_it_in_scope(lab_factory, tmp_path):
+    lab = lab_factory(engines=2)
+    lab.lab.inject("self-halt-loss", ["engine-002"])
+    wait_self_halted(lab, ["engine-002"])
+    since = time.time()
+    # extra vars beat set_fact: the scope the playbook computed is replaced by one that names the loss-limit engine
+    proc = lab.run_playbook("trading_halted.yml", *args(tmp_path, "-e", "resume_trading_approved=true",
+                                                        "-e", '{"incident_scope": ["engine-002"]}'))
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    assert "Refusing to resume engine-002: halted at the daily loss limit" in proc.stdout, proc.stdout[-4000:]
+    lab.assert_stays_halted(["engine-002"], since, window=1.0)
