@@ -104,6 +104,21 @@ def scope_plan(fleet, affected, max_ratio, min_fleet=1):
     return plan
 
 
+def host_representatives(hosts, hostvars):
+    """One inventory host per machine (``ansible_host``, else the inventory name), in order: where a task that
+    measures the machine itself (memory, load, disk) runs once, however many engines the machine serves."""
+    seen, out = set(), []
+    for host in hosts or []:
+        try:
+            machine = hostvars[host].get("ansible_host") or host
+        except KeyError:
+            raise AnsibleFilterError("host_representatives: host %r is not in hostvars" % (host,))
+        if machine not in seen:
+            seen.add(machine)
+            out.append(host)
+    return out
+
+
 class FilterModule(object):
     def filters(self):
-        return {"scope_hosts": scope_hosts, "scope_plan": scope_plan}
+        return {"scope_hosts": scope_hosts, "scope_plan": scope_plan, "host_representatives": host_representatives}

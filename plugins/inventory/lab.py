@@ -33,6 +33,10 @@ description:
     (C(tradeops_model_probes), accuracy at least 0.6 and no drift, seed 000), for C(playbooks/model_degradation.yml).
   - Each engine's seed 004 status endpoint (C(GET /pnl/status) with the admin token, its C(haltReason) and P&L)
     is the host variable C(tradeops_pnl_status), read by C(playbooks/trading_halted.yml).
+  - Each engine's Prometheus page as a M(tradeops.remediation.performance_profile) target (C(tradeops_metrics)) and
+    its config API (C(tradeops_engine_config), the update frequency), for C(playbooks/performance_degradation.yml);
+    its release link and releases directory (C(service_recovery_release_link), C(service_recovery_releases_dir)),
+    for the rollback of C(playbooks/agent_failure.yml).
   - The configuration file must end in C(tradeops_lab.yml) or C(tradeops_lab.yaml).
 author:
   - tradeops SRE team (@tradeops)
@@ -289,6 +293,18 @@ class InventoryModule(BaseInventoryPlugin):
                 },
                 "service_recovery_runtime": "process",
                 "service_recovery_restart_command": list(restart_argv) + [name],
+                # process runtime releases: <dir>/releases/<version>, and the link <dir>/current to the one in use
+                "service_recovery_release_link": os.path.join(engine["dir"], "current"),
+                "service_recovery_releases_dir": os.path.join(engine["dir"], "releases"),
+                # seed 000 P2: the engine's own process metrics, and its config API (the update frequency)
+                "tradeops_metrics": {
+                    "name": name, "url": "http://%s:%d/metrics" % (engine["host"], int(engine["port"])),
+                    "labels": {"engine": name}, "headers": dict(MANAGEMENT_HEADERS),
+                },
+                "tradeops_engine_config": {
+                    "url": "http://%s:%d/admin/config" % (engine["host"], int(engine["port"])), "token": admin_token,
+                    "token_header": "X-Admin-Token", "headers": dict(MANAGEMENT_HEADERS), "timeout": 3,
+                },
             }
             account = (exchange.get("accounts") or {}).get(name)
             if account:

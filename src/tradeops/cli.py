@@ -20,12 +20,14 @@ from .lab.dbfaults import CORRUPT_KINDS, DEFAULT_CORRUPT_COUNTS, LONG_QUERY_SECO
 from .lab.exchange import FAULTS as EXCHANGE_FAULTS
 from .lab.state import (
     ALL,
+    BLOAT_TABLE,
     DB_FAULTS,
     ENV_LAB_DIR,
     FAULT_CORRUPT_ROWS,
     FAULT_INDEX_CORRUPTION,
     FAULT_LEAKED_SECRET,
     FAULT_LONG_QUERY,
+    FAULT_TABLE_BLOAT,
     FAULTS,
     HALT_METHODS,
     SECURITY_FAULTS,
@@ -103,7 +105,8 @@ def _add_lab_commands(subparsers: Any) -> None:
         + "), no row of two kinds; not clearable (repair is the playbook's job). index-corruption: "
         "corrupts a leaf page of trades_id_idx (PostgreSQL is restarted), --clear reindexes it. long-query: "
         f"SELECT pg_sleep(--seconds, default {LONG_QUERY_SECONDS}). blocking-lock: ACCESS EXCLUSIVE lock on "
-        "trades held open, a second session blocked behind it. --clear ends the sessions. "
+        "trades held open, a second session blocked behind it. --clear ends the sessions. table-bloat: "
+        f"{BLOAT_TABLE} with 60,000 dead rows and autovacuum off; --clear drops it. "
         "Security fault leaked-secret (engines optional, default all): a rogue client calls GET /pnl/status "
         "every 0.2 s with the admin token current at injection, recording its results in "
         "<lab dir>/faults/leaked-secret.json; --clear stops it. "
@@ -456,6 +459,11 @@ def _db_fault_lines(fault: str, r: dict[str, Any], verb: str) -> list[str]:
             f"  postgres restarted as pid {r['postgres_pid']} (down {r['postgres_down_s']:.2f}s), engines "
             + ("reconnected" if r.get("engines_reconnected_s") is not None else "NOT reconnected yet"),
         ] + ([f"  ended sessions: {', '.join(r['ended_sessions'])}"] if r.get("ended_sessions") else [])
+    if fault == FAULT_TABLE_BLOAT:
+        if r.get("cleared"):
+            return [f"{fault} cleared: {BLOAT_TABLE} dropped"]
+        return [f"{fault} {verb}: {r['table']} holds {r['dead_rows']} dead rows over {r['rows']} live ones, "
+                "autovacuum off (VACUUM ANALYZE fixes it)"]
     if r.get("cleared") is False:
         return [f"{fault}: not active, nothing to clear"]
     if r.get("cleared"):
@@ -489,6 +497,8 @@ def _db_fault_status_lines(faults: dict[str, Any]) -> list[str]:
             detail = f"{f.get('index')} block {f.get('block')} item {f.get('item')}, {_fmt_time(f.get('injected_at'))}"
             if f.get("active") is False:
                 state = "repaired (reindexed)"
+        elif fault == FAULT_TABLE_BLOAT:
+            detail = f"{f.get('table')}: {f.get('dead_rows')} dead rows made at {_fmt_time(f.get('injected_at'))}"
         elif f.get("active") is False:  # ended behind the lab's back (pg_terminate_backend, the sleep is over)
             state = "ended"
             if fault == FAULT_LONG_QUERY:

@@ -93,7 +93,9 @@ from .state import (
     ENGINES_CONFIG_FILE,
     ENGINES_RUNTIME_FILE,
     ERROR_FAULTS,
+    FAULT_CPU_HOG,
     FAULT_CRASH,
+    FAULT_CRASH_LOOP,
     FAULT_DEPENDENCY_ERRORS,
     FAULT_DISK_PRESSURE,
     FAULT_ERROR_RATE,
@@ -101,6 +103,7 @@ from .state import (
     FAULT_KILLSWITCH_BROKEN,
     FAULT_KILLSWITCH_LIES,
     FAULT_LEAKED_SECRET,
+    FAULT_MEMORY_LEAK,
     FAULT_MODEL_DRIFT,
     FAULT_SELF_HALT_ERROR,
     FAULT_SELF_HALT_LOSS,
@@ -155,6 +158,23 @@ MODEL_VERSIONS = ("v2", "v3")  # the previous and the current release of the pri
 MODEL_ACCURACY = {(MODEL_PRIMARY, "v3"): 0.72, (MODEL_PRIMARY, "v2"): 0.68, (MODEL_BACKUP, "b1"): 0.65}
 DRIFTED_ACCURACY = 0.52
 LATENCY_DELAY = 1.5  # seconds added to every response under the latency fault
+# Performance (seed 000 P2): the engine's resident memory and CPU, as its /metrics reports them.
+BASE_RSS_BYTES = 48 * 1024 * 1024  # an engine's resident memory without the leak
+MEMORY_LEAK_RATE = 8 * 1024 * 1024  # bytes per second the memory-leak fault really allocates and keeps ...
+MEMORY_LEAK_CAP = 768 * 1024 * 1024  # ... up to this, so that the lab machine survives a forgotten fault
+UPDATE_INTERVAL_MS = 100  # market-data update interval (10 updates/s); the config API changes it ...
+UPDATE_INTERVAL_BOUNDS = (50, 60_000)  # ... within these bounds (ms)
+UPDATE_CPU_SECONDS = 0.002  # CPU one market-data update costs (2 % of a core at 10 updates/s) ...
+HOG_UPDATE_CPU_SECONDS = 0.09  # ... and under the cpu-hog fault (90 %; 45 % at half the update frequency)
+# Releases (seed 004 "Single Agent Failure"): <engine dir>/releases/<version>/release.json, and the link
+# <engine dir>/current to the one in use, read at every start. The crash-loop fault deploys a bad one.
+RELEASE_LINK = "current"
+RELEASES_DIR = "releases"
+RELEASE_FILE = "release.json"
+GOOD_RELEASE = "1.4.2"
+BAD_RELEASE = "1.5.0"
+CRASH_LOOP_UPTIME = 2.0  # a bad release dies this long after it starts (never healthy meanwhile) ...
+CRASH_LOOP_BACKOFF = 1.0  # ... and its supervisor starts it again after this
 REDIS_TIMEOUT = 2.0
 RESTART_DRAIN_TIMEOUT = 2.0  # how long a restart waits for the old loop and connections to finish cancelling
 BALLAST_BYTES = 64 * 1024 * 1024  # the disk-pressure fault's ballast file ...
@@ -660,6 +680,19 @@ class Engine:
         self.faults: set[str] = set(spec.get("faults") or [])
         self.flag_path = self.dir / EMERGENCY_STOP_FILE
         self.elog = EngineLog(self.dir / ENGINE_LOG)
+        # The release in use: <dir>/current (a link the lab manages), or a directory the spec names (a
+        # container image's release); with crash_loop_exit the process exits on a crash-loop crash, so that
+        # its supervisor (Docker's restart policy) restarts it.
+        self.release_link = Path(spec["release_link"]) if spec.get("release_link") else self.dir / RELEASE_LINK
+        self.crash_loop_exit = bool(spec.get("crash_loop_exit"))
+        self.release: dict[str, Any] = {}
+        self._crash_task: asyncio.Task[None] | None = None
+        # Performance: the market-data update interval (config API), the CPU it costs, the leak's allocations.
+        self.update_interval_ms = UPDATE_INTERVAL_MS
+        self.cpu_seconds = 0.0
+        self._cpu_at: float | None = None
+        self._leak: list[bytes] = []
+        self.leaked_bytes = 0
         # Where it listens: the loopback and a port the OS picks, unless the spec says otherwise (a lab node
         # in a container listens on its network address and a fixed port: ``bind``, ``port``).
         self.bind_host: str = spec.get("bind") or LOOPBACK
@@ -722,6 +755,7 @@ class Engine:
             "/model/switch": {"POST": self._model_switch},
             "/model/rollback": {"POST": self._model_rollback},
             "/model/paper": {"POST": self._model_paper},
+            "/admin/config": {"GET": self._config_get, "POST": self._config_set},
         }
         if KILLSWITCH_API in self.methods:
             routes["/api/v1/emergency/kill_switch"] = {"POST": self._kill_switch}
@@ -832,6 +866,7 @@ class Engine:
 
     async def _tick(self) -> None:
         t = time.time()  # FIRST: the order's timestamp precedes every halt check below
+        self._account(t)
         self._self_halt_maybe()
         state = await self.effective_state()
         if state.redis_ok is False:
@@ -868,6 +903,120 @@ class Engine:
         self.orders_total += 1
         self.window.record(t, False)
         self._venue_maybe()
+
+    # -- performance: CPU and memory -------------------------------------------------------------------------
+
+    @property
+    def cpu_ratio(self) -> float:
+        """The share of a core the market-data updates take at the current update frequency."""
+        cost = HOG_UPDATE_CPU_SECONDS if FAULT_CPU_HOG in self.faults else UPDATE_CPU_SECONDS
+        return cost * 1000.0 / self.update_interval_ms
+
+    @property
+    def rss_bytes(self) -> int:
+        return BASE_RSS_BYTES + self.leaked_bytes
+
+    def _account(self, t: float) -> None:
+        """Add the CPU of the updates since the last tick; grow the leak (real memory) under its fault."""
+        dt = 0.0 if self._cpu_at is None else max(0.0, t - self._cpu_at)
+        self._cpu_at = t
+        self.cpu_seconds += dt * self.cpu_ratio
+        if FAULT_MEMORY_LEAK in self.faults and self.leaked_bytes < MEMORY_LEAK_CAP:
+            grow = min(int(dt * MEMORY_LEAK_RATE), MEMORY_LEAK_CAP - self.leaked_bytes)
+            if grow > 0:
+                self._leak.append(b"\x5a" * grow)  # written, so really resident
+                self.leaked_bytes += grow
+
+    def _free_leak(self) -> None:
+        self._leak.clear()
+        self.leaked_bytes = 0
+
+    async def _config_get(self, request: Request) -> Response:
+        self._require_admin(request)
+        return Response.json(self.config_view())
+
+    async def _config_set(self, request: Request) -> Response:
+        """Seed 000's "reduce update frequency": ``{"update_interval_ms": N}``; kept across restarts."""
+        self._require_admin(request)
+        value = request.json_object(required=True).get("update_interval_ms")
+        low, high = UPDATE_INTERVAL_BOUNDS
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise HttpError(400, f"'update_interval_ms' must be an integer from {low} to {high}")
+        if value != self.update_interval_ms:
+            self.event(logging.WARNING, "update interval %d ms -> %d ms", self.update_interval_ms, value)
+            self._account(time.time())  # the CPU so far at the old frequency
+            self.update_interval_ms = value
+        return Response.json(self.config_view())
+
+    def config_view(self) -> dict[str, Any]:
+        return {"update_interval_ms": self.update_interval_ms,
+                "update_interval_bounds_ms": list(UPDATE_INTERVAL_BOUNDS), "cpu_ratio": round(self.cpu_ratio, 4)}
+
+    # -- releases and the crash loop ----------------------------------------------------------------------------
+
+    @property
+    def _managed_release(self) -> bool:
+        return self.release_link == self.dir / RELEASE_LINK
+
+    def _load_release(self) -> None:
+        """Read the release in use (at every start); the first start of a lab engine installs the good one."""
+        if self._managed_release and not os.path.lexists(self.release_link):
+            self._deploy(GOOD_RELEASE, None)
+        try:
+            self.release = json.loads((self.release_link / RELEASE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.release = {"version": "unknown"}
+        if self.release.get("defect") == FAULT_CRASH_LOOP:
+            self.faults.add(FAULT_CRASH_LOOP)
+        else:
+            self.faults.discard(FAULT_CRASH_LOOP)
+
+    def _deploy(self, version: str, defect: str | None) -> None:
+        """Install a release under <dir>/releases and point <dir>/current at it (atomically)."""
+        target = self.dir / RELEASES_DIR / version
+        target.mkdir(parents=True, exist_ok=True)
+        release = {"version": version, "deployed_at": time.time()}
+        if defect:
+            release["defect"] = defect
+        (target / RELEASE_FILE).write_text(json.dumps(release), encoding="utf-8")
+        tmp = self.dir / f".{RELEASE_LINK}.tmp"
+        if os.path.lexists(tmp):
+            tmp.unlink()
+        tmp.symlink_to(Path(RELEASES_DIR) / version)
+        os.replace(tmp, self.release_link)
+
+    def _previous_good_release(self) -> str:
+        releases = []
+        for path in (self.dir / RELEASES_DIR).glob(f"*/{RELEASE_FILE}"):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not data.get("defect"):
+                releases.append((float(data.get("deployed_at") or 0), str(data.get("version"))))
+        return max(releases)[1] if releases else GOOD_RELEASE
+
+    async def _crash_loop(self) -> None:
+        """The bad release: dies during start-up, and its supervisor starts it again, until it is replaced."""
+        await asyncio.sleep(CRASH_LOOP_UPTIME)
+        async with self._lifecycle:
+            self._crash_task = None
+            self._stop()
+            self._reserve = self._new_socket(self.port)
+            self.event(logging.ERROR, "crashed during start-up (release %s: crash loop)", self.release.get("version"))
+            if self.crash_loop_exit:
+                os._exit(3)  # a container: its restart policy starts it again
+        await asyncio.sleep(CRASH_LOOP_BACKOFF)
+        async with self._lifecycle:
+            if self._crash_task is None and self._server is None and FAULT_CRASH not in self.faults:
+                await self._restart("started again by its supervisor after a crash")
+
+    def started(self) -> None:
+        """After (re)start: trade, or with a bad release, crash again soon (never trading meanwhile)."""
+        if FAULT_CRASH_LOOP in self.faults:
+            self._crash_task = asyncio.create_task(self._crash_loop(), name=f"crash-loop-{self.name}")
+        else:
+            self.start_trading()
 
     # -- the venue: a few resting orders at the lab exchange, replaced as the engine trades --------------------
 
@@ -943,6 +1092,7 @@ class Engine:
     async def bind(self) -> None:
         """Take a port from the OS; serve on it unless the engine starts crashed."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._load_release()
         sock = self._new_socket(self._want_port)
         self.port = int(sock.getsockname()[1])
         faults = ",".join(f for f in FAULTS if f in self.faults) or "none"
@@ -963,6 +1113,9 @@ class Engine:
 
         Returns the tasks being cancelled (the caller may wait for them)."""
         tasks: list[asyncio.Task[Any]] = []
+        if self._crash_task is not None and self._crash_task is not asyncio.current_task():
+            self._crash_task.cancel()
+        self._crash_task = None
         if self._task is not None:
             self._task.cancel()
             tasks.append(self._task)
@@ -1000,6 +1153,9 @@ class Engine:
         self.halt_source = None
         self.window.clear()
         self._blind = False
+        self._free_leak()  # the leak dies with the process
+        self._cpu_at = None
+        self._load_release()
         try:
             try:
                 sock = self._new_socket(self.port)  # at once: nobody else gets the port meanwhile
@@ -1020,7 +1176,7 @@ class Engine:
             raise LabError(f"{self.name}: cannot restart on port {self.port}: {exc}") from exc
         self.restarts += 1
         self.started_at = time.time()
-        self.start_trading()
+        self.started()
         remaining = ",".join(f for f in FAULTS if f in self.faults) or "none"
         self.event(
             logging.WARNING,
@@ -1036,7 +1192,14 @@ class Engine:
         async with self._lifecycle:
             if active == (fault in self.faults):
                 return
-            if active:
+            if fault == FAULT_CRASH_LOOP:
+                if not self._managed_release:
+                    raise LabError(f"{self.name}: its release is {self.release_link}, not a link the lab manages")
+                version = BAD_RELEASE if active else self._previous_good_release()
+                self._deploy(version, FAULT_CRASH_LOOP if active else None)
+                self.event(logging.WARNING, "release %s deployed", version)
+                await self._restart(f"release {version} deployed")
+            elif active:
                 self.faults.add(fault)
                 if fault == FAULT_CRASH:
                     self._crash()
@@ -1048,6 +1211,8 @@ class Engine:
                 self.faults.discard(fault)
                 if fault == FAULT_HANG:
                     self._unhung.set()
+                elif fault == FAULT_MEMORY_LEAK:
+                    self._free_leak()
             self.event(logging.WARNING, "fault %s %s", fault, "injected" if active else "cleared")
 
     async def close(self) -> None:
@@ -1061,7 +1226,8 @@ class Engine:
             "methods": list(self.methods),
             "faults": [f for f in FAULTS if f in self.faults],
             "listening": self._server is not None,
-            "trading_active": not self.crashed and not state.halted and state.redis_ok is not False,
+            "trading_active": not self.crashed and FAULT_CRASH_LOOP not in self.faults and not state.halted
+            and state.redis_ok is not False,
             "halted": state.halted,
             "halt_source": state.source,
             "halt_reason": state.reason,
@@ -1075,6 +1241,9 @@ class Engine:
             "firewall": self.firewall.describe(),
             "venue": {"placed": self.venue_placed, "refused": self.venue_errors} if self.venue else None,
             "model": self.model_view(),
+            "release": self.release.get("version"),
+            "memory_bytes": self.rss_bytes,
+            "config": self.config_view(),
         }
 
     # -- HTTP ----------------------------------------------------------------------------------------------
@@ -1154,7 +1323,7 @@ class Engine:
         error_rate = self.window.rate(time.time())
         db_ok = self.host.writer.healthy
         # a system error is a broken engine until its cause is fixed (the fault cleared)
-        engine_ok = FAULT_UNRECOVERABLE not in self.faults and FAULT_SELF_HALT_ERROR not in self.faults
+        engine_ok = not self.faults.intersection((FAULT_UNRECOVERABLE, FAULT_SELF_HALT_ERROR, FAULT_CRASH_LOOP))
         # a failing dependency shows in the health check whether or not the engine trades (a halted engine
         # attempts no order, so its error rate cannot show it)
         feed_ok = FAULT_DEPENDENCY_ERRORS not in self.faults
@@ -1185,6 +1354,9 @@ class Engine:
                 "orders_total": self.orders_total,
                 "restarts": self.restarts,
                 "started_at": self.started_at,
+                "release": self.release.get("version"),
+                "memory_bytes": self.rss_bytes,
+                "update_interval_ms": self.update_interval_ms,
             }
         )
 
@@ -1243,6 +1415,18 @@ class Engine:
             "# HELP firewall_blocked_total Requests refused (403) by the engine's lab firewall.",
             "# TYPE firewall_blocked_total counter",
             f"firewall_blocked_total{metrics.labels(**eng)} {self.firewall.blocked}",
+            "# HELP process_resident_memory_bytes Resident memory of the engine.",
+            "# TYPE process_resident_memory_bytes gauge",
+            f"process_resident_memory_bytes{metrics.labels(**eng)} {self.rss_bytes}",
+            "# HELP process_cpu_seconds_total CPU time the engine used.",
+            "# TYPE process_cpu_seconds_total counter",
+            f"process_cpu_seconds_total{metrics.labels(**eng)} {metrics.fmt(round(self.cpu_seconds, 4))}",
+            "# HELP engine_update_interval_seconds Market-data update interval (the config API sets it).",
+            "# TYPE engine_update_interval_seconds gauge",
+            f"engine_update_interval_seconds{metrics.labels(**eng)} {metrics.fmt(self.update_interval_ms / 1000.0)}",
+            "# HELP engine_release_info The release the engine runs.",
+            "# TYPE engine_release_info gauge",
+            f"engine_release_info{metrics.labels(**eng, version=str(self.release.get('version')))} 1",
         ]
         return Response.text("\n".join(lines) + "\n", content_type=metrics.CONTENT_TYPE)
 
@@ -1452,7 +1636,7 @@ class EngineHost:
             )
             for engine in self.engines:
                 if not engine.crashed:
-                    engine.start_trading()
+                    engine.started()
             log.info(
                 "serving %d engines (order interval %.3fs), control API on %s:%d",
                 len(self.engines),

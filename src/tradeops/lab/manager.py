@@ -29,6 +29,7 @@ from .redis_server import RedisServer
 from .state import (
     ALL,
     BALLAST_DIR,
+    BLOAT_TABLE,
     DB_FAULTS,
     ENGINES_CONFIG_FILE,
     ENGINES_LOG,
@@ -37,6 +38,7 @@ from .state import (
     FAULT_INDEX_CORRUPTION,
     FAULT_LEAKED_SECRET,
     FAULT_LONG_QUERY,
+    FAULT_TABLE_BLOAT,
     FAULTS_DIR,
     LOCK_FILE,
     MARKER_FILE,
@@ -739,7 +741,51 @@ class Lab:
             return self._corrupt_rows(dbfaults.corrupt_plan(kinds, count))
         if fault == FAULT_INDEX_CORRUPTION:
             return self._reindex() if clear else self._corrupt_index()
+        if fault == FAULT_TABLE_BLOAT:
+            return self._unbloat() if clear else self._bloat()
         return self._session_fault(fault, clear, seconds)
+
+    def _bloat(self) -> dict[str, Any]:
+        """table-bloat: ``market_ticks`` (a hot table the lab creates: 20,000 rows, autovacuum off) updated
+        three times over, so it holds 60,000 dead rows, then queried (pg_stat_statements shows the scans).
+        VACUUM ANALYZE of the table is the fix; clearing drops the table."""
+        path = self._fault_record_path(FAULT_TABLE_BLOAT)
+        rows, rounds = 20_000, 3
+        conn = self.pg_connect()
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    f"CREATE TABLE IF NOT EXISTS {BLOAT_TABLE} (id integer PRIMARY KEY, symbol text NOT NULL, "
+                    "price numeric NOT NULL, updated_at timestamptz NOT NULL DEFAULT now()) "
+                    "WITH (autovacuum_enabled = false)"
+                )
+                cur.execute(f"ALTER TABLE {BLOAT_TABLE} SET (autovacuum_enabled = false)")
+                cur.execute(
+                    f"INSERT INTO {BLOAT_TABLE} (id, symbol, price) SELECT i, 'SYM' || (i %% 50), 100 + i %% 7 "
+                    "FROM generate_series(1, %s) AS i ON CONFLICT (id) DO NOTHING", (rows,))
+            for _ in range(rounds):
+                with conn, conn.cursor() as cur:
+                    cur.execute(f"UPDATE {BLOAT_TABLE} SET price = price * 1.0001, updated_at = now()")
+            with conn, conn.cursor() as cur:
+                for _ in range(5):
+                    cur.execute(f"SELECT symbol, avg(price) FROM {BLOAT_TABLE} GROUP BY symbol")
+        finally:
+            conn.close()
+        record = {"fault": FAULT_TABLE_BLOAT, "injected_at": time.time(), "table": BLOAT_TABLE,
+                  "rows": rows, "dead_rows": rows * rounds}
+        write_json_atomic(path, record)
+        return record
+
+    def _unbloat(self) -> dict[str, Any]:
+        conn = self.pg_connect()
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(f"DROP TABLE IF EXISTS {BLOAT_TABLE}")
+        finally:
+            conn.close()
+        path = self._fault_record_path(FAULT_TABLE_BLOAT)
+        path.unlink(missing_ok=True)
+        return {"fault": FAULT_TABLE_BLOAT, "cleared": True}
 
     def _corrupt_rows(self, plan: Mapping[str, int]) -> dict[str, Any]:
         path = self._fault_record_path(FAULT_CORRUPT_ROWS)
@@ -954,6 +1000,9 @@ class Lab:
                 "active": self._index_corruption_active(index),
                 **{k: index[k] for k in ("injected_at", "index", "relation_file", "block", "item") if k in index},
             }
+        bloat = read_json(directory / f"{FAULT_TABLE_BLOAT}.json")
+        if bloat:
+            out[FAULT_TABLE_BLOAT] = {**bloat, "active": None}
         live: dict[str, Any] | None = None
         if ask_engines:
             try:

@@ -37,6 +37,7 @@ START_TIMEOUT = 30.0
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; the socket file name adds ~16
 
 SCHEMA_SQL = """
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
 CREATE TABLE orders (
     id bigserial PRIMARY KEY,
     engine text NOT NULL,
@@ -328,6 +329,8 @@ class PostgresServer:
                     "logging_collector = off",
                     "log_line_prefix = '%m [%p] %q%u@%d '",
                     "log_min_messages = warning",
+                    # seed 003/004's slow-query analysis reads pg_stat_statements
+                    "shared_preload_libraries = 'pg_stat_statements'",
                     "",
                 ]
             ),

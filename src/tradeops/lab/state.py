@@ -122,6 +122,17 @@ SELF_HALT_REASONS: dict[str, str] = {
     FAULT_SELF_HALT_ERROR: "system_error",
 }
 FAULT_DEPENDENCY_LATENCY = "dependency-latency"
+# Performance (seed 000 P2, seed 004 P2, seed 002 memory issues). memory-leak: the engine process holds more
+# memory every second (real allocations, reported as its resident memory) until it is restarted. cpu-hog: each
+# market-data update costs the engine 45 times more CPU (reported as its process CPU); a restart does not help,
+# a lower update frequency (the config API) does.
+FAULT_MEMORY_LEAK = "memory-leak"
+FAULT_CPU_HOG = "cpu-hog"
+# A bad release (seed 004 "Single Agent Failure"): injecting it deploys a new release whose engine dies during
+# start-up, and points the engine's ``current`` release link at it; the engine then restarts in a loop (its
+# supervisor) and never becomes healthy. A restart does not fix it (the release is still bad); rolling back to
+# the previous release (the link) and restarting does. The fault is a property of the release in use.
+FAULT_CRASH_LOOP = "crash-loop"
 FAULTS: tuple[str, ...] = (
     FAULT_CRASH,
     FAULT_HANG,
@@ -137,12 +148,16 @@ FAULTS: tuple[str, ...] = (
     FAULT_SELF_HALT_LOSS,
     FAULT_SELF_HALT_ERROR,
     FAULT_MODEL_DRIFT,
+    FAULT_MEMORY_LEAK,
+    FAULT_CPU_HOG,
+    FAULT_CRASH_LOOP,
 )
 # What an engine restart fixes: the faults whose cause lives in the process (a crash, a hang, and error-rate
 # and latency, which behave like a leak: the process degrades until it is restarted). Every other fault
-# survives it: disk pressure (the disk is still full), unrecoverable (a bad build), the dependency faults (the
+# survives it: cpu-hog (the update frequency), crash-loop (the release), disk pressure (the disk is still
+# full), unrecoverable (a bad build), the dependency faults (the
 # cause is elsewhere), killswitch-broken/-lies (the code).
-FAULTS_FIXED_BY_RESTART: tuple[str, ...] = (FAULT_CRASH, FAULT_HANG, FAULT_ERROR_RATE, FAULT_LATENCY)
+FAULTS_FIXED_BY_RESTART: tuple[str, ...] = (FAULT_CRASH, FAULT_HANG, FAULT_ERROR_RATE, FAULT_LATENCY, FAULT_MEMORY_LEAK)
 # Errors and slowness, whatever their cause
 ERROR_FAULTS: tuple[str, ...] = (FAULT_ERROR_RATE, FAULT_DEPENDENCY_ERRORS)
 LATENCY_FAULTS: tuple[str, ...] = (FAULT_LATENCY, FAULT_DEPENDENCY_LATENCY)
@@ -153,7 +168,12 @@ FAULT_CORRUPT_ROWS = "corrupt-rows"
 FAULT_INDEX_CORRUPTION = "index-corruption"
 FAULT_LONG_QUERY = "long-query"
 FAULT_BLOCKING_LOCK = "blocking-lock"
-DB_FAULTS: tuple[str, ...] = (FAULT_CORRUPT_ROWS, FAULT_INDEX_CORRUPTION, FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK)
+# Slow queries (seed 003/004 performance): a hot table full of dead rows, autovacuum off, statistics stale.
+FAULT_TABLE_BLOAT = "table-bloat"
+BLOAT_TABLE = "market_ticks"
+DB_FAULTS: tuple[str, ...] = (
+    FAULT_CORRUPT_ROWS, FAULT_INDEX_CORRUPTION, FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK, FAULT_TABLE_BLOAT,
+)
 # The database faults held by a background session of the engines process (the others are one-shot).
 SESSION_FAULTS: tuple[str, ...] = (FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK)
 
