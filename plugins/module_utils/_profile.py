@@ -169,7 +169,7 @@ class ProfileService:
         if len(mem) >= 3:
             growth = slope(mem)
             row["memory_growth_bytes_per_second"] = int(growth)
-            rises = sum(1 for a, b in zip(mem, mem[1:]) if b[1] > a[1])
+            rises = sum(1 for i in range(1, len(mem)) if mem[i][1] > mem[i - 1][1])
             if growth > self.max_growth and rises * 2 > len(mem) - 1:
                 row["findings"].append("memory_leak")
         row["status"] = "NO-GO" if row["findings"] else ("GO" if len(target.samples) >= 2 else "UNKNOWN")
