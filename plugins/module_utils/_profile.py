@@ -51,9 +51,9 @@ def slope(points):
     n = len(points)
     if n < 2:
         return 0.0
-    mt = sum(t for t, _ in points) / n
-    my = sum(y for _, y in points) / n
-    den = sum((t - mt) ** 2 for t, _ in points)
+    mt = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    den = sum((p[0] - mt) ** 2 for p in points)
     if den <= 0:
         return 0.0
     return sum((t - mt) * (y - my) for t, y in points) / den
@@ -152,8 +152,8 @@ class ProfileService:
         return self.result(time.monotonic() - started)
 
     def judge(self, target):
-        cpu = [(t, c) for t, c, _ in target.samples if c is not None]
-        mem = [(t, m) for t, _, m in target.samples if m is not None]
+        cpu = [(s[0], s[1]) for s in target.samples if s[1] is not None]
+        mem = [(s[0], s[2]) for s in target.samples if s[2] is not None]
         row = {"name": target.name, "samples": len(target.samples), "errors": target.errors[-3:],
                "cpu_percent": None, "memory_bytes": None, "memory_bytes_first": None,
                "memory_growth_bytes_per_second": None, "findings": []}
