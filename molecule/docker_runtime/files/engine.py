@@ -19,7 +19,8 @@ filesystem and survives `docker restart`.
 
 Settings come from the environment, as in a compose file: ENGINE_NAME, ENGINE_METHODS (comma
 separated lab methods: killswitch_api, orchestrate_api, file), ENGINE_PORT, ADMIN_TOKEN,
-POSTGRES_HOST/PORT/DB/USER/PASSWORD, REDIS_HOST/PORT/PASSWORD, ORDER_INTERVAL.
+POSTGRES_HOST/PORT/DB/USER/PASSWORD, REDIS_HOST/PORT/PASSWORD, ORDER_INTERVAL, and ENGINE_RELEASE_DIR (the
+release baked into the image, the agent_failure drill's).
 """
 
 import json
@@ -87,6 +88,10 @@ def serve():
                     "methods": [m for m in _env("ENGINE_METHODS").split(",") if m],
                     "redis_key": engine_redis_key(name),
                     "faults": [],
+                    # the image's release (ENGINE_RELEASE_DIR/release.json); a crash-looping one exits the process,
+                    # so that Docker's restart policy restarts the container
+                    **({"release_link": os.environ["ENGINE_RELEASE_DIR"], "crash_loop_exit": True}
+                       if os.environ.get("ENGINE_RELEASE_DIR") else {}),
                 }
             ],
         },

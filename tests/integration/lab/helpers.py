@@ -82,7 +82,7 @@ def restarts(lab: Lab) -> dict[str, int]:
     return {e["name"]: e["restarts"] for e in lab.engines()}
 
 
-METRIC_LINE = re.compile(r'^([a-z_]+)\{engine="(engine-\d{3})"(?:,(code|le)="([^"]+)")?\} (\S+)$')
+METRIC_LINE = re.compile(r'^([a-z_]+)\{engine="(engine-\d{3})"(?:,(code|le|version)="([^"]+)")?\} (\S+)$')
 METRIC_TYPES = {
     "orders_total": "counter",
     "errors_total": "counter",
@@ -99,6 +99,10 @@ METRIC_TYPES = {
     "auth_failures_total": "counter",
     "firewall_enabled": "gauge",
     "firewall_blocked_total": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_cpu_seconds_total": "counter",
+    "engine_update_interval_seconds": "gauge",
+    "engine_release_info": "gauge",
 }
 
 
