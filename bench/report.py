@@ -226,6 +226,15 @@ def markdown(res: dict[str, Any], heading: str = "##") -> str:
                   f"{fmt(venue['rate_limited_s'])} |",
                   "| c. accounts left unverified (target 0) | "
                   f"{fmt(venue['rate_limited_unverified'], '', 0)} |", ""]
+    inc = res.get("incidents")
+    if inc:
+        lines += [f"{h3} Scoped incidents, fault to GO", "",
+                  f"{inc['method']} {inc['engines']} engines; stability windows shortened to 2 s for the lab. "
+                  f"Failed runs: {inc['failed_runs']}.{load(inc)}", "",
+                  "| playbook | fault to GO, s | playbook run, s |", "| --- | ---: | ---: |"]
+        for name, case in inc["cases"].items():
+            lines.append(f"| `{name}.yml` | {fmt(case['fault_to_go_s'])} | {fmt(case['playbook_s'])} |")
+        lines.append("")
     tg = res.get("targets") or []
     if tg:
         lines += [f"{h3} Targets", "", "| target | goal | measured | met |", "| --- | --- | ---: | :---: |"]

@@ -13,6 +13,9 @@ Sections (``--only``, default all):
 - ``rotate``: rotate 20 secrets, failed calls of a polling consumer. See bench/rotate.py.
 - ``venue``: venue_guard cancel_all on 20 accounts x 100 resting orders against a per-order ccxt loop, and
   under the exchange's rate-limit fault. See bench/venue.py.
+- ``incidents``: fault to GO of each scoped incident playbook (service_degraded, trading_halted,
+  model_degradation, performance_degradation, agent_failure) on a 20-engine lab (``--incident-runs``, default 3).
+  See bench/incidents.py.
 
 Every figure is the median, min and max of ``--runs`` runs (default 5). The machine load average is recorded
 at the start and the end of the run and of each section. Exits 1 if a run failed (e.g. an engine was not
@@ -38,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH, ROOT, loadavg, log, machine  # noqa: E402
 from report import markdown, targets, update_readme  # noqa: E402
 
-SECTIONS = ("halt", "pg", "mttr", "rotate", "venue")
+SECTIONS = ("halt", "pg", "mttr", "rotate", "venue", "incidents")
 DEFAULT_ENGINES = "20,200"
 DEFAULT_PATHS = "a,b,c,d,e"
 DEFAULT_PG_ROWS = "1000000,10000000"
@@ -74,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rotate: skip the control run (staging=direct, which must show failed calls)")
     p.add_argument("--venue-accounts", type=int, default=20, help="venue: accounts (default 20)")
     p.add_argument("--venue-orders", type=int, default=100, help="venue: resting orders per account (default 100)")
+    p.add_argument("--incident-runs", type=int, default=3,
+                   help="incidents: runs of each playbook (default 3; each takes 10-40 s plus a lab start)")
     p.add_argument("--out-dir", default=str(BENCH / "results"), help="where <date>.json/.md go")
     p.add_argument("--render", metavar="JSON", default=None,
                    help="run nothing: write the Markdown (and with --readme yes, the README section) of a results JSON")
@@ -107,6 +112,8 @@ def failed_runs(res: dict[str, Any]) -> list[str]:
         out.append(f"rotate: {res['rotate']['failed_runs']} failed run(s)")
     if res.get("venue", {}).get("failed_runs"):
         out.append(f"venue: {res['venue']['failed_runs']} failed run(s)")
+    if res.get("incidents", {}).get("failed_runs"):
+        out.append(f"incidents: {res['incidents']['failed_runs']} failed run(s)")
     return out
 
 
@@ -161,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             from venue import run_venue
 
             res["venue"] = run_venue(args.runs, work, args.venue_accounts, args.venue_orders)
+        if "incidents" in args.sections:
+            from incidents import run_incidents
+
+            res["incidents"] = run_incidents(args.incident_runs or args.runs, work)
     res["loadavg_end"] = loadavg()
     res["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res["duration_s"] = round(time.time() - started, 1)

@@ -44,7 +44,7 @@ def tail(text: str, lines: int = TAIL_LINES) -> str:
 
 def test_the_drills_are_there():
     """The scenarios this suite must run (others are picked up as they appear)."""
-    assert {"p0_outage", "data_corruption"} <= set(SCENARIOS), SCENARIOS
+    assert {"p0_outage", "data_corruption", "docker_runtime", "agent_failure"} <= set(SCENARIOS), SCENARIOS
 
 
 @pytest.mark.timeout(TIMEOUT + 120)
