@@ -309,3 +309,36 @@ def test_no_earlier_revision_with_other_pods_stops_with_a_clear_message(kube, tm
     assert RESTARTED_AT in engine["spec"]["template"]["metadata"]["annotations"]  # the restart happened...
     assert engine["spec"]["template"]["spec"]["containers"][0]["image"] == "engine:2"  # ...no rollback
     assert len(kube.writes()) == 1
+
+
+SCALE_PLAY = """\
+- name: Scale out (kubernetes)
+  hosts: engine-k8s
+  gather_facts: false
+  tasks:
+    - name: One more replica, within the maximum
+      ansible.builtin.include_role:
+        name: tradeops.remediation.service_recovery
+        tasks_from: scale_kubernetes
+      vars:
+        service_recovery_max_replicas: 3
+"""
+
+
+def test_scale_out_adds_one_replica_up_to_the_maximum_and_only_to_its_deployment(kube, tmp_path):
+    """FAKE Kubernetes API: performance_degradation's scale-out (service_recovery tasks_from scale_kubernetes)."""
+    recovery_stack(kube)
+    kube.add("engine", replicas=2, image="engine:1")
+    bystander = copy.deepcopy(kube.get("bystander"))
+
+    proc, _ = run_playbook(tmp_path, SCALE_PLAY, recovery_inventory(kube), "--check")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert kube.get("engine")["spec"]["replicas"] == 2  # check mode: nothing scaled
+
+    proc, recap = run_playbook(tmp_path, SCALE_PLAY, recovery_inventory(kube))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert kube.get("engine")["spec"]["replicas"] == 3 and recap["engine-k8s"]["changed"] == 1
+    proc, recap = run_playbook(tmp_path, SCALE_PLAY, recovery_inventory(kube))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert kube.get("engine")["spec"]["replicas"] == 3 and recap["engine-k8s"]["changed"] == 0  # at the maximum
+    assert kube.get("bystander") == bystander
