@@ -451,8 +451,9 @@ def decide(record, status="successful", rc=0, check=False, bad_input=None, state
         return verdict(RESOLVED, "RESOLVED", closed=True)
     if s["halted"] and not s["not_halted"] and s["contained"] and not venue:
         where = (" in %s" % failure["phase"]) if failure else ""
-        return verdict(HALTED_NOT_RECOVERED, "HALTED, NOT RECOVERED%s: every engine is verified halted; still "
-                       "NO-GO: %s" % (where, ", ".join(s["still_nogo"] or s["not_recovered"]) or "see the failures"))
+        return verdict(HALTED_NOT_RECOVERED, "HALTED, NOT RECOVERED%s: every engine it halted is verified halted "
+                       "(%s); still NO-GO: %s" % (where, _names(s["halted"]),
+                                                  ", ".join(s["still_nogo"] or s["not_recovered"]) or "see the failures"))
     if s["not_halted"]:
         text = "REMEDIATION FAILED: not verified halted: " + ", ".join(s["not_halted"])
     elif venue:
@@ -466,6 +467,14 @@ def decide(record, status="successful", rc=0, check=False, bad_input=None, state
     else:
         text = "REMEDIATION FAILED: the playbook failed (rc %s)" % rc
     return verdict(FAILED, text)
+
+
+def _names(names, limit=5):
+    """``3: a, b, c`` or ``12: a, b, c, d, e and 7 more``: how many, and which (a scoped halt names its scope)."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    more = " and %d more" % (len(names) - limit) if len(names) > limit else ""
+    return "%d: %s%s" % (len(names), shown, more)
 
 
 def _halted_note(s):

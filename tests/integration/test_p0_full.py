@@ -79,7 +79,9 @@ def test_a_component_that_cannot_be_repaired_leaves_every_engine_halted(lab_fact
     written = reports(tmp_path)
     assert len(written) == 1, written
     report = read_record(tmp_path, "p0-outage")
-    assert report["verdict"]["text"].startswith("HALTED, NOT RECOVERED in repair: every engine is verified halted"), \
+    assert report["verdict"]["text"].startswith(
+        "HALTED, NOT RECOVERED in repair: every engine it halted is verified halted (4: engine-001, engine-002, "
+        "engine-003, engine-004)"), \
         report["verdict"]
     assert report["verdict"]["exit_code"] == 2
     assert report["failure"]["phase"] == "repair" and "engine-002" in report["failure"]["reason"], report["failure"]

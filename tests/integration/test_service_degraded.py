@@ -94,7 +94,9 @@ def test_a_dependency_fault_survives_the_restart_and_leaves_only_its_engine_halt
     view = lab.engines_view()
     assert view["engine-003"]["restarts"] == 1 and view["engine-003"]["faults"] == ["dependency-errors"]
     record = read_record(tmp_path, INCIDENT)
-    assert record["verdict"]["text"].startswith("HALTED, NOT RECOVERED in repair"), record["verdict"]
+    # the verdict names the scope it halted, not "every engine"
+    assert record["verdict"]["text"].startswith(
+        "HALTED, NOT RECOVERED in repair: every engine it halted is verified halted (1: engine-003)"), record["verdict"]
     assert "survived it" in record["failure"]["reason"]
     [contain] = halts(record, "contain")
     # the scope stays halted after the failed run, and the other engines keep trading, watched over a window

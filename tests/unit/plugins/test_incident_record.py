@@ -125,8 +125,8 @@ VERDICTS = [
     (contained_only, ("successful", 0, False, None), ("resolved", 0, False, "CONTAINED: trading halted, verified")),
     (healthy_check, ("successful", 0, False, None), ("resolved", 0, True, "RESOLVED")),
     (repair_failed, ("failed", 2, False, None),
-     ("halted_not_recovered", 2, False, "HALTED, NOT RECOVERED in repair: every engine is verified halted; still "
-                                        "NO-GO: engine-003")),
+     ("halted_not_recovered", 2, False, "HALTED, NOT RECOVERED in repair: every engine it halted is verified halted "
+                                        "(3: engine-001, engine-002, engine-003); still NO-GO: engine-003")),
     (not_halted, ("successful", 0, False, None),
      ("remediation_failed", 1, False, "REMEDIATION FAILED: not verified halted: engine-002")),
     (venue_cancelled, ("successful", 0, False, None), ("resolved", 0, False, "CONTAINED: trading halted, verified")),
