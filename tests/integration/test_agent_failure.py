@@ -87,3 +87,21 @@ def test_two_failing_engines_are_not_a_single_agent_failure_and_nothing_is_halte
     assert all(e["trading_active"] and e["restarts"] == 0 for e in view.values())
     record = read_record(tmp_path, INCIDENT)
     assert record["halts"] == []
+
+
+def test_check_mode_changes_nothing(lab_factory, tmp_path):
+    """--check with approval: it names the engine, and halts, restarts and rolls back nothing."""
+    lab = lab_factory(engines=4)
+    lab.lab.inject("crash-loop", ["engine-003"])
+    link = lab.dir / "engines" / "engine-003" / "current"
+    wait_for(lambda: lab.engines_view()["engine-003"]["restarts"] >= 2, "engine-003 to restart in a loop")
+    proc = run(lab, tmp_path, "--check", "-e", "resume_trading_approved=true")
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert "Halting and restarting only: engine-003" in proc.stdout
+    assert os.readlink(link).endswith("1.5.0")  # not rolled back
+    view = lab.engines_view()
+    assert view["engine-003"]["faults"] == ["crash-loop"] and view["engine-003"]["halt_source"] is None
+    others = ["engine-001", "engine-002", "engine-004"]
+    assert all(view[n]["restarts"] == 0 for n in others)
+    since = time.time()
+    assert all(lab.wait_for_orders(others, since=since).values())

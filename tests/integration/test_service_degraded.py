@@ -147,3 +147,18 @@ def test_a_healthy_fleet_is_left_alone_and_an_operator_scope_halts_one_strategy_
     assert contain["done"] == ["engine-001", "engine-004"]
     lab.assert_stays_halted(["engine-001", "engine-004"], epoch(contain["at"]), window=1.0)
     assert all(lab.wait_for_orders(["engine-002", "engine-003", "engine-005", "engine-006"], since=since).values())
+
+
+def test_check_mode_changes_nothing(lab_factory, tmp_path):
+    """--check with approval: it names the failing engine, and halts, restarts and resumes nothing."""
+    lab = lab_factory(engines=4)
+    lab.lab.inject("error-rate", ["engine-002"])
+    wait_until_failing(lab, ["engine-002"])
+    proc = run(lab, tmp_path, "--check", "-e", "resume_trading_approved=true")
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert "Halting and restarting only: engine-002" in proc.stdout
+    view = lab.engines_view()
+    assert all(e["restarts"] == 0 for e in view.values())
+    assert view["engine-002"]["faults"] == ["error-rate"]
+    since = time.time()
+    assert all(lab.wait_for_orders(lab.engines(), since=since).values())  # nothing halted

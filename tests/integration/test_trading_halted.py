@@ -165,3 +165,21 @@ def test_a_loss_limit_engine_is_never_resumed_even_when_a_variable_puts_it_in_sc
     assert proc.returncode != 0, proc.stdout[-4000:]
     assert "Refusing to resume engine-002: halted at the daily loss limit" in proc.stdout, proc.stdout[-4000:]
     lab.assert_stays_halted(["engine-002"], since, window=1.0)
+
+
+def test_check_mode_changes_nothing(lab_factory, tmp_path):
+    """--check with approval: it reads the halt reasons, and neither halts, unhalts nor cancels anything."""
+    lab = lab_factory(engines=2)
+    lab.lab.inject("self-halt-error", ["engine-002"])
+    wait_self_halted(lab, ["engine-002"])
+    lab.lab.inject("self-halt-error", ["engine-002"], clear=True)  # fixed: a real run would resume it
+    before = lab.engines_view()
+    proc = lab.run_playbook("trading_halted.yml", *args(tmp_path, "--check", "-e", "resume_trading_approved=true",
+                                                        "-e", "trading_halted_watch_seconds=2"))
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    view = lab.engines_view()
+    assert view["engine-002"]["halt_source"] == "self" and not view["engine-002"]["trading_active"]
+    assert view["engine-001"]["trading_active"] and view["engine-001"]["halt_source"] is None
+    assert {n: e["restarts"] for n, e in view.items()} == {n: e["restarts"] for n, e in before.items()}
+    since = time.time()
+    assert lab.wait_for_orders(["engine-001"], since=since)["engine-001"] > 0
