@@ -11,6 +11,7 @@ from datetime import datetime
 
 import pytest
 
+from tests.conftest import ROOT
 from tests.helpers.records import read_record
 
 pytestmark = pytest.mark.integration
@@ -162,3 +163,41 @@ def test_check_mode_changes_nothing(lab_factory, tmp_path):
     assert view["engine-002"]["faults"] == ["error-rate"]
     since = time.time()
     assert all(lab.wait_for_orders(lab.engines(), since=since).values())  # nothing halted
+
+
+OVERRIDE = """\
+all:
+  hosts:
+    engine-003:
+      # misconfigured on purpose: seed 003's GLOBAL halt key (every redis engine honours it), not engine-003's own
+      halt_trading_target:
+        name: engine-003
+        methods:
+          - type: redis
+            host: "{{ tradeops_lab_redis.host }}"
+            port: "{{ tradeops_lab_redis.port }}"
+            password: "{{ tradeops_lab_redis.password }}"
+            key: emergency_halt
+            ttl: 120
+        verify:
+          url: "{{ tradeops_engine.base_url }}/api/v1/trading/status"
+          field: trading_active
+          value: false
+          resumed_value: true
+          headers: {X-Lab-Source: management}
+"""
+
+
+def test_a_scoped_halt_that_reaches_beyond_its_scope_fails_on_the_order_flow(lab_factory, tmp_path):
+    """The outside-scope proof: a halt of engine-003 through the fleet-wide key also stops engine-004 (a redis
+    engine outside the scope); the orders show it, and the run fails naming engine-004."""
+    lab = lab_factory(engines=6)
+    assert "redis" in lab.lab.engine("engine-004")["methods"]  # it honours the global key too
+    override = tmp_path / "override.yml"
+    override.write_text(OVERRIDE)
+    proc = run(lab, tmp_path, "-i", str(ROOT / "inventories" / "lab"), "-i", str(override),
+               "-e", "service_degraded_scope=engine-003", "--tags", "contain")
+    assert proc.returncode != 0
+    assert "engine-004 is OUTSIDE the scope and stopped trading with the scoped halt" in proc.stdout, \
+        proc.stdout[-4000:]
+    assert not lab.engines_view()["engine-004"]["trading_active"]  # what the proof saw: the key reached it
