@@ -119,6 +119,26 @@ def host_representatives(hosts, hostvars):
     return out
 
 
+def stopped_with_halt(rows):
+    """The engines outside a scoped halt that stopped trading with it, from the outside-scope proof's rows
+    (``name``, ``orders_before``, ``orders_after``, ``gap_before``: seconds from its last order to the halt,
+    ``silent_after``: seconds since the halt). An engine stopped with the halt when it wrote orders before it,
+    none after, and its last order is more recent than the silence since: at its own rate an order was due. One
+    that had stopped earlier by itself (a self-halt, a crash) has a gap longer than the silence, and is not
+    blamed on the halt."""
+    out = []
+    for row in rows or []:
+        try:
+            before, after = int(row.get("orders_before") or 0), int(row.get("orders_after") or 0)
+            gap, silent = row.get("gap_before"), row.get("silent_after")
+        except (AttributeError, TypeError, ValueError):
+            raise AnsibleFilterError("stopped_with_halt: expected the outside-scope proof's rows, got %r" % (row,))
+        if before > 0 and after == 0 and gap is not None and silent is not None and float(gap) < float(silent):
+            out.append(row)
+    return out
+
+
 class FilterModule(object):
     def filters(self):
-        return {"scope_hosts": scope_hosts, "scope_plan": scope_plan, "host_representatives": host_representatives}
+        return {"scope_hosts": scope_hosts, "scope_plan": scope_plan, "host_representatives": host_representatives,
+                "stopped_with_halt": stopped_with_halt}

@@ -79,3 +79,17 @@ def test_a_failing_shared_component_escalates_whatever_the_ratio():
 def test_the_ratio_must_be_a_fraction(ratio):
     with pytest.raises(AnsibleFilterError, match="max_ratio"):
         scope_plan(FLEET, ["engine-001"], ratio)
+
+
+def test_only_an_engine_that_was_trading_at_the_halt_is_blamed_on_it():
+    from ansible_collections.tradeops.remediation.plugins.filter.scope import stopped_with_halt
+
+    rows = [
+        {"name": "silenced", "orders_before": 40, "orders_after": 0, "gap_before": 0.1, "silent_after": 1.4},
+        {"name": "self-halted-earlier", "orders_before": 12, "orders_after": 0, "gap_before": 3.2, "silent_after": 1.4},
+        {"name": "trading", "orders_before": 40, "orders_after": 12, "gap_before": 0.1, "silent_after": 1.4},
+        {"name": "idle", "orders_before": 0, "orders_after": 0, "gap_before": None, "silent_after": 1.4},
+    ]
+    assert [r["name"] for r in stopped_with_halt(rows)] == ["silenced"]
+    with pytest.raises(AnsibleFilterError, match="outside-scope proof's rows"):
+        stopped_with_halt(["not a row"])
