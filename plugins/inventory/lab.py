@@ -37,6 +37,9 @@ description:
     its config API (C(tradeops_engine_config), the update frequency), for C(playbooks/performance_degradation.yml);
     its release link and releases directory (C(service_recovery_release_link), C(service_recovery_releases_dir)),
     for the rollback of C(playbooks/agent_failure.yml).
+  - The lab's PostgreSQL and Redis are the hosts C(lab-postgres) and C(lab-redis) of the group C(trading_datastores),
+    for C(playbooks/db_connectivity.yml) - their connection (C(tradeops_datastore)), a probe that proves a write
+    (C(tradeops_health_probes)), and their restart (process runtime, C(tradeops lab restart postgres|redis)).
   - The configuration file must end in C(tradeops_lab.yml) or C(tradeops_lab.yaml).
 author:
   - tradeops SRE team (@tradeops)
@@ -82,6 +85,8 @@ from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
 
 GROUP = "trading_engines"
+DATASTORE_GROUP = "trading_datastores"
+DATASTORE_HOSTS = {"postgres": "lab-postgres", "redis": "lab-redis"}
 EVIDENCE_GROUP = "evidence_targets"
 CONTROLLER = "lab-controller"
 SECRETS_FILE = "secrets.env"
@@ -192,6 +197,34 @@ class InventoryModule(BaseInventoryPlugin):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(path))))
         return os.path.join(root, ".lab", "state.json")
 
+    def _add_datastores(self, pg, rd, restart_argv):
+        """The lab's PostgreSQL and Redis as hosts of C(trading_datastores), restarted by service_recovery with
+        C(tradeops lab restart postgres|redis) (their process runtime) and proven by a write."""
+        self.inventory.add_group(DATASTORE_GROUP)
+        connections = {
+            "postgres": {"login_host": pg.get("host"), "login_port": pg.get("port"), "login_db": pg.get("dbname"),
+                         "login_user": pg.get("user"), "login_password": pg.get("password")},
+            "redis": {"host": rd.get("host"), "port": rd.get("port"), "db": rd.get("db", 0),
+                      "password": rd.get("password")},
+        }
+        for service, name in DATASTORE_HOSTS.items():
+            self.inventory.add_host(name, group=DATASTORE_GROUP)
+            probe = dict(connections[service], name=service, type=service, component=service, write=True,
+                         timeout=5 if service == "postgres" else 3)
+            if service == "postgres":
+                probe["connect_timeout"] = 3
+            host = connections[service].get("login_host") or connections[service].get("host")
+            for key, value in {
+                "ansible_connection": "local",
+                "ansible_host": host,
+                "ansible_python_interpreter": sys.executable,
+                "tradeops_datastore": dict(connections[service], kind=service),
+                "tradeops_health_probes": [probe],
+                "service_recovery_runtime": "process",
+                "service_recovery_restart_command": list(restart_argv) + [service],
+            }.items():
+                self.inventory.set_variable(name, key, value)
+
     def parse(self, inventory, loader, path, cache=True):
         super(InventoryModule, self).parse(inventory, loader, path, cache)
         self._read_config_data(path)
@@ -256,6 +289,8 @@ class InventoryModule(BaseInventoryPlugin):
                                    os.path.join(lab_dir, "engines", "*", "engine.log")],
         }.items():
             self.inventory.set_variable(CONTROLLER, key, value)
+
+        self._add_datastores(pg, rd, restart_argv)
 
         for engine in state.get("engines", []):
             name = engine["name"]

@@ -24,6 +24,7 @@ import os
 import re
 import socket
 import time
+import uuid
 
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
@@ -383,52 +384,77 @@ class TcpProbe(Probe):
             self.host, self.port, _elapsed_ms(started))
 
 
+# A write that needs no table: a writable primary assigns a transaction id and commits it to its WAL; a standby,
+# a server in recovery or one whose disk is full refuses.
+POSTGRES_WRITE = "SELECT pg_is_in_recovery(), txid_current()"
+
+
 class PostgresProbe(Probe):
-    """Connect to PostgreSQL and run SELECT 1."""
+    """Connect to PostgreSQL and run SELECT 1; with ``write``, prove it takes a write (a committed transaction id)."""
 
     type = "postgres"
-    argspec = _postgres.probe_connection_spec()
+    argspec = compose(_postgres.probe_connection_spec(), dict(write=dict(type="bool")))
 
     def __init__(self, index, spec):
         super(PostgresProbe, self).__init__(index, spec)
         _postgres.connection_kwargs(spec, where=self.where)  # validates port, sslmode, timeout
+        self.write = bool(spec.get("write"))
 
     def check(self, deadline):
         conn = _postgres.connect(self.spec, deadline)
+        where = _postgres.describe(self.spec)
         try:
             import psycopg2
+            statement = POSTGRES_WRITE if self.write else "SELECT 1"
             try:
                 with conn.cursor() as cur:
-                    cur.execute("SELECT 1")
+                    cur.execute(statement)
                     row = cur.fetchone()
+                conn.commit()
             except psycopg2.Error as err:
-                raise BackendError("postgres %s: SELECT 1 failed: %s" % (_postgres.describe(self.spec),
-                                                                         " ".join(str(err).split())))
+                raise BackendError("postgres %s: %s failed: %s" % (where, statement, " ".join(str(err).split())))
             number = conn.server_version
         finally:
             conn.close()
         version = "%d.%d" % (number // 10000, number % 10000) if number >= 100000 else str(number)
+        if self.write:
+            if not row or row[0]:
+                return False, version, "postgres %s: in recovery (a standby or still recovering): it takes no " \
+                                       "write" % where
+            return True, version, "postgres %s: a write committed (transaction %s, server %s)" % (
+                where, row[1], version)
         if not row or row[0] != 1:
-            return False, version, "postgres %s: SELECT 1 returned %r" % (_postgres.describe(self.spec), row)
-        return True, version, "postgres %s: SELECT 1 ok (server %s)" % (_postgres.describe(self.spec), version)
+            return False, version, "postgres %s: SELECT 1 returned %r" % (where, row)
+        return True, version, "postgres %s: SELECT 1 ok (server %s)" % (where, version)
 
 
 class RedisProbe(Probe):
-    """Redis PING."""
+    """Redis PING; with ``write``, also a SET (with a 30 s expiry) and DEL of a probe key of its own: a server
+    out of memory (maxmemory with noeviction) answers PING and refuses the SET."""
 
     type = "redis"
-    argspec = _redis.argspec()
+    argspec = _redis.argspec(write=dict(type="bool"))
 
     def __init__(self, index, spec):
         super(RedisProbe, self).__init__(index, spec)
         self.redis = _redis.redis_options(spec, self.where + ": ", range_messages=False)
         self.host, self.port = self.redis.host, self.redis.port
+        self.write = bool(spec.get("write"))
 
     def check(self, deadline):
-        pong = _redis.call(self.redis, deadline, lambda client: client.ping(), "the redis probe")
+        def probe(client):
+            pong = client.ping()
+            if pong is True and self.write:
+                key = _redis.PROBE_KEY_PREFIX + uuid.uuid4().hex
+                client.set(key, "1", ex=30)
+                client.delete(key)
+            return pong
+
+        pong = _redis.call(self.redis, deadline, probe, "the redis probe")
         if pong is not True:
             return False, str(pong), "redis %s:%d answered PING with %r" % (self.host, self.port, pong)
-        return True, "PONG", "redis %s:%d answered PING" % (self.host, self.port)
+        return True, "PONG", "redis %s:%d answered PING%s" % (
+            self.host, self.port, " and took a write" if self.write else "")
 
 
 class DockerProbe(Probe):

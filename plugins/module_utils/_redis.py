@@ -23,6 +23,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._errors impor
 from ansible_collections.tradeops.remediation.plugins.module_utils._validate import Record, compose, join, missing, number, port
 
 DEFAULT_HOST = "127.0.0.1"
+PROBE_KEY_PREFIX = "tradeops:probe:"  # the redis probe's write: SET (30 s expiry) and DEL of a key of its own
 DEFAULT_PORT = 6379
 MAX_DB = 2 ** 31 - 1
 

@@ -192,6 +192,14 @@ options:
           - (postgres) Seconds to wait for the connection, further bounded by O(probes[].timeout).
             libpq counts whole seconds and treats values below 2 as 2. Default V(5).
         type: int
+      write:
+        description:
+          - (postgres, redis) Also prove the server takes a write. Default V(false).
+          - V(postgres) commits a transaction id (C(SELECT pg_is_in_recovery(), txid_current())), which a standby, a
+            server in recovery or a full disk refuses.
+          - V(redis) sets and deletes a probe key of its own (C(tradeops:probe:*), 30 s expiry), which a server out of
+            memory under C(noeviction) refuses while it still answers C(PING).
+        type: bool
       # fragment: docker prefix=(docker)
       container:
         description: (docker) The container's name or id.

@@ -31,6 +31,8 @@ from .lab.state import (
     FAULTS,
     HALT_METHODS,
     SECURITY_FAULTS,
+    SERVICE_FAULTS,
+    SERVICES,
     SOURCE_HEADER,
     SOURCE_MANAGEMENT,
     parse_fault_specs,
@@ -110,6 +112,8 @@ def _add_lab_commands(subparsers: Any) -> None:
         "Security fault leaked-secret (engines optional, default all): a rogue client calls GET /pnl/status "
         "every 0.2 s with the admin token current at injection, recording its results in "
         "<lab dir>/faults/leaked-secret.json; --clear stops it. "
+        "Service faults: pg-down and redis-down stop the lab's PostgreSQL or Redis (--clear starts it); "
+        "redis-oom caps Redis's memory and fills it with cache:* keys until writes fail (--clear deletes them). "
         "Exchange faults: exchange-down (5xx), exchange-slow (every answer --seconds late, default 2) for the "
         "whole exchange; exchange-rate-limit, exchange-auth (the keys revoked), cancel-lies (cancels answer "
         "success and cancel nothing) for the accounts of the engines named (default all).",
@@ -118,7 +122,8 @@ def _add_lab_commands(subparsers: Any) -> None:
         "fault",
         metavar="FAULT",
         help=f"engine fault: {', '.join(FAULTS)} ('*' with --clear: all); database fault: {', '.join(DB_FAULTS)}; "
-        f"security fault: {', '.join(SECURITY_FAULTS)}; exchange fault: {', '.join(EXCHANGE_FAULTS)}",
+        f"service fault: {', '.join(SERVICE_FAULTS)}; security fault: {', '.join(SECURITY_FAULTS)}; "
+        f"exchange fault: {', '.join(EXCHANGE_FAULTS)}",
     )
     inject.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
     inject.add_argument("--all", action="store_true", help="every engine")
@@ -155,9 +160,11 @@ def _add_lab_commands(subparsers: Any) -> None:
         "halts), clears the faults whose cause is in the process (crash, hang, and the leak-like error-rate and "
         "latency), and listens again on the same port. Halts held in the EMERGENCY_STOP file or in redis still "
         "apply, so a flagged engine comes back halted; disk-pressure, unrecoverable and the dependency faults "
-        "survive a restart.",
+        "survive a restart. `restart postgres` or `restart redis` restarts the lab's database or Redis on its "
+        "port (started if it is down; Redis comes back empty, as the lab keeps no Redis data on disk).",
     )
-    restart.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
+    restart.add_argument("engines", metavar="ENGINE", nargs="*",
+                         help="engine names, e.g. engine-003; or one service: postgres, redis")
     restart.add_argument("--all", action="store_true", help="every engine")
     restart.add_argument("--json", action="store_true", help="machine-readable output")
     restart.set_defaults(func=_cmd_lab_restart)
@@ -352,6 +359,15 @@ def _cmd_lab_inject(args: argparse.Namespace) -> int:
         return _cmd_lab_inject_db(args, engines)
     if args.fault == FAULT_LEAKED_SECRET:
         return _cmd_lab_inject_leak(args, engines)
+    if args.fault in SERVICE_FAULTS:
+        res = Lab(args.dir).inject(args.fault, engines or None, clear=args.clear, kinds=args.kinds,
+                                   count=_parse_counts(args.count), seconds=args.seconds)
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            print(f"{args.fault} {'cleared' if args.clear else 'injected'}: "
+                  + ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("fault", "record", "cleared")))
+        return EXIT_OK
     if args.fault in EXCHANGE_FAULTS:
         if args.kinds is not None or args.count is not None:
             raise LabInputError(f"--kinds and --count do not apply to {args.fault}")
@@ -514,6 +530,16 @@ def _db_fault_status_lines(faults: dict[str, Any]) -> list[str]:
 
 def _cmd_lab_restart(args: argparse.Namespace) -> int:
     engines = list(args.engines)
+    services = [e for e in engines if e in SERVICES]
+    if services:
+        if len(engines) != 1 or args.all:
+            raise LabInputError(f"restart one service ({', '.join(SERVICES)}) at a time, without engine names")
+        res = Lab(args.dir).restart_service(services[0])
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            print(f"{res['service']} {'was already running' if res.get('already') else 'restarted'}, pid {res['pid']}")
+        return EXIT_OK
     if args.all:
         engines.append(ALL)
     if not engines:

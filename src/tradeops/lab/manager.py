@@ -38,14 +38,19 @@ from .state import (
     FAULT_INDEX_CORRUPTION,
     FAULT_LEAKED_SECRET,
     FAULT_LONG_QUERY,
+    FAULT_PG_DOWN,
+    FAULT_REDIS_OOM,
     FAULT_TABLE_BLOAT,
     FAULTS_DIR,
     LOCK_FILE,
     MARKER_FILE,
     ORCHESTRATE_API,
+    REDIS_CACHE_PREFIX,
     SECRET_CURRENT,
     SECRETS_FILE,
     SELF_HALT_REASONS,
+    SERVICE_FAULTS,
+    SERVICES,
     SESSION_FAULTS,
     STARTING_FILE,
     STATE_FILE,
@@ -69,6 +74,7 @@ RESTART_TIMEOUT = 30.0  # restarting many engines at once
 ENGINES_STOP_TIMEOUT = 15.0
 DB_FAULT_TIMEOUT = 30.0  # a session fault's control call: start or end the session, wait for pg_stat_activity
 RECONNECT_TIMEOUT = 15.0  # after index-corruption restarted PostgreSQL: until the order writer commits again
+REDIS_OOM_HEADROOM = 4 * 1024 * 1024  # redis-oom: maxmemory this far above what Redis uses when injected
 SECRETS_RELOAD_TIMEOUT = 5.0  # after SIGHUP: until the engines process has re-read the secrets file
 _OWN_FILES = (STATE_FILE, STARTING_FILE, ENGINES_CONFIG_FILE, ENGINES_RUNTIME_FILE, SECRETS_FILE)
 
@@ -558,6 +564,11 @@ class Lab:
             if kinds is not None or count is not None:
                 raise LabInputError(f"kinds and count do not apply to {fault}")
             return self._inject_exchange(fault, engines, bool(clear), seconds)
+        if fault in SERVICE_FAULTS:
+            names = [engines] if isinstance(engines, str) else list(engines or [])
+            if names or kinds is not None or count is not None or seconds is not None:
+                raise LabInputError(f"{fault} is a service fault: it takes no engine names, kinds, count or seconds")
+            return self._inject_service(fault, bool(clear))
         if fault == FAULT_LEAKED_SECRET:
             if kinds is not None or count is not None or seconds is not None:
                 raise LabInputError(f"kinds, count and seconds do not apply to {fault}")
@@ -1018,6 +1029,130 @@ class Lab:
                 if recorded:
                     out[fault] = {**recorded, "active": None}
         return out
+
+    # -- service faults and restarts: the lab's PostgreSQL and Redis themselves ----------------------------------
+
+    def service_running(self, service: str) -> bool:
+        """Whether the lab's ``postgres`` or ``redis`` answers (a connection and ``SELECT 1`` / ``PING``)."""
+        try:
+            if service == "postgres":
+                conn = self.pg_connect(connect_timeout=2)
+                conn.close()
+            else:
+                self.redis_client(timeout=2.0).ping()
+        except (psycopg2.Error, redis.RedisError, OSError, LabError):
+            return False
+        return True
+
+    def stop_service(self, service: str) -> dict[str, Any]:
+        """Stop the lab's ``postgres`` (``pg_ctl stop -m immediate``: a crash, no checkpoint) or ``redis`` (its
+        data is in memory only, as the lab configures it: the halt keys go with it). Idempotent."""
+        self._check_service(service)
+        with self._locked():
+            st = self.state
+            if service == "postgres":
+                postgres.stop_cluster(st["postgres"], remove_tmp=False, immediate=True)
+            else:
+                RedisServer(self.lab_dir).stop(st["redis"])
+            log.info("%s stopped", service)
+            return {"service": service, "running": False, "stopped_at": time.time()}
+
+    def start_service(self, service: str) -> dict[str, Any]:
+        """Start the lab's ``postgres`` or ``redis`` again on its port (its pid goes to ``state.json``); a
+        running one is left alone (``"already": true``)."""
+        self._check_service(service)
+        with self._locked():
+            st = self.state
+            if self.service_running(service):
+                return {"service": service, "running": True, "already": True, "pid": st[service].get("pid")}
+            if service == "postgres":
+                info = postgres.PostgresServer(self.lab_dir).start_again(st["postgres"])
+            else:
+                info = RedisServer(self.lab_dir).start(st["redis"]["password"], port=int(st["redis"]["port"]))
+            st[service] = {**st[service], "pid": info["pid"]}
+            write_json_atomic(self.state_path, st)
+            log.info("%s started again as pid %s", service, info["pid"])
+            return {"service": service, "running": True, "already": False, "pid": info["pid"],
+                    "started_at": time.time()}
+
+    def restart_service(self, service: str) -> dict[str, Any]:
+        """Stop (if running) and start the lab's ``postgres`` (``pg_ctl stop -m fast``) or ``redis``."""
+        self._check_service(service)
+        if self.service_running(service):
+            with self._locked():
+                st = self.state
+                if service == "postgres":
+                    postgres.stop_cluster(st["postgres"], remove_tmp=False)
+                else:
+                    RedisServer(self.lab_dir).stop(st["redis"])
+        return self.start_service(service)
+
+    @staticmethod
+    def _check_service(service: str) -> None:
+        if service not in SERVICES:
+            raise LabInputError(f"unknown service {service!r} (the lab's services: {', '.join(SERVICES)})")
+
+    def _inject_service(self, fault: str, clear: bool) -> dict[str, Any]:
+        service = "postgres" if fault == FAULT_PG_DOWN else "redis"
+        path = self._fault_record_path(fault)
+        if fault == FAULT_REDIS_OOM:
+            res = self._redis_unfill() if clear else self._redis_fill()
+        elif clear:
+            res = self.start_service(service)
+        else:
+            res = self.stop_service(service)
+        res["fault"] = fault
+        if clear:
+            path.unlink(missing_ok=True)
+            res["cleared"] = True
+        else:
+            write_json_atomic(path, {**res, "injected_at": time.time()})
+            res["record"] = str(path)
+        return res
+
+    def _redis_fill(self) -> dict[str, Any]:
+        """redis-oom: cap maxmemory just above what Redis uses (noeviction) and write cache keys until Redis
+        refuses writes with OOM."""
+        client = self.redis_client()
+        before = client.config_get("maxmemory*")
+        used = int(client.info("memory")["used_memory"])
+        cap = used + REDIS_OOM_HEADROOM
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", cap)
+        value = b"x" * 4096
+        written = 0
+        try:
+            while written < 100_000:
+                pipe = client.pipeline(transaction=False)
+                for i in range(written, written + 100):
+                    pipe.set(f"{REDIS_CACHE_PREFIX}quotes:{i}", value)
+                pipe.execute()
+                written += 100
+        except redis.ResponseError as exc:
+            if "OOM" not in str(exc) and "maxmemory" not in str(exc):
+                raise LabError(f"redis-oom: unexpected error while filling Redis: {exc}") from exc
+        else:
+            raise LabError("redis-oom: Redis never refused a write (is maxmemory ignored?)")
+        keys = sum(1 for _ in client.scan_iter(match=f"{REDIS_CACHE_PREFIX}*", count=1000))
+        return {"service": "redis", "maxmemory": cap, "maxmemory_before": int(before.get("maxmemory") or 0),
+                "policy_before": before.get("maxmemory-policy") or "noeviction", "cache_keys": keys,
+                "pattern": f"{REDIS_CACHE_PREFIX}*"}
+
+    def _redis_unfill(self) -> dict[str, Any]:
+        record = read_json(self.faults_dir / f"{FAULT_REDIS_OOM}.json") or {}
+        client = self.redis_client()
+        deleted = 0
+        batch: list[str] = []
+        for key in client.scan_iter(match=f"{REDIS_CACHE_PREFIX}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += client.unlink(*batch)
+        client.config_set("maxmemory", int(record.get("maxmemory_before") or 0))
+        client.config_set("maxmemory-policy", record.get("policy_before") or "noeviction")
+        return {"service": "redis", "deleted": deleted}
 
     def pg_dsn(self) -> str:
         """libpq DSN of the ``trading`` database (password included: keep it out of logs)."""

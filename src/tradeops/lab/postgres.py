@@ -429,6 +429,28 @@ class PostgresServer:
                 raise LabError(f"PostgreSQL did not start again; last lines of {self.log_path}:\n{last_log}")
         return new
 
+    def start_again(self, info: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Start a stopped cluster again on its port and data dir (what a service manager does after a crash);
+        returns the updated ``info`` (a new ``pid``). LabError if it does not come up."""
+        datadir = Path(info["datadir"])
+        if not (datadir / "PG_VERSION").is_file():
+            raise LabError(f"{datadir} is not a PostgreSQL data directory")
+        pidfile = datadir / "postmaster.pid"
+        try:
+            running = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            running = None
+        for pid in (info.get("pid"), running):
+            if pid_alive(pid, str(datadir)):
+                raise LabError(f"PostgreSQL (pid {pid}) is still running")
+        pidfile.unlink(missing_ok=True)  # left by a crash: its postmaster is gone
+        new = dict(info)
+        started, last_log = self._launch(datadir, datadir.parent, _run_as_for_datadir(datadir), new)
+        if not started:
+            stop_cluster(new, self.bindir, remove_tmp=False, timeout=timeout)
+            raise LabError(f"PostgreSQL did not start again; last lines of {self.log_path}:\n{last_log}")
+        return new
+
     # -- stop ----------------------------------------------------------------------------------------------
 
     def stop(self, info: dict[str, Any] | None, remove_tmp: bool = True, timeout: float = 30.0) -> None:
@@ -445,9 +467,11 @@ class PostgresServer:
 
 
 def stop_cluster(
-    info: dict[str, Any], bindir: Path | None = None, remove_tmp: bool = True, timeout: float = 30.0
+    info: dict[str, Any], bindir: Path | None = None, remove_tmp: bool = True, timeout: float = 30.0,
+    immediate: bool = False,
 ) -> None:
-    """Stop a lab cluster from its state entry; idempotent, tolerant of stale pids and missing dirs."""
+    """Stop a lab cluster from its state entry; idempotent, tolerant of stale pids and missing dirs.
+    ``immediate``: ``pg_ctl stop -m immediate`` (a crash: no checkpoint, recovery at the next start)."""
     datadir = Path(info["datadir"]) if info.get("datadir") else None
     pid = info.get("pid")
     expect = str(datadir) if datadir else "postgres"
@@ -455,7 +479,8 @@ def stop_cluster(
         try:
             pg_ctl = str((bindir or find_bindir()) / "pg_ctl")
             subprocess.run(
-                [pg_ctl, "stop", "-D", str(datadir), "-m", "fast", "-w", "-t", str(int(timeout))],
+                [pg_ctl, "stop", "-D", str(datadir), "-m", "immediate" if immediate else "fast", "-w", "-t",
+                 str(int(timeout))],
                 cwd="/",
                 env=_pg_env(),
                 stdin=subprocess.DEVNULL,

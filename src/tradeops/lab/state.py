@@ -177,6 +177,18 @@ DB_FAULTS: tuple[str, ...] = (
 # The database faults held by a background session of the engines process (the others are one-shot).
 SESSION_FAULTS: tuple[str, ...] = (FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK)
 
+# Service faults: the lab's PostgreSQL or Redis itself fails (seed 004 P1 "Database Connectivity Issues"). Lab-wide.
+# pg-down and redis-down stop the server, as a crash would (the lab's supervisor does not start it again: the
+# playbook restarts it with its runtime, `tradeops lab restart postgres|redis`); --clear starts it. redis-oom caps
+# Redis's memory just above its use (noeviction) and fills it with cache keys (cache:*) until writes are refused
+# with OOM, as a runaway cache would; --clear deletes those keys and lifts the cap.
+FAULT_PG_DOWN = "pg-down"
+FAULT_REDIS_DOWN = "redis-down"
+FAULT_REDIS_OOM = "redis-oom"
+SERVICE_FAULTS: tuple[str, ...] = (FAULT_PG_DOWN, FAULT_REDIS_DOWN, FAULT_REDIS_OOM)
+SERVICES: tuple[str, ...] = ("postgres", "redis")  # what `tradeops lab restart` takes besides engine names
+REDIS_CACHE_PREFIX = "cache:"  # the lab's cache keys (what redis-oom fills Redis with)
+
 # Security faults: a task of the engines process, lab-wide, optionally limited to some engines.
 FAULT_LEAKED_SECRET = "leaked-secret"  # a rogue client keeps using the admin token current at injection
 SECURITY_FAULTS: tuple[str, ...] = (FAULT_LEAKED_SECRET,)
@@ -257,13 +269,15 @@ def validate_fault(fault: str, *, allow_all: bool = False) -> str:
     """An engine fault's name (or ``"*"`` with ``allow_all``); LabInputError for anything else."""
     if fault in FAULTS or (allow_all and fault == ALL):
         return fault
-    if fault in DB_FAULTS:
+    if fault in DB_FAULTS or fault in SERVICE_FAULTS:
         raise LabInputError(
-            f"{fault} is a database fault: it applies to the whole lab and takes no engine names; "
+            f"{fault} is a {'database' if fault in DB_FAULTS else 'service'} fault: it applies to the whole lab "
+            "and takes no engine names; "
             f"inject it on a running lab with `tradeops lab inject {fault}`"
         )
     raise LabInputError(
         f"unknown fault {fault!r} (engine faults: {', '.join(FAULTS)}; database faults: {', '.join(DB_FAULTS)}; "
+        f"service faults: {', '.join(SERVICE_FAULTS)}; "
         f"security faults: {', '.join(SECURITY_FAULTS)})"
     )
 
