@@ -209,7 +209,7 @@ class InventoryModule(BaseInventoryPlugin):
         }
         for service, name in DATASTORE_HOSTS.items():
             self.inventory.add_host(name, group=DATASTORE_GROUP)
-            probe = dict(connections[service], name=service, type=service, component=service, write=True,
+            probe = dict(connections[service], name=service, type=service, write=True,
                          timeout=5 if service == "postgres" else 3)
             if service == "postgres":
                 probe["connect_timeout"] = 3
