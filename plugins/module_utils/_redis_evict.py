@@ -45,14 +45,15 @@ class EvictService:
             raise ValidationError("patterns: %r would match every key (that is FLUSHALL); name the cache's own "
                                   "prefix, for example cache:*" % [p for p in self.patterns if p in ("", "*", "**")])
         self.protect = list(DEFAULT_PROTECT) + [str(p) for p in params.get("protect") or []]
-        self.max_keys = int(params.get("max_keys") or 1000000)
+        max_keys = params.get("max_keys")
+        self.max_keys = 1000000 if max_keys is None else int(max_keys)
         if self.max_keys < 1:
             raise ValidationError("max_keys must be at least 1, got %r" % self.max_keys)
         ratio = params.get("max_memory_ratio", 0.9)
         if not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
             raise ValidationError("max_memory_ratio must be above 0 and at most 1, got %r" % (ratio,))
         self.max_memory_ratio = float(ratio)
-        self.timeout = check_timeout(params.get("timeout") or 30, "timeout", minimum=1)
+        self.timeout = check_timeout(30 if params.get("timeout") is None else params["timeout"], "timeout", minimum=1)
         self.check_mode = bool(check_mode)
 
     @staticmethod

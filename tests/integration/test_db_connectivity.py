@@ -155,4 +155,5 @@ def test_redis_down_keeps_the_engines_that_hold_their_halt_in_redis_halted_until
     lab.assert_stays_halted(uses_redis, halted_at, window=1.0)
     others = sorted(set(lab.engines()) - set(uses_redis))
     assert all(lab.wait_for_orders(others, since=halted_at).values())
-    assert record["verdict"]["text"].startswith("RECOVERED: health gate GO, trading HALTED awaiting approval"), record["verdict"]
+    verdict = record["verdict"]["text"]
+    assert verdict.startswith("RECOVERED: health gate GO, trading HALTED awaiting approval"), verdict

@@ -66,7 +66,8 @@ def test_cpu_and_steady_growth_are_found_and_a_healthy_engine_is_go(engines):
     assert 6 * MIB < rows["leak"]["memory_growth_bytes_per_second"] < 10 * MIB
     assert rows["spike"]["status"] == "GO" and rows["fine"]["status"] == "GO"
     assert result["status"] == "NO-GO"
-    assert profile_line(rows["hot"]).startswith("hot NO-GO cpu_high: CPU %.1f %%, memory 50 MiB -> 50 MiB" % rows["hot"]["cpu_percent"])
+    cpu = rows["hot"]["cpu_percent"]
+    assert profile_line(rows["hot"]).startswith(f"hot NO-GO cpu_high: CPU {cpu:.1f} %, memory 50 MiB -> 50 MiB")
 
 
 def test_an_engine_that_does_not_answer_is_unknown_never_go(engines):
