@@ -63,8 +63,8 @@ class SessionsService:
         self.terminate = list(params.get("terminate") or [])
         unknown = [t for t in self.terminate if t not in TERMINATE_CHOICES]
         if unknown:
-            raise ValidationError("terminate: unknown %s (choices: %s)" % (", ".join(unknown),
-                                                                          ", ".join(TERMINATE_CHOICES)))
+            raise ValidationError("terminate: unknown %s (choices: %s)" % (
+                ", ".join(unknown), ", ".join(TERMINATE_CHOICES)))
         self.protect_applications = [str(a) for a in params.get("protect_applications") or []]
         self.protect_users = [str(u) for u in params.get("protect_users") or []]
         self.evidence_path = params.get("evidence_path")
@@ -207,8 +207,8 @@ class SessionsService:
             for q in snapshot["long_queries"]:
                 entry = {k: q.get(k) for k in ("pid", "user", "application_name", "backend_type", "state",
                                                "query_seconds", "query")}
-                entry["reason"] = "active for %.1f s, past long_query_seconds %s" % (q["query_seconds"],
-                                                                                   self.long_query_seconds)
+                entry["reason"] = "active for %.1f s, past long_query_seconds %s" % (
+                    q["query_seconds"], self.long_query_seconds)
                 if q["protected"]:
                     spared.append(dict(entry, spared_because=q["protected"]))
                 else:
@@ -249,8 +249,8 @@ class SessionsService:
                 conn.rollback()
                 done.append(dict(entry, terminated=False, error=" ".join(str(err).split())))
                 continue
-            done.append(dict(entry, terminated=ok, error=None if ok else "pg_terminate_backend returned false "
-                                                                          "(the session had already ended)"))
+            error = None if ok else "pg_terminate_backend returned false (the session had already ended)"
+            done.append(dict(entry, terminated=ok, error=error))
         return done
 
     def _wait_gone(self, conn, pids):

@@ -137,4 +137,3 @@ class EvictService:
         out["status"] = "NO-GO" if problems else "GO"
         out["server"] = self.options.describe()
         return out
-

@@ -142,7 +142,7 @@ ARGUMENT_SPEC = _redis.argspec(
     patterns=dict(type="list", elements="str", default=[]),
     databases=dict(type="list", elements="int", default=[]),
     protect=dict(type="list", elements="str", default=[]),
-    max_keys=dict(type="int", default=1000000),
+    max_keys=dict(type="int", default=1000000, no_log=False),
     max_memory_ratio=dict(type="float", default=0.9),
     timeout=dict(type="float", default=30),
 )
