@@ -28,6 +28,26 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "molecule: runs `molecule test -s <scenario>` in real Docker containers")
 
 
+DOCKER_GROUP = "docker"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs on every core (pytest-xdist, --dist loadgroup). The tests that use the Docker daemon (the
+    Molecule drills share container names and the drill network; the images are built once) run one after another
+    on one worker, as the group ``docker``, and first: they are the longest stretch of the run, and the other
+    workers take every other test meanwhile, a file at a time. Runs before xdist's own hook, which turns the group
+    into the test id suffix its scheduler reads."""
+    docker = [item for item in items
+              if "drill_images" in getattr(item, "fixturenames", ()) or item.get_closest_marker("molecule")]
+    ids = {id(item) for item in docker}
+    for item in items:
+        # the other tests stay with their file: its module-scoped lab is started once, on one worker
+        item.add_marker(pytest.mark.xdist_group(DOCKER_GROUP if id(item) in ids else item.nodeid.split("::")[0]))
+    if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "dist", "no") == "loadgroup":
+        items[:] = docker + [item for item in items if id(item) not in ids]
+
+
 def ansible_env(lab_dir: Path | None = None, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
