@@ -1,9 +1,10 @@
-"""Fault to GO for the scoped incident playbooks (issue 17), each on a 20-engine lab with its fault injected.
+"""Fault to GO for the scoped incident playbooks (issues 17, 18), each on a 20-engine lab with its fault injected.
 
 For each case: a fresh lab, the fault injected at ``fault_at``, the symptom awaited as a probe would see it, then
 ``ansible-playbook playbooks/<case>.yml`` with the resume approved. Fault to GO is the incident record's
 ``gate.at`` (the health gate passed; model_degradation has no resume, its GO is
-``model_probes`` verified in its record)
+``model_probes`` verified in its record; db_connectivity's lock and cache case halts nothing, its GO is its last repair
+read GO)
 minus ``fault_at``; ``playbook_s`` is the whole run. The stability windows are shortened to 2 s for the lab
 (the playbooks' defaults are 30-60 s, which would dominate every figure) and trading_halted's post-unhalt watch
 to 5 s; the figures say how fast the automation reaches GO, not how long production should wait.
@@ -76,12 +77,41 @@ def _agent_failure(lab: Lab) -> list[str]:
             "-e", "agent_failure_restart_stable_for=3"]
 
 
-CASES: dict[str, tuple[str, Callable[[Lab], list[str]]]] = {
-    "service_degraded": ("service-degraded", _service_degraded),
-    "trading_halted": ("trading-halted", _trading_halted),
-    "model_degradation": ("model-degradation", _model_degradation),
-    "performance_degradation": ("performance-degradation", _performance_degradation),
-    "agent_failure": ("agent-failure", _agent_failure),
+def _database_health(lab: Lab) -> bool:
+    return bool(lab.control("GET", "/lab/health")["database"])
+
+
+def _pg_down(lab: Lab) -> list[str]:
+    lab.inject("pg-down")
+    _wait(lambda: not _database_health(lab))
+    return ["-e", f"db_connectivity_stable_for={STABLE}"]
+
+
+def _redis_down(lab: Lab) -> list[str]:
+    lab.inject("redis-down")
+    _wait(lambda: not lab.service_running("redis"))
+    return ["-e", f"db_connectivity_stable_for={STABLE}"]
+
+
+def _locks_and_oom(lab: Lab) -> list[str]:
+    lab.inject("blocking-lock")
+    lab.inject("long-query", seconds=120)
+    lab.inject("redis-oom")
+    time.sleep(1.0)  # the lab's thresholds below are 1 s: the sessions must be past them
+    return ["-e", f"db_connectivity_stable_for={STABLE}", "-e", "db_connectivity_long_query_seconds=1",
+            "-e", "db_connectivity_lock_wait_seconds=1"]
+
+
+# case: (playbook, incident id, inject)
+CASES: dict[str, tuple[str, str, Callable[[Lab], list[str]]]] = {
+    "service_degraded": ("service_degraded", "service-degraded", _service_degraded),
+    "trading_halted": ("trading_halted", "trading-halted", _trading_halted),
+    "model_degradation": ("model_degradation", "model-degradation", _model_degradation),
+    "performance_degradation": ("performance_degradation", "performance-degradation", _performance_degradation),
+    "agent_failure": ("agent_failure", "agent-failure", _agent_failure),
+    "db_connectivity:pg-down": ("db_connectivity", "db-connectivity", _pg_down),
+    "db_connectivity:redis-down": ("db_connectivity", "db-connectivity", _redis_down),
+    "db_connectivity:locks+oom": ("db_connectivity", "db-connectivity", _locks_and_oom),
 }
 
 
@@ -91,19 +121,23 @@ def _go_at(record: dict[str, Any]) -> float | None:
         return _epoch(gate["at"])
     verified = [a for a in record.get("actions") or []
                 if a.get("name") == "model_probes" and a.get("outcome") == "verified"]
-    return _epoch(verified[-1].get("at")) if verified else None
+    if verified:
+        return _epoch(verified[-1].get("at"))
+    # nothing was halted (db_connectivity's sessions and cache repairs): GO when the last repair read GO
+    repaired = [a for a in record.get("actions") or [] if a.get("phase") == "repair" and a.get("outcome") == "GO"]
+    return _epoch(repaired[-1].get("at")) if repaired else None
 
 
 def run_case(name: str, work: Path, engines: int) -> dict[str, Any]:
-    incident, inject = CASES[name]
-    with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=work) as tmp:
+    playbook, incident, inject = CASES[name]
+    with tempfile.TemporaryDirectory(prefix=f"{playbook}-", dir=work) as tmp:
         lab = Lab(Path(tmp) / "lab")
         lab.up(engines=engines, order_interval=0.1)
         try:
             fault_at = time.time()
             extra = inject(lab)
             started = time.time()
-            cmd = [str(BIN / "ansible-playbook"), str(ROOT / "playbooks" / f"{name}.yml"),
+            cmd = [str(BIN / "ansible-playbook"), str(ROOT / "playbooks" / f"{playbook}.yml"),
                    "-e", f"incident_report_dir={tmp}/reports", "-e", f"evidence_dest={tmp}/evidence",
                    "-e", "resume_trading_approved=true", "-e", "halt_trading_quiesce_seconds=1", *extra]
             proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(Path(tmp) / "lab"), capture_output=True, text=True,

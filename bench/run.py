@@ -14,7 +14,8 @@ Sections (``--only``, default all):
 - ``venue``: venue_guard cancel_all on 20 accounts x 100 resting orders against a per-order ccxt loop, and
   under the exchange's rate-limit fault. See bench/venue.py.
 - ``incidents``: fault to GO of each scoped incident playbook (service_degraded, trading_halted,
-  model_degradation, performance_degradation, agent_failure) on a 20-engine lab (``--incident-runs``, default 3).
+  model_degradation, performance_degradation, agent_failure, and db_connectivity with PostgreSQL down, Redis down,
+  and lock chains with Redis out of memory) on a 20-engine lab (``--incident-runs``, default 3).
   See bench/incidents.py.
 
 Every figure is the median, min and max of ``--runs`` runs (default 5). The machine load average is recorded
