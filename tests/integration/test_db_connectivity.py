@@ -82,12 +82,15 @@ def test_postgres_down_halts_every_engine_restarts_it_and_resumes_only_after_a_c
     no_secret_in(lab, tmp_path)
 
 
-def test_long_query_and_lock_chain_terminated_evidence_first_and_redis_oom_evicts_only_the_cache(
+def test_saturation_long_query_and_lock_chain_terminated_evidence_first_and_redis_oom_evicts_only_the_cache(
         lab_factory, tmp_path):
     lab = lab_factory(engines=2)
     names = lab.engines()
     lab.lab.inject("blocking-lock")
     lab.lab.inject("long-query", seconds=120)
+    # a runaway job of an ordinary role takes every ordinary connection slot (seed 003's saturation)
+    saturation = lab.lab.inject("pg-saturation")
+    assert saturation["connections"] > 80
     client = lab.lab.redis_client()
     client.set("emergency_halt:engine-999", "held by someone")  # a halt key: never evicted
     client.set("session:desk-a", "kept")  # not cache: never evicted
@@ -106,6 +109,7 @@ def test_long_query_and_lock_chain_terminated_evidence_first_and_redis_oom_evict
     assert checked.returncode == 0, checked.stdout[-6000:]
     alive = {r[0] for r in lab.query("SELECT pid FROM pg_stat_activity")}
     assert {blocker, waiter, sleeper} <= alive
+    assert lab.lab.db_faults()["pg-saturation"]["alive"] == saturation["connections"]
     assert len(list(client.scan_iter(match="cache:*"))) == cache_keys
 
     started = time.time()
@@ -116,6 +120,8 @@ def test_long_query_and_lock_chain_terminated_evidence_first_and_redis_oom_evict
     alive = {r[0] for r in lab.query("SELECT pid FROM pg_stat_activity")}
     assert blocker not in alive and sleeper not in alive
     assert lab.lab.db_faults()["blocking-lock"]["waiter_outcome"] == "finished"
+    assert lab.lab.db_faults()["pg-saturation"]["alive"] == 0
+    assert not lab.query("SELECT pid FROM pg_stat_activity WHERE usename = 'tradeops_lab_reporting'")
     assert not lab.query("SELECT pid FROM pg_locks WHERE NOT granted")
     # the evidence was written before the terminations: the query text and the chain, private
     evidence = tmp_path / f"{INCIDENT}-lab-postgres-sessions.json"
@@ -125,7 +131,11 @@ def test_long_query_and_lock_chain_terminated_evidence_first_and_redis_oom_evict
     [chain] = body["snapshot"]["blocking"]
     assert chain["root"]["pid"] == blocker and chain["root"]["query"].startswith("LOCK TABLE trades")
     assert [w["pid"] for w in chain["waiting"]] == [waiter]
-    assert sorted(t["pid"] for t in body["to_terminate"]) == sorted([blocker, sleeper])
+    # the saturated server as it was: 97 of 100 connections; the runaway job's queries terminated with the others
+    assert body["snapshot"]["connections"]["ratio"] > 0.9
+    terminated = {t["pid"] for t in body["to_terminate"]}
+    assert {blocker, sleeper} <= terminated and waiter not in terminated
+    assert len(terminated) == 2 + saturation["connections"]
     # Redis: the cache is gone, the halt key and the other keys are not, and it takes writes again
     assert not list(client.scan_iter(match="cache:*"))
     assert client.get("emergency_halt:engine-999") == "held by someone" and client.get("session:desk-a") == "kept"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import secrets
 import struct
 import sys
 import threading
@@ -33,7 +34,7 @@ import psycopg2.extensions
 from .errors import LabError, LabInputError
 from .postgres import dsn as pg_dsn
 from .procs import wait_for
-from .state import FAULT_BLOCKING_LOCK, FAULT_LONG_QUERY, SESSION_FAULTS
+from .state import FAULT_BLOCKING_LOCK, FAULT_LONG_QUERY, FAULT_PG_SATURATION, SESSION_FAULTS
 
 log = logging.getLogger("tradeops.lab.dbfaults")
 
@@ -414,7 +415,7 @@ def reindex(conn: psycopg2.extensions.connection, index: str) -> None:
         raise LabError(f"REINDEX INDEX {index} failed: {exc}".strip()) from exc
 
 
-# -- long-query and blocking-lock: sessions held by the engines process ---------------------------------------
+# -- long-query, blocking-lock and pg-saturation: sessions held by the engines process ------------------------
 
 LONG_QUERY_APP = "tradeops-lab-long-query"
 BLOCKER_APP = "tradeops-lab-blocker"
@@ -654,6 +655,76 @@ class _BlockingLock:
             self.waiter.stop(admin)
 
 
+SATURATION_APP = "tradeops-lab-reporting"
+SATURATION_ROLE = "tradeops_lab_reporting"  # not a superuser: it takes the ordinary connection slots
+SATURATION_SECONDS = 600
+
+
+class _Saturation:
+    """A runaway reporting job: connections of an ordinary role, each in ``SELECT pg_sleep``, until only the
+    ``superuser_reserved_connections`` are left. New ordinary connections are refused ("remaining connection slots
+    are reserved"); a superuser (the runbook's psql -U postgres, the collection's checks) still gets in."""
+
+    def __init__(self, pg: Mapping[str, Any], admin: psycopg2.extensions.connection) -> None:
+        self.started_at = time.time()
+        self.statements: list[_Statement] = []
+        password = secrets.token_urlsafe(18)
+        with admin.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (SATURATION_ROLE,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(f"{verb} ROLE {SATURATION_ROLE} LOGIN NOSUPERUSER PASSWORD %s", (password,))
+            cur.execute("SELECT current_setting('max_connections')::int "
+                        "- current_setting('superuser_reserved_connections')::int "
+                        "- (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')")
+            free = int(cur.fetchone()[0])
+        role = dict(pg, user=SATURATION_ROLE, password=password)
+        for i in range(max(free, 0)):
+            try:
+                conn = _session_connect(role, SATURATION_APP)
+            except LabError:
+                break  # the slots are full
+            conn.autocommit = True
+            stmt = _Statement(conn, "SELECT pg_sleep(%s)", (SATURATION_SECONDS,), f"db-fault-saturation-{i}")
+            stmt.start()
+            self.statements.append(stmt)
+        if not self.statements:
+            raise LabError(f"{FAULT_PG_SATURATION}: no connection slot was free to take")
+
+    def ready(self, admin: psycopg2.extensions.connection) -> bool:
+        live = _activity(admin, self.pids())
+        return all(row["state"] == "active" for row in live.values()) and len(live) == len(self.statements)
+
+    def active(self, live: Mapping[int, Mapping[str, Any]] | None) -> bool:
+        running = [s for s in self.statements if not s.done.is_set()]
+        return bool(running) and (live is None or any(s.pid in live for s in running))
+
+    def describe(self, live: Mapping[int, Mapping[str, Any]] | None) -> dict[str, Any]:
+        return {
+            "fault": FAULT_PG_SATURATION,
+            "active": self.active(live),
+            "role": SATURATION_ROLE,
+            "application_name": SATURATION_APP,
+            "connections": len(self.statements),
+            "alive": sum(1 for s in self.statements if not s.done.is_set() and (live is None or s.pid in live)),
+            "query": f"SELECT pg_sleep({SATURATION_SECONDS})",
+            "started_at": self.started_at,
+        }
+
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.statements]
+
+    def end(self, admin: psycopg2.extensions.connection | None) -> None:
+        if admin is not None:  # one statement for all, rather than a cancel and a wait each
+            try:
+                with admin.cursor() as cur:
+                    cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                (self.pids(),))
+            except psycopg2.Error as exc:
+                log.warning("%s: %s", FAULT_PG_SATURATION, str(exc).strip())
+        for stmt in self.statements:
+            stmt.stop(admin)
+
+
 class SessionFaults:
     """The long-query and blocking-lock faults, held by threads of the engines process.
 
@@ -665,7 +736,7 @@ class SessionFaults:
     def __init__(self, pg: Mapping[str, Any]) -> None:
         self._pg = dict(pg)
         self._lock = threading.Lock()
-        self._sessions: dict[str, _LongQuery | _BlockingLock] = {}
+        self._sessions: dict[str, _LongQuery | _BlockingLock | _Saturation] = {}
 
     def _admin(self) -> psycopg2.extensions.connection | None:
         try:
@@ -699,9 +770,11 @@ class SessionFaults:
                         return {**old.describe(live), "already": True}
                     old.end(admin)
                     del self._sessions[fault]
-                session: _LongQuery | _BlockingLock
+                session: _LongQuery | _BlockingLock | _Saturation
                 if fault == FAULT_LONG_QUERY:
                     session = _LongQuery(self._pg, float(seconds or LONG_QUERY_SECONDS))
+                elif fault == FAULT_PG_SATURATION:
+                    session = _Saturation(self._pg, admin)
                 else:
                     session = _BlockingLock(self._pg)
                 self._sessions[fault] = session

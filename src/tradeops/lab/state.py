@@ -168,14 +168,18 @@ FAULT_CORRUPT_ROWS = "corrupt-rows"
 FAULT_INDEX_CORRUPTION = "index-corruption"
 FAULT_LONG_QUERY = "long-query"
 FAULT_BLOCKING_LOCK = "blocking-lock"
+# Connection saturation (seed 003): a runaway job of an ordinary role holds every ordinary connection slot, each in
+# a long query; only the superuser_reserved_connections are left.
+FAULT_PG_SATURATION = "pg-saturation"
 # Slow queries (seed 003/004 performance): a hot table full of dead rows, autovacuum off, statistics stale.
 FAULT_TABLE_BLOAT = "table-bloat"
 BLOAT_TABLE = "market_ticks"
 DB_FAULTS: tuple[str, ...] = (
     FAULT_CORRUPT_ROWS, FAULT_INDEX_CORRUPTION, FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK, FAULT_TABLE_BLOAT,
+    FAULT_PG_SATURATION,
 )
 # The database faults held by a background session of the engines process (the others are one-shot).
-SESSION_FAULTS: tuple[str, ...] = (FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK)
+SESSION_FAULTS: tuple[str, ...] = (FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK, FAULT_PG_SATURATION)
 
 # Service faults: the lab's PostgreSQL or Redis itself fails (seed 004 P1 "Database Connectivity Issues"). Lab-wide.
 # pg-down and redis-down stop the server, as a crash would (the lab's supervisor does not start it again: the
