@@ -6,10 +6,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 ENGINES ?= 20
 PYTEST_ARGS ?=
-# `make test` runs on every core, at most 4 (pytest-xdist); the Docker-bound tests run one after another as one
-# group, first (tests/conftest.py). PYTEST_WORKERS=0 runs everything in this process.
+# `make test` runs on every core, at most 4 (pytest-xdist), a file at a time per worker; the files that use Docker
+# first (tests/conftest.py). PYTEST_WORKERS=0 runs everything in this process.
 PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ "$$n" -gt 4 ] && n=4; echo $$n)
-PYTEST_PARALLEL = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
+PYTEST_PARALLEL = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 # A per-checkout pytest temp dir: pytest prunes old dirs under the shared default
 # (/tmp/pytest-of-$USER), which would delete the lab (and its halt flags) of another run.
 PYTEST_BASE := --basetemp=$(abspath tests/output/tmp)

@@ -28,24 +28,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "molecule: runs `molecule test -s <scenario>` in real Docker containers")
 
 
-DOCKER_GROUP = "docker"
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """`make test` runs on every core (pytest-xdist, --dist loadgroup). The tests that use the Docker daemon (the
-    Molecule drills share container names and the drill network; the images are built once) run one after another
-    on one worker, as the group ``docker``, and first: they are the longest stretch of the run, and the other
-    workers take every other test meanwhile, a file at a time. Runs before xdist's own hook, which turns the group
-    into the test id suffix its scheduler reads."""
-    docker = [item for item in items
-              if "drill_images" in getattr(item, "fixturenames", ()) or item.get_closest_marker("molecule")]
-    ids = {id(item) for item in docker}
-    for item in items:
-        # the other tests stay with their file: its module-scoped lab is started once, on one worker
-        item.add_marker(pytest.mark.xdist_group(DOCKER_GROUP if id(item) in ids else item.nodeid.split("::")[0]))
-    if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "dist", "no") == "loadgroup":
-        items[:] = docker + [item for item in items if id(item) not in ids]
+    """`make test` runs on every core (pytest-xdist, ``--dist loadfile``: a file's tests on one worker, so its
+    module-scoped lab starts once). The Molecule drills are one file, run one after another on one worker (they
+    share container names and the drill network). The files that use Docker go first: they are the longest
+    stretch of the run, and the other workers take every other file meanwhile."""
+    if not (config.pluginmanager.hasplugin("xdist") and getattr(config.option, "dist", "no") == "loadfile"):
+        return
+    docker_files = {item.nodeid.split("::")[0] for item in items
+                    if "drill_images" in getattr(item, "fixturenames", ()) or item.get_closest_marker("molecule")}
+    items[:] = ([item for item in items if item.nodeid.split("::")[0] in docker_files]
+                + [item for item in items if item.nodeid.split("::")[0] not in docker_files])
 
 
 def ansible_env(lab_dir: Path | None = None, **extra: str) -> dict[str, str]:
