@@ -18,6 +18,8 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import dbfaults, postgres, redis_server, venue
 from .errors import LabError, LabInputError
@@ -1039,7 +1041,8 @@ class Lab:
                 conn = self.pg_connect(connect_timeout=2)
                 conn.close()
             else:
-                self.redis_client(timeout=2.0).ping()
+                # no retries: redis-py's default retries with back-off make a refused connection take seconds
+                self.redis_client(timeout=2.0, retry=Retry(NoBackoff(), 0)).ping()
         except (psycopg2.Error, redis.RedisError, OSError, LabError):
             return False
         return True
