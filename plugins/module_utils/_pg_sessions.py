@@ -276,6 +276,7 @@ class SessionsService:
                        still_alive=[], changed=False)
             if planned and self.check_mode:
                 out["would_terminate"] = planned
+                out["changed"] = True  # check mode reports the change it would make
             elif planned:
                 out["evidence_path"] = self.write_evidence(before, planned)
                 out["terminated"] = self._terminate(conn, planned)

@@ -24,7 +24,6 @@ import os
 import re
 import socket
 import time
-import uuid
 
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
@@ -444,15 +443,13 @@ class RedisProbe(Probe):
     def check(self, deadline):
         def probe(client):
             pong = client.ping()
-            if pong is True and self.write:
-                key = _redis.PROBE_KEY_PREFIX + uuid.uuid4().hex
-                client.set(key, "1", ex=30)
-                client.delete(key)
-            return pong
+            return pong, (_redis.write_check(client) if pong is True and self.write else (True, None))
 
-        pong = _redis.call(self.redis, deadline, probe, "the redis probe")
+        pong, (wrote, error) = _redis.call(self.redis, deadline, probe, "the redis probe")
         if pong is not True:
             return False, str(pong), "redis %s:%d answered PING with %r" % (self.host, self.port, pong)
+        if not wrote:
+            return False, "PONG", "redis %s:%d answered PING but did not take a write: %s" % (self.host, self.port, error)
         return True, "PONG", "redis %s:%d answered PING%s" % (
             self.host, self.port, " and took a write" if self.write else "")
 

@@ -107,3 +107,18 @@ def call(options, deadline, fn, purpose="the redis backend"):
         raise BackendError("redis %s:%d: %s" % (options.host, options.port, message))
     finally:
         conn.close()
+
+
+def write_check(client):
+    """Whether the server takes a write: SET (30 s expiry) and DEL of a probe key of its own. A server out of
+    memory under ``noeviction`` answers PING and refuses this. Returns ``(ok, error)``; other errors raise."""
+    import uuid
+
+    import redis
+    key = PROBE_KEY_PREFIX + uuid.uuid4().hex
+    try:
+        client.set(key, "1", ex=30)
+        client.delete(key)
+    except redis.ResponseError as err:
+        return False, str(err)
+    return True, None

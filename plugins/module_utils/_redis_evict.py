@@ -16,7 +16,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import fnmatch
-import uuid
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _redis
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, check_timeout
@@ -67,18 +66,6 @@ class EvictService:
                 "connected_clients": int(clients.get("connected_clients", 0)),
                 "blocked_clients": int(clients.get("blocked_clients", 0))}
 
-    @staticmethod
-    def write_ok(client):
-        """Whether the server takes a write: SET (30 s expiry) and DEL of a probe key of its own."""
-        import redis
-        key = _redis.PROBE_KEY_PREFIX + uuid.uuid4().hex
-        try:
-            client.set(key, "1", ex=30)
-            client.delete(key)
-        except redis.ResponseError as err:
-            return False, str(err)
-        return True, None
-
     def _evict(self, client, match, what, out):
         """Delete the keys ``match`` finds (a SCAN pattern) in the client's db, but never a protected one."""
         found = deleted = protected = 0
@@ -107,7 +94,7 @@ class EvictService:
 
         def work(client):
             out["before"] = self.memory(client)
-            out["write_ok_before"], out["write_error_before"] = self.write_ok(client)
+            out["write_ok_before"], out["write_error_before"] = _redis.write_check(client)
             for pattern in self.patterns:
                 self._evict(client, pattern, "db %d keys %s" % (self.options.db, pattern), out)
             for db in self.databases:
@@ -119,7 +106,7 @@ class EvictService:
                 finally:
                     other.close()
             out["after"] = self.memory(client)
-            out["write_ok"], out["write_error"] = self.write_ok(client) if not self.check_mode else (
+            out["write_ok"], out["write_error"] = _redis.write_check(client) if not self.check_mode else (
                 out["write_ok_before"], out["write_error_before"])
 
         _redis.call(self.options, deadline, work, "redis_evict")

@@ -29,7 +29,8 @@ attributes:
   check_mode:
     support: full
     details:
-      - Counts the keys it would delete (RV(would_delete)); deletes nothing and writes no probe key.
+      - Counts the keys it would delete (RV(would_delete)) and deletes nothing. Its write check before the eviction
+        still runs (a probe key set with a 30 s expiry and deleted at once), as the O(write) probe of health_check does.
   diff_mode:
     support: none
   idempotent:

@@ -14,6 +14,7 @@ from datetime import datetime
 import pytest
 
 from tests.helpers.records import read_record
+from tests.integration.lab.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +29,6 @@ def args(tmp_path, *extra):
     return ["-e", f"incident_report_dir={tmp_path}", "-e", "db_connectivity_stable_for=2",
             "-e", "halt_trading_quiesce_seconds=1", "-e", "halt_trading_timeout=4",
             "-e", "db_connectivity_rto_seconds=30", *extra]
-
-
-def wait_until(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def trading(lab):
@@ -55,7 +49,8 @@ def test_postgres_down_halts_every_engine_restarts_it_and_resumes_only_after_a_c
     old_pid = lab.state["postgres"]["pid"]
     lab.lab.inject("pg-down")
     # the engines' order writer sees it (their health reports the database component in error)
-    wait_until(lambda: not lab.lab.control("GET", "/lab/health")["database"], what="the engines to see it")
+    wait_until(lambda: not lab.lab.control("GET", "/lab/health")["database"], timeout=15.0,
+               what="the engines to see it")
     proc = lab.run_playbook("db_connectivity.yml", *args(tmp_path, "-e", "resume_trading_approved=true"))
     assert proc.returncode == 0, proc.stdout[-8000:]
     assert "lab-postgres (postgres): DOWN" in proc.stdout and "lab-redis (redis): OK" in proc.stdout
@@ -101,7 +96,7 @@ def test_saturation_long_query_and_lock_chain_terminated_evidence_first_and_redi
     blocker, waiter = faults["blocking-lock"]["blocker_pid"], faults["blocking-lock"]["waiter_pid"]
     sleeper = faults["long-query"]["backend_pid"]
     wait_until(lambda: lab.query("SELECT extract(epoch FROM now() - query_start) FROM pg_stat_activity WHERE pid = %s",
-                                 (waiter,))[0][0] >= 1.5, what="the waiter to wait 1.5 s")
+                                 (waiter,))[0][0] >= 1.5, timeout=15.0, what="the waiter to wait 1.5 s")
     thresholds = ["-e", "db_connectivity_long_query_seconds=1", "-e", "db_connectivity_lock_wait_seconds=1"]
 
     # check mode: read everything, end nothing, evict nothing
