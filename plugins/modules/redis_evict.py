@@ -30,7 +30,7 @@ attributes:
     support: full
     details:
       - Counts the keys it would delete (RV(would_delete)) and deletes nothing. Its write check before the eviction
-        still runs (a probe key set with a 30 s expiry and deleted at once), as the O(write) probe of health_check does.
+        still runs (a probe key set with a 30 s expiry and deleted at once), as the V(write) option of health_check's redis probe does.
   diff_mode:
     support: none
   idempotent:
