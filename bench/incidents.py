@@ -93,6 +93,23 @@ def _redis_down(lab: Lab) -> list[str]:
     return ["-e", f"db_connectivity_stable_for={STABLE}"]
 
 
+def _pooler_stuck(lab: Lab) -> list[str]:
+    lab.inject("pooler-stuck")
+    _wait(lambda: not lab.service_running("pgbouncer"))
+    return ["-e", f"db_connectivity_stable_for={STABLE}"]
+
+
+def _stream_backlog(lab: Lab) -> list[str]:
+    lab.inject("stream-poison")
+    _wait(lambda: lab.redis_client().xlen("notify.events.dlq") >= 4)
+    stuck = lab.inject("stream-consumer-stuck")["consumer"]
+    _wait(lambda: lab.streams()["notify.events"]["stuck"] == [stuck])
+    # a consumer is stuck once its oldest message is past the claim threshold (2 s here)
+    _wait(lambda: any(r["time_since_delivered"] >= 2500 for r in
+                      lab.redis_client().xpending_range("notify.events", "notify", "-", "+", 1)))
+    return ["-e", "stream_backlog_claim_idle_seconds=2", "-e", "stream_backlog_drain_timeout=30"]
+
+
 def _locks_and_oom(lab: Lab) -> list[str]:
     lab.inject("blocking-lock")
     lab.inject("long-query", seconds=120)
@@ -111,7 +128,9 @@ CASES: dict[str, tuple[str, str, Callable[[Lab], list[str]]]] = {
     "agent_failure": ("agent_failure", "agent-failure", _agent_failure),
     "db_connectivity:pg-down": ("db_connectivity", "db-connectivity", _pg_down),
     "db_connectivity:redis-down": ("db_connectivity", "db-connectivity", _redis_down),
+    "db_connectivity:pooler-stuck": ("db_connectivity", "db-connectivity", _pooler_stuck),
     "db_connectivity:locks+oom": ("db_connectivity", "db-connectivity", _locks_and_oom),
+    "stream_backlog": ("stream_backlog", "stream-backlog", _stream_backlog),
 }
 
 

@@ -4,13 +4,14 @@
 """db_connectivity's plan: what is wrong with each datastore, what to restart, what to terminate or evict, and
 which engines must stop trading meanwhile. One pass over the fleet, in Python.
 
-Each datastore host (its ``tradeops_datastore.kind``: postgres or redis) gets a state: ``down`` (its probe cannot
+Each datastore host (its ``tradeops_datastore.kind``: postgres, pgbouncer - a connection pooler in front of
+PostgreSQL - or redis) gets a state: ``down`` (its probe cannot
 connect), ``sessions`` (PostgreSQL up with long queries, lock waits past the threshold or too many connections,
 from pg_sessions), ``oom`` (Redis answers but refuses writes or is past its memory ratio, from redis_evict),
 ``degraded`` (its probe is NO-GO for another reason: not repaired automatically), else ``ok``.
 
-``contain``: the engines that must not trade meanwhile: every engine when PostgreSQL is down (they cannot record
-their orders), and the engines whose kill switch holds a halt in Redis when Redis is down (a Redis restarted empty
+``contain``: the engines that must not trade meanwhile: every engine when PostgreSQL or its pooler is down (they
+cannot record their orders), and the engines whose kill switch holds a halt in Redis when Redis is down (a Redis restarted empty
 would let them trade before the gated resume).
 """
 
@@ -20,12 +21,16 @@ __metaclass__ = type
 
 from ansible.errors import AnsibleFilterError
 
+KINDS = ("postgres", "pgbouncer", "redis")
+# the engines record their orders through these: one of them down and no engine may trade
+ORDER_PATH = ("postgres", "pgbouncer")
+
 
 def _kind(hostvars, host):
     store = (hostvars[host].get("tradeops_datastore") if hasattr(hostvars[host], "get") else None) or {}
     kind = store.get("kind")
-    if kind not in ("postgres", "redis"):
-        raise AnsibleFilterError("datastore_plan: host %s has no tradeops_datastore.kind (postgres or redis)" % host)
+    if kind not in KINDS:
+        raise AnsibleFilterError("datastore_plan: host %s has no tradeops_datastore.kind (%s)" % (host, ", ".join(KINDS)))
     return kind
 
 
@@ -67,7 +72,7 @@ def datastore_plan(hosts, hostvars, probe, sessions=None, redis=None, engines=No
         stores[host] = {"host": host, "kind": kind, "state": state, "detail": detail}
     down = [h for h, s in stores.items() if s["state"] == "down"]
     contain = []
-    if any(stores[h]["kind"] == "postgres" for h in down):
+    if any(stores[h]["kind"] in ORDER_PATH for h in down):
         contain = list(engines or [])
     elif any(stores[h]["kind"] == "redis" for h in down):
         contain = _redis_engines(engines, hostvars, halt_var)

@@ -37,9 +37,15 @@ description:
     its config API (C(tradeops_engine_config), the update frequency), for C(playbooks/performance_degradation.yml);
     its release link and releases directory (C(service_recovery_release_link), C(service_recovery_releases_dir)),
     for the rollback of C(playbooks/agent_failure.yml).
-  - The lab's PostgreSQL and Redis are the hosts C(lab-postgres) and C(lab-redis) of the group C(trading_datastores),
-    for C(playbooks/db_connectivity.yml) - their connection (C(tradeops_datastore)), a probe that proves a write
-    (C(tradeops_health_probes)), and their restart (process runtime, C(tradeops lab restart postgres|redis)).
+  - The lab's PostgreSQL, its connection pooler (pgbouncer, which the engines' orders go through) and Redis are the
+    hosts C(lab-postgres), C(lab-pgbouncer) and C(lab-redis) of the group C(trading_datastores), for
+    C(playbooks/db_connectivity.yml) - their connection (C(tradeops_datastore)), a probe that proves a write
+    (C(tradeops_health_probes); through the pooler for C(lab-pgbouncer)), and their restart (process runtime,
+    C(tradeops lab restart postgres|pgbouncer|redis)).
+  - The lab's Redis streams (seed 004's C(notify.events) with its dead-letter stream, C(orchestrator.commands)) are
+    the host C(lab-streams) of the group C(trading_streams), for C(playbooks/stream_backlog.yml) - their Redis
+    (C(tradeops_streams_redis)), the streams (C(stream_backlog_streams)) and the command that replaces and scales
+    their consumers (C(stream_backlog_consumers_command), C(tradeops lab consumers)).
   - The configuration file must end in C(tradeops_lab.yml) or C(tradeops_lab.yaml).
 author:
   - tradeops SRE team (@tradeops)
@@ -86,7 +92,9 @@ from ansible.plugins.inventory import BaseInventoryPlugin
 
 GROUP = "trading_engines"
 DATASTORE_GROUP = "trading_datastores"
-DATASTORE_HOSTS = {"postgres": "lab-postgres", "redis": "lab-redis"}
+STREAMS_GROUP = "trading_streams"
+STREAMS_HOST = "lab-streams"
+DATASTORE_HOSTS = {"postgres": "lab-postgres", "redis": "lab-redis", "pgbouncer": "lab-pgbouncer"}
 EVIDENCE_GROUP = "evidence_targets"
 CONTROLLER = "lab-controller"
 SECRETS_FILE = "secrets.env"
@@ -197,9 +205,10 @@ class InventoryModule(BaseInventoryPlugin):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(path))))
         return os.path.join(root, ".lab", "state.json")
 
-    def _add_datastores(self, pg, rd, restart_argv):
-        """The lab's PostgreSQL and Redis as hosts of C(trading_datastores), restarted by service_recovery with
-        C(tradeops lab restart postgres|redis) (their process runtime) and proven by a write."""
+    def _add_datastores(self, pg, rd, pb, restart_argv):
+        """The lab's PostgreSQL, its pooler (pgbouncer, when the lab has one) and Redis as hosts of
+        C(trading_datastores), restarted by service_recovery with C(tradeops lab restart postgres|pgbouncer|redis)
+        (their process runtime) and proven by a write (through the pooler for it)."""
         self.inventory.add_group(DATASTORE_GROUP)
         connections = {
             "postgres": {"login_host": pg.get("host"), "login_port": pg.get("port"), "login_db": pg.get("dbname"),
@@ -207,11 +216,17 @@ class InventoryModule(BaseInventoryPlugin):
             "redis": {"host": rd.get("host"), "port": rd.get("port"), "db": rd.get("db", 0),
                       "password": rd.get("password")},
         }
+        if pb:
+            connections["pgbouncer"] = dict(connections["postgres"], login_host=pb.get("host"),
+                                            login_port=pb.get("port"))
         for service, name in DATASTORE_HOSTS.items():
+            if service not in connections:
+                continue
             self.inventory.add_host(name, group=DATASTORE_GROUP)
-            probe = dict(connections[service], name=service, type=service, write=True,
-                         timeout=5 if service == "postgres" else 3)
-            if service == "postgres":
+            sql = service in ("postgres", "pgbouncer")
+            probe = dict(connections[service], name=service, type="postgres" if sql else service, write=True,
+                         timeout=5 if sql else 3)
+            if sql:
                 probe["connect_timeout"] = 3
             host = connections[service].get("login_host") or connections[service].get("host")
             for key, value in {
@@ -224,6 +239,24 @@ class InventoryModule(BaseInventoryPlugin):
                 "service_recovery_restart_command": list(restart_argv) + [service],
             }.items():
                 self.inventory.set_variable(name, key, value)
+
+    def _add_streams(self, rd, lab_cli, lab_dir):
+        """The lab's Redis streams (seed 004's notification manager and orchestrator commands) as the host
+        C(lab-streams) of C(trading_streams), whose consumers C(tradeops lab consumers) replaces and scales."""
+        self.inventory.add_group(STREAMS_GROUP)
+        self.inventory.add_host(STREAMS_HOST, group=STREAMS_GROUP)
+        for key, value in {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "tradeops_streams_redis": {"host": rd.get("host"), "port": rd.get("port"), "db": rd.get("db", 0),
+                                       "password": rd.get("password")},
+            "stream_backlog_streams": [
+                {"name": "notify.events", "group": "notify", "dlq": "notify.events.dlq"},
+                {"name": "orchestrator.commands", "group": "orchestrator"},
+            ],
+            "stream_backlog_consumers_command": list(lab_cli) + ["consumers", "--dir", lab_dir],
+        }.items():
+            self.inventory.set_variable(STREAMS_HOST, key, value)
 
     def parse(self, inventory, loader, path, cache=True):
         super(InventoryModule, self).parse(inventory, loader, path, cache)
@@ -285,12 +318,14 @@ class InventoryModule(BaseInventoryPlugin):
             "ansible_connection": "local",
             "ansible_python_interpreter": sys.executable,
             "evidence_log_paths": [os.path.join(lab_dir, "engines.log"), os.path.join(lab_dir, "postgres.log"),
+                                   os.path.join(lab_dir, "pgbouncer.log"),
                                    os.path.join(lab_dir, "redis", "*.log"),
                                    os.path.join(lab_dir, "engines", "*", "engine.log")],
         }.items():
             self.inventory.set_variable(CONTROLLER, key, value)
 
-        self._add_datastores(pg, rd, restart_argv)
+        self._add_datastores(pg, rd, state.get("pgbouncer"), restart_argv)
+        self._add_streams(rd, lab_cli, lab_dir)
 
         for engine in state.get("engines", []):
             name = engine["name"]

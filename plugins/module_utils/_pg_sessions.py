@@ -21,14 +21,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import json
 import os
-import tempfile
 import time
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _postgres
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, check_timeout
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, ValidationError
+from ansible_collections.tradeops.remediation.plugins.module_utils._evidence_file import write_private_json
 from ansible_collections.tradeops.remediation.plugins.module_utils._pg_checks import _query_text
 
 APPLICATION_NAME = "tradeops.pg_sessions"
@@ -216,25 +215,11 @@ class SessionsService:
         return [kill[p] for p in sorted(kill)], spared
 
     def write_evidence(self, snapshot, planned):
-        path = os.path.abspath(self.evidence_path)
         body = {"captured_at": time.time(), "server": _postgres.describe(self.params),
                 "thresholds": {"long_query_seconds": self.long_query_seconds,
                                "lock_wait_seconds": self.lock_wait_seconds},
                 "snapshot": snapshot, "to_terminate": planned}
-        fd, tmp = tempfile.mkstemp(prefix=".pg_sessions-", suffix=".tmp", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(body, fh, indent=2, sort_keys=True)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.rename(tmp, path)
-        except (OSError, IOError) as err:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise BackendError("cannot write the evidence to %s (nothing was terminated): %s" % (path, err))
-        return path
+        return write_private_json(self.evidence_path, body, "nothing was terminated")
 
     def _terminate(self, conn, planned):
         import psycopg2

@@ -37,6 +37,7 @@ from .lab.state import (
     SOURCE_MANAGEMENT,
     parse_fault_specs,
 )
+from .lab.streams import FAULT_POISON, STREAM_FAULTS
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -115,17 +116,21 @@ def _add_lab_commands(subparsers: Any) -> None:
         "every 0.2 s with the admin token current at injection, recording its results in "
         "<lab dir>/faults/leaked-secret.json; --clear stops it. "
         "Service faults: pg-down and redis-down stop the lab's PostgreSQL or Redis (--clear starts it); "
-        "redis-oom caps Redis's memory and fills it with cache:* keys until writes fail (--clear deletes them). "
+        "redis-oom caps Redis's memory and fills it with cache:* keys until writes fail (--clear deletes them); "
+        "pooler-stuck stops the engines' pgbouncer with SIGSTOP (--clear resumes it; `lab restart pgbouncer`). "
         "Exchange faults: exchange-down (5xx), exchange-slow (every answer --seconds late, default 2) for the "
         "whole exchange; exchange-rate-limit, exchange-auth (the keys revoked), cancel-lies (cancels answer "
-        "success and cancel nothing) for the accounts of the engines named (default all).",
+        "success and cancel nothing) for the accounts of the engines named (default all). "
+        "Stream faults: stream-consumer-stuck (the first consumer of notify.events reads and never acknowledges: "
+        "its pending list grows); stream-poison (one message no consumer can process, and --count N, default 3, "
+        "that fail until they are requeued once: all land in notify.events.dlq).",
     )
     inject.add_argument(
         "fault",
         metavar="FAULT",
         help=f"engine fault: {', '.join(FAULTS)} ('*' with --clear: all); database fault: {', '.join(DB_FAULTS)}; "
         f"service fault: {', '.join(SERVICE_FAULTS)}; security fault: {', '.join(SECURITY_FAULTS)}; "
-        f"exchange fault: {', '.join(EXCHANGE_FAULTS)}",
+        f"exchange fault: {', '.join(EXCHANGE_FAULTS)}; stream fault: {', '.join(STREAM_FAULTS)}",
     )
     inject.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
     inject.add_argument("--all", action="store_true", help="every engine")
@@ -170,6 +175,21 @@ def _add_lab_commands(subparsers: Any) -> None:
     restart.add_argument("--all", action="store_true", help="every engine")
     restart.add_argument("--json", action="store_true", help="machine-readable output")
     restart.set_defaults(func=_cmd_lab_restart)
+
+    consumers = lab_sub.add_parser(
+        "consumers",
+        parents=[common],
+        help="run N consumers of a stream's group, replacing the ones named (the lab's runtime for streams)",
+        description="The lab's stream consumers run in the engines process. --replace stops the consumers named "
+        "(what they hold stays pending under their names, as with a replaced pod) and new ones with new names "
+        "make up --count.",
+    )
+    consumers.add_argument("stream", metavar="STREAM", help="notify.events or orchestrator.commands")
+    consumers.add_argument("--count", type=int, required=True, help="how many consumers to run (1-16)")
+    consumers.add_argument("--replace", action="append", default=[], metavar="NAME",
+                           help="a consumer to stop and replace; repeatable")
+    consumers.add_argument("--json", action="store_true", help="machine-readable output")
+    consumers.set_defaults(func=_cmd_lab_consumers)
 
     firewall = lab_sub.add_parser(
         "firewall",
@@ -217,6 +237,9 @@ def _cmd_lab_up(args: argparse.Namespace) -> int:
     print(f"lab up in {time.monotonic() - started:.1f}s: {len(st['engines'])} engines in {lab.lab_dir}")
     print(f"  postgres  {pg['host']}:{pg['port']}  db {pg['dbname']}, user {pg['user']}")
     print(f"  redis     {rd['host']}:{rd['port']}")
+    if st.get("pgbouncer"):
+        pb = st["pgbouncer"]
+        print(f"  pgbouncer {pb['host']}:{pb['port']}  (the engines' orders go through it)")
     print(f"  control   {ctl['host']}:{ctl['port']}  (engines pid {st['engines_pid']})")
     if st.get("exchange"):
         ex = st["exchange"]
@@ -288,6 +311,7 @@ def _status_summary(status: dict[str, Any]) -> list[str]:
         f"lab {status['lab_dir']}: {'healthy' if status['healthy'] else 'UNHEALTHY'}, up {status['uptime_s']:.0f}s",
         "  " + comp("postgres", status["postgres"]),
         "  " + comp("redis", status["redis"]),
+        *(["  " + comp("pgbouncer", status["pgbouncer"])] if status.get("pgbouncer") else []),
         f"  engines pid {ep['pid']} {'up' if ep['alive'] else 'DOWN'}, control "
         f"{status['control']['host']}:{status['control']['port']}",
         f"  secrets {status.get('secrets_file') or '-'} (the engines' admin tokens; re-read on change and SIGHUP)",
@@ -361,6 +385,14 @@ def _cmd_lab_inject(args: argparse.Namespace) -> int:
         return _cmd_lab_inject_db(args, engines)
     if args.fault == FAULT_LEAKED_SECRET:
         return _cmd_lab_inject_leak(args, engines)
+    if args.fault in STREAM_FAULTS:
+        counts = _parse_counts(args.count)
+        if args.kinds is not None or args.seconds is not None or isinstance(counts, dict):
+            raise LabInputError(f"only --count N (the transient messages of {FAULT_POISON}) applies to {args.fault}")
+        res = Lab(args.dir).inject(args.fault, engines or None, clear=args.clear, count=counts)
+        print(json.dumps(res, indent=2) if args.json else f"{args.fault} {'cleared' if args.clear else 'injected'}: "
+              + ", ".join(f"{k} {v}" for k, v in res.items() if k != "fault"))
+        return EXIT_OK
     if args.fault in SERVICE_FAULTS:
         res = Lab(args.dir).inject(args.fault, engines or None, clear=args.clear, kinds=args.kinds,
                                    count=_parse_counts(args.count), seconds=args.seconds)
@@ -528,6 +560,16 @@ def _db_fault_status_lines(faults: dict[str, Any]) -> list[str]:
             detail = _session_summary(fault, f)
         lines.append(f"  db fault {fault} {state}: {detail}")
     return lines
+
+
+def _cmd_lab_consumers(args: argparse.Namespace) -> int:
+    res = Lab(args.dir).scale_consumers(args.stream, args.count, args.replace)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['stream']} ({res['group']}): consumers {', '.join(res['consumers'])}"
+              + (f"; stopped {', '.join(res['stopped'])}" if res["stopped"] else ""))
+    return EXIT_OK
 
 
 def _cmd_lab_restart(args: argparse.Namespace) -> int:

@@ -162,3 +162,33 @@ def test_redis_down_keeps_the_engines_that_hold_their_halt_in_redis_halted_until
     assert all(lab.wait_for_orders(others, since=halted_at).values())
     verdict = record["verdict"]["text"]
     assert verdict.startswith("RECOVERED: health gate GO, trading HALTED awaiting approval"), verdict
+
+
+def test_a_stuck_pooler_halts_every_engine_is_restarted_and_the_buffered_orders_prove_the_halt(lab_factory, tmp_path):
+    lab = lab_factory(engines=3)
+    names = lab.engines()
+    old_pid = lab.state["pgbouncer"]["pid"]
+    lab.lab.inject("pooler-stuck")  # SIGSTOP: it keeps its port and its clients, and answers nothing
+    assert not lab.lab.service_running("pgbouncer") and lab.lab.service_running("postgres")
+    proc = lab.run_playbook("db_connectivity.yml", *args(tmp_path, "-e", "resume_trading_approved=true"))
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    assert "lab-pgbouncer (pgbouncer): DOWN" in proc.stdout and "lab-postgres (postgres): OK" in proc.stdout
+
+    # the pooler is a new process and serves queries again; PostgreSQL itself was never touched
+    assert lab.lab.service_running("pgbouncer") and lab.state["pgbouncer"]["pid"] != old_pid
+    record = read_record(tmp_path, INCIDENT)
+    [contain] = [h for h in record["halts"] if h["phase"] == "contain"]
+    assert sorted(contain["done"]) == names and not contain["failed"] and not contain["unverified"]
+    [reverify] = [h for h in record["halts"] if h["phase"] == "re-verify"]
+    assert reverify["orders_after"] == 0
+    [resume] = [h for h in record["halts"] if h["phase"] == "resume"]
+    [resume_phase] = [p for p in record["phases"] if p["name"] == "resume"]
+    halted_at, resumed_at = epoch(contain["at"]), epoch(resume_phase["start"])
+    for name in names:
+        assert lab.orders_between(name, halted_at, resumed_at) == 0, name
+    # no integrity scan: PostgreSQL was never down
+    assert not [a for a in record["actions"] if a["name"] == "integrity_scan"]
+    assert record["verdict"]["text"] == "RESOLVED: trading resumed, verified", record["verdict"]
+    # trading again through the new pooler, every engine, and every order an engine made is in PostgreSQL
+    assert all(lab.wait_for_orders(names, since=epoch(resume["at"])).values())
+    no_secret_in(lab, tmp_path)

@@ -68,6 +68,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,7 @@ from . import metrics
 from .dbfaults import SessionFaults
 from .errors import LabError, LabInputError
 from .exchange import PAIRS
+from .pgbouncer import pooled
 from .postgres import dsn as pg_dsn
 from .state import (
     ALL,
@@ -134,6 +136,7 @@ from .state import (
     read_secrets_env,
     write_json_atomic,
 )
+from .streams import StreamsApp
 from .venue import KrakenClient, VenueError
 from .web import HttpError, Request, Response, serve_connection
 
@@ -200,6 +203,11 @@ SYMBOLS: dict[str, float] = {
 }
 
 OrderRow = tuple[str, str, str, float, float, float]  # engine, symbol, side, quantity, price, created_at (epoch)
+
+
+def _query(request: Request) -> dict[str, str]:
+    """The query string of ``request`` (the last value of each name)."""
+    return {k: v[-1] for k, v in urllib.parse.parse_qs(request.target.partition("?")[2]).items()}
 
 
 class OrderWriter:
@@ -756,6 +764,10 @@ class Engine:
             "/model/rollback": {"POST": self._model_rollback},
             "/model/paper": {"POST": self._model_paper},
             "/admin/config": {"GET": self._config_get, "POST": self._config_set},
+            # seed 004's stream administration (the lab's streams are shared: every engine serves them)
+            "/admin/streams/pending": {"GET": self._streams_pending},
+            "/admin/streams/dlq": {"GET": self._streams_dlq},
+            "/admin/streams/dlq/requeue": {"POST": self._streams_requeue},
         }
         if KILLSWITCH_API in self.methods:
             routes["/api/v1/emergency/kill_switch"] = {"POST": self._kill_switch}
@@ -947,6 +959,34 @@ class Engine:
             self._account(time.time())  # the CPU so far at the old frequency
             self.update_interval_ms = value
         return Response.json(self.config_view())
+
+    async def _streams_pending(self, request: Request) -> Response:
+        """``GET /admin/streams/pending?stream=notify.events&group=notify`` (seed 004)."""
+        self._require_admin(request)
+        query = _query(request)
+        call = self.host.streams.pending(query.get("stream"), query.get("group"))
+        return Response.json(await self._streams_call(call))
+
+    async def _streams_dlq(self, request: Request) -> Response:
+        """``GET /admin/streams/dlq?stream=notify.events.dlq`` (seed 004)."""
+        self._require_admin(request)
+        return Response.json(await self._streams_call(self.host.streams.dlq(_query(request).get("stream"))))
+
+    async def _streams_requeue(self, request: Request) -> Response:
+        """``POST /admin/streams/dlq/requeue {"dlqStream": "notify.events.dlq", "id": "..."}`` (seed 004)."""
+        self._require_admin(request)
+        body = request.json_object(required=True)
+        self.event(logging.WARNING, "stream admin: requeue %s from %s", body.get("id"), body.get("dlqStream"))
+        return Response.json(await self._streams_call(self.host.streams.requeue(body)))
+
+    @staticmethod
+    async def _streams_call(call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return await call
+        except LabInputError as exc:
+            raise HttpError(400, str(exc)) from exc
+        except (RedisError, OSError) as exc:
+            raise HttpError(503, f"redis: {exc}") from exc
 
     def config_view(self) -> dict[str, Any]:
         return {"update_interval_ms": self.update_interval_ms,
@@ -1546,7 +1586,8 @@ class EngineHost:
         # about 20 venue steps a second over the whole fleet, at most one a second per engine
         self.venue_every = max(int(round(1.0 / self.order_interval)), -(-len(config["engines"]) // 4), 1)
         self.venue_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="venue")
-        self.writer = OrderWriter(config["postgres"])
+        # the orders go through the lab's pooler (pgbouncer) when it has one, as an application's would
+        self.writer = OrderWriter(pooled(config["postgres"], config.get("pgbouncer")))
         self.db_faults = SessionFaults(config["postgres"])  # the long-query and blocking-lock sessions
         rc = config["redis"]
         self.redis = aioredis.Redis(
@@ -1561,6 +1602,7 @@ class EngineHost:
                 timeout=REDIS_TIMEOUT,
             )
         )
+        self.streams = StreamsApp(rc)  # seed 004's notification manager and orchestrator commands
         self.engines = [Engine(spec, self) for spec in config["engines"]]
         self.by_name = {e.name: e for e in self.engines}
         self.control_port = 0
@@ -1621,6 +1663,7 @@ class EngineHost:
             raise LabError(f"redis unreachable: {exc}") from exc
         self.writer.start()
         try:
+            await self.streams.start()
             for engine in self.engines:
                 await engine.bind()
             await self.sync_ballast()
@@ -1658,6 +1701,7 @@ class EngineHost:
             await engine.close()
         if self._control is not None:
             self._control.close()
+        await self.streams.close()
         await asyncio.to_thread(self.db_faults.close)
         try:
             remove_ballast(self.lab_dir)
@@ -1745,6 +1789,14 @@ class EngineHost:
                 return Response.json(await self._firewall(request.json_object(required=True)))
             if route == ("GET", "/lab/leaked"):
                 return Response.json({"leaked": self.leaked.view() if self.leaked is not None else None})
+            if route == ("GET", "/lab/streams"):
+                return Response.json(self.streams.ledger())
+            if route == ("POST", "/lab/streams"):
+                return Response.json(await self.streams.fault(request.json_object(required=True)))
+            if route == ("POST", "/lab/streams/scale"):
+                body = request.json_object(required=True)
+                return Response.json(await self.streams.scale(body.get("stream"), body.get("count"),
+                                                              body.get("replace") or []))
             if route == ("POST", "/lab/leaked"):
                 return Response.json(await self._leak(request.json_object(required=True)))
             raise HttpError(404, "not found")

@@ -21,10 +21,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import dbfaults, postgres, redis_server, venue
+from . import dbfaults, pgbouncer, postgres, redis_server, venue
 from .errors import LabError, LabInputError
 from .exchange import ACCOUNT_FAULTS as EXCHANGE_ACCOUNT_FAULTS
 from .exchange import FAULTS as EXCHANGE_FAULTS
+from .pgbouncer import PgBouncer
 from .postgres import PostgresServer, stop_cluster
 from .procs import http_request, pid_alive, tail, terminate
 from .redis_server import RedisServer
@@ -41,6 +42,7 @@ from .state import (
     FAULT_LEAKED_SECRET,
     FAULT_LONG_QUERY,
     FAULT_PG_DOWN,
+    FAULT_POOLER_STUCK,
     FAULT_REDIS_OOM,
     FAULT_TABLE_BLOAT,
     FAULTS_DIR,
@@ -67,6 +69,7 @@ from .state import (
     write_json_atomic,
     write_secrets_env,
 )
+from .streams import STREAM_FAULTS
 
 log = logging.getLogger("tradeops.lab")
 
@@ -269,6 +272,7 @@ class Lab:
             "control": None,
             "engines_pid": None,
             "postgres": None,
+            "pgbouncer": None,
             "redis": None,
             "exchange": None,
             "engines": specs,
@@ -289,6 +293,9 @@ class Lab:
             st["postgres"] = pg.start(new_secret(), on_progress=on_pg)
             save()
             log.info("postgres up on port %s (%.1fs)", st["postgres"]["port"], time.monotonic() - t0)
+            st["pgbouncer"] = PgBouncer(self.lab_dir, st["postgres"]).start()
+            save()
+            log.info("pgbouncer up on port %s (%.1fs)", st["pgbouncer"]["port"], time.monotonic() - t0)
             st["redis"] = RedisServer(self.lab_dir).start(new_secret())
             save()
             log.info("redis up on port %s (%.1fs)", st["redis"]["port"], time.monotonic() - t0)
@@ -308,6 +315,7 @@ class Lab:
                     "secrets_file": st["secrets_file"],
                     "order_interval": order_interval,
                     "postgres": st["postgres"],
+                    "pgbouncer": st["pgbouncer"],
                     "redis": st["redis"],
                     "exchange": st["exchange"],
                     "engines": specs,
@@ -486,6 +494,8 @@ class Lab:
         venue.stop(self.lab_dir, st.get("exchange"))
         if st.get("redis"):
             RedisServer(self.lab_dir).stop(st["redis"])
+        if st.get("pgbouncer") and st.get("postgres"):
+            PgBouncer(self.lab_dir, st["postgres"]).stop(st["pgbouncer"])
         if st.get("postgres"):
             stop_cluster(st["postgres"])
         for name in _OWN_FILES:
@@ -571,6 +581,14 @@ class Lab:
             if names or kinds is not None or count is not None or seconds is not None:
                 raise LabInputError(f"{fault} is a service fault: it takes no engine names, kinds, count or seconds")
             return self._inject_service(fault, bool(clear))
+        if fault in STREAM_FAULTS:
+            names = [engines] if isinstance(engines, str) else list(engines or [])
+            if names or kinds is not None or seconds is not None:
+                raise LabInputError(f"{fault} is a stream fault: it takes no engine names, kinds or seconds")
+            body: dict[str, Any] = {"fault": fault, "clear": bool(clear)}
+            if count is not None:
+                body["transient"] = count
+            return self.control("POST", "/lab/streams", body)
         if fault == FAULT_LEAKED_SECRET:
             if kinds is not None or count is not None or seconds is not None:
                 raise LabInputError(f"kinds, count and seconds do not apply to {fault}")
@@ -598,6 +616,20 @@ class Lab:
                     f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} none")
         res = self.control("POST", "/lab/faults", {"engines": names, "fault": fault, "clear": bool(clear)})
         return list(res["engines"])
+
+    def streams(self) -> dict[str, Any]:
+        """The streams' ledger: per stream, produced, processed, processed twice, unprocessed, poison, consumers."""
+        return dict(self.control("GET", "/lab/streams"))
+
+    def pause_producers(self, paused: bool = True) -> dict[str, Any]:
+        """Stop (or restart) the streams' producers: the ledger then has an end to count to."""
+        return dict(self.control("POST", "/lab/streams", {"fault": "pause", "clear": not paused}))
+
+    def scale_consumers(self, stream: str, count: int, replace: Sequence[str] = ()) -> dict[str, Any]:
+        """Run ``count`` consumers of ``stream``'s group, after stopping the ones named in ``replace`` (what they
+        hold stays pending under their names), as a runtime replacing a pod or a container would."""
+        return dict(self.control("POST", "/lab/streams/scale",
+                                 {"stream": stream, "count": count, "replace": list(replace)}))
 
     def _inject_exchange(
         self, fault: str, accounts: str | Sequence[str] | None, clear: bool, seconds: float | None
@@ -1035,7 +1067,11 @@ class Lab:
     # -- service faults and restarts: the lab's PostgreSQL and Redis themselves ----------------------------------
 
     def service_running(self, service: str) -> bool:
-        """Whether the lab's ``postgres`` or ``redis`` answers (a connection and ``SELECT 1`` / ``PING``)."""
+        """Whether the lab's ``postgres``, ``pgbouncer`` or ``redis`` answers (a connection and ``SELECT 1`` /
+        ``PING``; through pgbouncer for it)."""
+        if service == "pgbouncer":
+            st = self.state
+            return bool(st.get("pgbouncer")) and pgbouncer.answers(st["postgres"], st["pgbouncer"])
         try:
             if service == "postgres":
                 conn = self.pg_connect(connect_timeout=2)
@@ -1048,13 +1084,15 @@ class Lab:
         return True
 
     def stop_service(self, service: str) -> dict[str, Any]:
-        """Stop the lab's ``postgres`` (``pg_ctl stop -m immediate``: a crash, no checkpoint) or ``redis`` (its
-        data is in memory only, as the lab configures it: the halt keys go with it). Idempotent."""
+        """Stop the lab's ``postgres`` (``pg_ctl stop -m immediate``: a crash, no checkpoint), ``pgbouncer`` or
+        ``redis`` (its data is in memory only, as the lab configures it: the halt keys go with it). Idempotent."""
         self._check_service(service)
         with self._locked():
             st = self.state
             if service == "postgres":
                 postgres.stop_cluster(st["postgres"], remove_tmp=False, immediate=True)
+            elif service == "pgbouncer":
+                PgBouncer(self.lab_dir, st["postgres"]).stop(st.get("pgbouncer"))
             else:
                 RedisServer(self.lab_dir).stop(st["redis"])
             log.info("%s stopped", service)
@@ -1070,6 +1108,8 @@ class Lab:
                 return {"service": service, "running": True, "already": True, "pid": st[service].get("pid")}
             if service == "postgres":
                 info = postgres.PostgresServer(self.lab_dir).start_again(st["postgres"])
+            elif service == "pgbouncer":
+                info = PgBouncer(self.lab_dir, st["postgres"]).start(port=int(st["pgbouncer"]["port"]))
             else:
                 info = RedisServer(self.lab_dir).start(st["redis"]["password"], port=int(st["redis"]["port"]))
             st[service] = {**st[service], "pid": info["pid"]}
@@ -1079,13 +1119,16 @@ class Lab:
                     "started_at": time.time()}
 
     def restart_service(self, service: str) -> dict[str, Any]:
-        """Stop (if running) and start the lab's ``postgres`` (``pg_ctl stop -m fast``) or ``redis``."""
+        """Stop (if running) and start the lab's ``postgres`` (``pg_ctl stop -m fast``), ``pgbouncer`` (stopped
+        whether it answers or not: a stuck pooler holds its port) or ``redis``."""
         self._check_service(service)
-        if self.service_running(service):
+        if service == "pgbouncer" or self.service_running(service):
             with self._locked():
                 st = self.state
                 if service == "postgres":
                     postgres.stop_cluster(st["postgres"], remove_tmp=False)
+                elif service == "pgbouncer":
+                    PgBouncer(self.lab_dir, st["postgres"]).stop(st.get("pgbouncer"))
                 else:
                     RedisServer(self.lab_dir).stop(st["redis"])
         return self.start_service(service)
@@ -1100,6 +1143,8 @@ class Lab:
         path = self._fault_record_path(fault)
         if fault == FAULT_REDIS_OOM:
             res = self._redis_unfill() if clear else self._redis_fill()
+        elif fault == FAULT_POOLER_STUCK:
+            res = self._pooler_signal(signal.SIGCONT if clear else signal.SIGSTOP)
         elif clear:
             res = self.start_service(service)
         else:
@@ -1112,6 +1157,16 @@ class Lab:
             write_json_atomic(path, {**res, "injected_at": time.time()})
             res["record"] = str(path)
         return res
+
+    def _pooler_signal(self, sig: signal.Signals) -> dict[str, Any]:
+        """pooler-stuck: SIGSTOP the lab's pgbouncer (it keeps its port and its clients' connections, and answers
+        nothing), or SIGCONT it (--clear)."""
+        info = self.state.get("pgbouncer") or {}
+        pid = info.get("pid")
+        if not pid_alive(pid, "pgbouncer"):
+            raise LabError("pooler-stuck: the lab's pgbouncer is not running (`tradeops lab restart pgbouncer`)")
+        os.kill(pid, sig)
+        return {"service": "pgbouncer", "pid": pid, "stopped": sig == signal.SIGSTOP}
 
     def _redis_fill(self) -> dict[str, Any]:
         """redis-oom: cap maxmemory just above what Redis uses (noeviction) and write cache keys until Redis
@@ -1262,6 +1317,13 @@ class Lab:
             entry["last_order_at"] = last
             engines.append(entry)
         out["engines"] = engines
+        if st.get("pgbouncer"):
+            pb = st["pgbouncer"]
+            out["pgbouncer"] = {"host": pb["host"], "port": pb["port"], "pid": pb["pid"],
+                                "alive": pid_alive(pb["pid"], "pgbouncer"),
+                                "reachable": pgbouncer.answers(pg, pb)}
+            if not out["pgbouncer"]["reachable"]:
+                out["errors"].append("pgbouncer: no answer through the pooler within 2 s")
         if st.get("exchange"):
             ex = st["exchange"]
             out["exchange"] = {"host": ex["host"], "port": ex["port"], "pid": ex["pid"],
@@ -1283,6 +1345,7 @@ class Lab:
             and out["control"]["reachable"]
             and out["postgres"].get("reachable", False)
             and out["redis"]["reachable"]
+            and out.get("pgbouncer", {"reachable": True})["reachable"]
             and out.get("exchange", {"reachable": True})["reachable"]
         )
         return out

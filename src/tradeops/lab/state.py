@@ -189,8 +189,12 @@ SESSION_FAULTS: tuple[str, ...] = (FAULT_LONG_QUERY, FAULT_BLOCKING_LOCK, FAULT_
 FAULT_PG_DOWN = "pg-down"
 FAULT_REDIS_DOWN = "redis-down"
 FAULT_REDIS_OOM = "redis-oom"
-SERVICE_FAULTS: tuple[str, ...] = (FAULT_PG_DOWN, FAULT_REDIS_DOWN, FAULT_REDIS_OOM)
-SERVICES: tuple[str, ...] = ("postgres", "redis")  # what `tradeops lab restart` takes besides engine names
+# pooler-stuck stops the lab's pgbouncer (SIGSTOP): it keeps its port and its clients' connections and answers
+# nothing, as a wedged pooler does; the engines' orders wait. --clear resumes it (SIGCONT); `tradeops lab restart
+# pgbouncer` kills and starts it, as systemd's restart would.
+FAULT_POOLER_STUCK = "pooler-stuck"
+SERVICE_FAULTS: tuple[str, ...] = (FAULT_PG_DOWN, FAULT_REDIS_DOWN, FAULT_REDIS_OOM, FAULT_POOLER_STUCK)
+SERVICES: tuple[str, ...] = ("postgres", "redis", "pgbouncer")  # what `tradeops lab restart` takes besides engines
 REDIS_CACHE_PREFIX = "cache:"  # the lab's cache keys (what redis-oom fills Redis with)
 
 # Security faults: a task of the engines process, lab-wide, optionally limited to some engines.

@@ -10,6 +10,7 @@ from ansible_collections.tradeops.remediation.plugins.filter.datastores import d
 HOSTVARS = {
     "pg": {"tradeops_datastore": {"kind": "postgres"}},
     "rd": {"tradeops_datastore": {"kind": "redis"}},
+    "pb": {"tradeops_datastore": {"kind": "pgbouncer"}},
     "e1": {"halt_trading_target": {"methods": [{"type": "http"}, {"type": "file"}]}},
     "e2": {"halt_trading_target": {"methods": [{"type": "redis"}, {"type": "file"}]}},
     "e3": {"halt_trading_target": {"methods": [{"type": "file"}, {"type": "redis"}]}},
@@ -37,6 +38,16 @@ def test_postgres_down_halts_every_engine_and_restarts_it():
                                            "Connection refused"))
     assert p["restart"] == ["pg"] and p["contain"] == ENGINES and p["postgres_down"]
     assert datastore_lines(p)[0].startswith("pg (postgres): DOWN - ")
+
+
+def test_a_stuck_pooler_halts_every_engine_and_restarts_only_the_pooler():
+    stuck = 'postgres 127.0.0.1:7/t: connection to server at "127.0.0.1", port 7 failed: timeout expired'
+    p = datastore_plan(["pg", "pb", "rd"], HOSTVARS, {"probes": [
+        {"component": "pg", "status": "GO", "message": "ok"}, {"component": "pb", "status": "NO-GO", "message": stuck},
+        {"component": "rd", "status": "GO", "message": "ok"}]}, engines=ENGINES)
+    # the engines cannot record their orders through it, but PostgreSQL itself records: the orders proof reads it
+    assert p["restart"] == ["pb"] and p["contain"] == ENGINES and not p["postgres_down"]
+    assert datastore_lines(p)[1].startswith("pb (pgbouncer): DOWN - ")
 
 
 def test_redis_down_halts_only_the_engines_whose_halt_redis_holds():

@@ -224,32 +224,6 @@ def test_a_missing_certificate_file_fails_the_request_not_the_validation(tmp_pat
 # --------------------------------------------------------------------------------------------
 # _redis
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """A real redis-server on a free loopback port, with a password."""
-    d = tmp_path_factory.mktemp("redis")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--requirepass", "pw-canary-77", "--dir", str(d)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield port
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def test_redis_options_defaults_and_errors_name_the_option_path():
     options = _redis.redis_options({})
     assert (options.host, options.port, options.db, options.tls) == ("127.0.0.1", 6379, 0, False)
