@@ -8,7 +8,8 @@ Each datastore host (its ``tradeops_datastore.kind``: postgres, pgbouncer - a co
 PostgreSQL - or redis) gets a state: ``down`` (its probe cannot
 connect), ``sessions`` (PostgreSQL up with long queries, lock waits past the threshold or too many connections,
 from pg_sessions), ``oom`` (Redis answers but refuses writes or is past its memory ratio, from redis_evict),
-``degraded`` (its probe is NO-GO for another reason: not repaired automatically), else ``ok``.
+``degraded`` (its probe is NO-GO for another reason: not repaired automatically), ``behind`` (a pooler NO-GO
+while its PostgreSQL is down: not restarted, it must serve a write once PostgreSQL is back), else ``ok``.
 
 ``contain``: the engines that must not trade meanwhile: every engine when PostgreSQL or its pooler is down (they
 cannot record their orders), and the engines whose kill switch holds a halt in Redis when Redis is down (a Redis restarted empty
@@ -70,6 +71,11 @@ def datastore_plan(hosts, hostvars, probe, sessions=None, redis=None, engines=No
         if kind == "redis" and state in ("ok", "degraded") and redis and redis.get("status") == "NO-GO":
             state, detail = "oom", "; ".join(redis.get("problems") or [])
         stores[host] = {"host": host, "kind": kind, "state": state, "detail": detail}
+    postgres_down = any(s["kind"] == "postgres" and s["state"] == "down" for s in stores.values())
+    for store in stores.values():
+        # a pooler cannot serve while its PostgreSQL is down: it follows PostgreSQL's restart, proven afterwards
+        if postgres_down and store["kind"] == "pgbouncer" and store["state"] in ("degraded", "unknown"):
+            store["state"] = "behind"
     down = [h for h, s in stores.items() if s["state"] == "down"]
     contain = []
     if any(stores[h]["kind"] in ORDER_PATH for h in down):
@@ -83,7 +89,8 @@ def datastore_plan(hosts, hostvars, probe, sessions=None, redis=None, engines=No
         "terminate_sessions": [h for h, s in stores.items() if s["state"] == "sessions"],
         "evict": [h for h, s in stores.items() if s["state"] == "oom"],
         "degraded": [h for h, s in stores.items() if s["state"] in ("degraded", "unknown")],
-        "postgres_down": any(stores[h]["kind"] == "postgres" for h in down),
+        "behind": [h for h, s in stores.items() if s["state"] == "behind"],
+        "postgres_down": postgres_down,
         "healthy": all(s["state"] == "ok" for s in stores.values()),
     }
 
@@ -94,6 +101,7 @@ _ACTIONS = {
     "oom": "evict the cache keys the inventory names (never FLUSHALL, never the halt keys), then prove a write",
     "degraded": "NOT repaired automatically: a person diagnoses it",
     "unknown": "NOT repaired automatically: it could not be probed",
+    "behind": "its PostgreSQL is down: it must serve a write again once PostgreSQL is restarted",
     "ok": "healthy, left alone",
 }
 

@@ -46,7 +46,7 @@ def no_secret_in(lab, directory):
 def test_postgres_down_halts_every_engine_restarts_it_and_resumes_only_after_a_clean_scan(lab_factory, tmp_path):
     lab = lab_factory(engines=4)
     names = lab.engines()
-    old_pid = lab.state["postgres"]["pid"]
+    old_pid, pooler_pid = lab.state["postgres"]["pid"], lab.state["pgbouncer"]["pid"]
     lab.lab.inject("pg-down")
     # the engines' order writer sees it (their health reports the database component in error)
     wait_until(lambda: not lab.lab.control("GET", "/lab/health")["database"], timeout=15.0,
@@ -54,9 +54,12 @@ def test_postgres_down_halts_every_engine_restarts_it_and_resumes_only_after_a_c
     proc = lab.run_playbook("db_connectivity.yml", *args(tmp_path, "-e", "resume_trading_approved=true"))
     assert proc.returncode == 0, proc.stdout[-8000:]
     assert "lab-postgres (postgres): DOWN" in proc.stdout and "lab-redis (redis): OK" in proc.stdout
+    # the engines' pooler cannot serve without PostgreSQL: not restarted, it follows PostgreSQL back
+    assert "lab-pgbouncer (pgbouncer): BEHIND" in proc.stdout
 
-    # PostgreSQL is back, a new process, and takes writes
+    # PostgreSQL is back, a new process, and takes writes, through the same pooler too
     assert lab.lab.service_running("postgres") and lab.state["postgres"]["pid"] != old_pid
+    assert lab.lab.service_running("pgbouncer") and lab.state["pgbouncer"]["pid"] == pooler_pid
     record = read_record(tmp_path, INCIDENT)
     [contain] = [h for h in record["halts"] if h["phase"] == "contain"]
     assert sorted(contain["done"]) == names and not contain["failed"] and not contain["unverified"]

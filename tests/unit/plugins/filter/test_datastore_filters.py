@@ -77,3 +77,18 @@ def test_any_other_failure_is_left_to_a_person_and_an_unprobed_one_is_not_ok():
 def test_a_datastore_without_a_kind_is_an_error_naming_it():
     with pytest.raises(AnsibleFilterError, match="host e1 has no tradeops_datastore.kind"):
         datastore_plan(["e1"], HOSTVARS, probe())
+
+
+def test_a_pooler_behind_a_postgres_that_is_down_follows_its_restart_and_is_not_left_to_a_person():
+    refused = 'postgres 127.0.0.1:5/t: connection to server at "x" failed: Connection refused'
+    closed = "postgres 127.0.0.1:7/t: SELECT 1 failed: server closed the connection unexpectedly"
+    p = datastore_plan(["pg", "pb"], HOSTVARS, {"probes": [
+        {"component": "pg", "status": "NO-GO", "message": refused},
+        {"component": "pb", "status": "NO-GO", "message": closed}]}, engines=ENGINES)
+    assert p["restart"] == ["pg"] and p["behind"] == ["pb"] and p["degraded"] == [] and p["contain"] == ENGINES
+    assert datastore_lines(p)[1].startswith("pb (pgbouncer): BEHIND - ")
+    # the same pooler failure with PostgreSQL up is for a person
+    p = datastore_plan(["pg", "pb"], HOSTVARS, {"probes": [
+        {"component": "pg", "status": "GO", "message": "ok"},
+        {"component": "pb", "status": "NO-GO", "message": closed}]}, engines=ENGINES)
+    assert p["degraded"] == ["pb"] and p["behind"] == []
