@@ -110,6 +110,11 @@ def _stream_backlog(lab: Lab) -> list[str]:
     return ["-e", "stream_backlog_claim_idle_seconds=2", "-e", "stream_backlog_drain_timeout=30"]
 
 
+def _exchange_down(lab: Lab) -> list[str]:
+    lab.inject("exchange-down")
+    return []
+
+
 def _locks_and_oom(lab: Lab) -> list[str]:
     lab.inject("blocking-lock")
     lab.inject("long-query", seconds=120)
@@ -131,6 +136,7 @@ CASES: dict[str, tuple[str, str, Callable[[Lab], list[str]]]] = {
     "db_connectivity:pooler-stuck": ("db_connectivity", "db-connectivity", _pooler_stuck),
     "db_connectivity:locks+oom": ("db_connectivity", "db-connectivity", _locks_and_oom),
     "stream_backlog": ("stream_backlog", "stream-backlog", _stream_backlog),
+    "exchange_failure:down": ("exchange_failure", "exchange-failure", _exchange_down),
 }
 
 

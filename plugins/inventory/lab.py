@@ -17,7 +17,9 @@ description:
   - Adds the lab's PostgreSQL and Redis addresses as group variables, so roles can prove from
     the database that orders stopped.
   - When the lab runs its exchange, each engine's account there (its operations key) is the host variable
-    C(venue_account), in the shape the C(tradeops.remediation.venue_guard) module takes.
+    C(venue_account), in the shape the C(tradeops.remediation.venue_guard) module takes, and at the backup exchange
+    (seed 003's failover venue) C(venue_account_backup); the group variable C(tradeops_venues) names both
+    exchanges (C(primary), C(backup)) with the URL each is pinged at.
   - The admin token in C(halt_trading_target) is the CURRENT one, read from the lab's secrets file
     (C(ADMIN_TOKEN) in C(secrets.env), group variable C(tradeops_lab_secrets_file)), falling back to the
     state file's C(admin_token); so playbooks keep working after a rotation. Every engine API call,
@@ -279,6 +281,7 @@ class InventoryModule(BaseInventoryPlugin):
         pg = state.get("postgres") or {}
         rd = state.get("redis") or {}
         exchange = state.get("exchange") or {}
+        backup = state.get("exchange_backup") or {}
         lab_dir = state.get("lab_dir") or os.path.dirname(state_file)
         secrets_file = state.get("secrets_file") or os.path.join(lab_dir, SECRETS_FILE)
         admin_token = _current_admin_token(secrets_file, state.get("admin_token"))
@@ -324,6 +327,10 @@ class InventoryModule(BaseInventoryPlugin):
         }.items():
             self.inventory.set_variable(CONTROLLER, key, value)
 
+        # the exchanges the engines can trade on (seed 003: ping each, fail over to the backup)
+        self.inventory.set_variable(GROUP, "tradeops_venues", dict(
+            (label, {"url": v.get("url"), "ping_url": "%s/0/public/Time" % v.get("url")})
+            for label, v in (("primary", exchange), ("backup", backup)) if v.get("url")))
         self._add_datastores(pg, rd, state.get("pgbouncer"), restart_argv)
         self._add_streams(rd, lab_cli, lab_dir)
 
@@ -376,12 +383,14 @@ class InventoryModule(BaseInventoryPlugin):
                     "token_header": "X-Admin-Token", "headers": dict(MANAGEMENT_HEADERS), "timeout": 3,
                 },
             }
-            account = (exchange.get("accounts") or {}).get(name)
-            if account:
-                # the operations team's key of the engine's account at the lab exchange (Kraken's API)
-                host_vars["venue_account"] = {
-                    "name": name, "exchange": "kraken", "url": exchange.get("url"), "api_key": account.get("key"),
-                    "secret": account.get("secret"), "account_id": account.get("account_id"),
-                }
+            for var, venue in (("venue_account", exchange), ("venue_account_backup", backup)):
+                account = (venue.get("accounts") or {}).get(name)
+                if account:
+                    # the operations team's key of the engine's account at the lab exchange (Kraken's API), and
+                    # at the backup exchange (seed 003's failover venue)
+                    host_vars[var] = {
+                        "name": name, "exchange": "kraken", "url": venue.get("url"), "api_key": account.get("key"),
+                        "secret": account.get("secret"), "account_id": account.get("account_id"),
+                    }
             for key, value in host_vars.items():
                 self.inventory.set_variable(name, key, value)

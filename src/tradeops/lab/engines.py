@@ -191,6 +191,9 @@ LEAK_WRITE_INTERVAL = 0.25  # the record file is rewritten at most this often
 LEAK_PATH = "/pnl/status"
 FIREWALL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 VENUE_RESTING = 3  # resting orders an engine keeps at the lab exchange
+VENUE_PRIMARY, VENUE_BACKUP = "primary", "backup"
+VENUE_ERROR_WINDOW = 10.0  # seconds of venue calls behind the venue error rate
+BACKOFF_FACTOR = 4  # back-off mode: a quarter of the venue calls
 VENUE_PAIRS = tuple(PAIRS)
 
 SYMBOLS: dict[str, float] = {
@@ -202,7 +205,8 @@ SYMBOLS: dict[str, float] = {
     "EUR-USD": 1.08,
 }
 
-OrderRow = tuple[str, str, str, float, float, float]  # engine, symbol, side, quantity, price, created_at (epoch)
+# engine, symbol, side, quantity, price, created_at (epoch), venue
+OrderRow = tuple[str, str, str, float, float, float, str]
 
 
 def _query(request: Request) -> dict[str, str]:
@@ -213,8 +217,8 @@ def _query(request: Request) -> dict[str, str]:
 class OrderWriter:
     """The one writer for every engine: a thread batching orders into PostgreSQL every ``flush_interval``."""
 
-    INSERT = "INSERT INTO orders (engine, symbol, side, quantity, price, created_at) VALUES %s"
-    TEMPLATE = "(%s, %s, %s, %s, %s, to_timestamp(%s))"
+    INSERT = "INSERT INTO orders (engine, symbol, side, quantity, price, created_at, venue) VALUES %s"
+    TEMPLATE = "(%s, %s, %s, %s, %s, to_timestamp(%s), %s)"
 
     def __init__(self, pg: Mapping[str, Any], flush_interval: float = 0.1, max_pending: int = 200_000) -> None:
         self._dsn = pg_dsn(dict(pg))
@@ -733,12 +737,19 @@ class Engine:
         self.firewall = Firewall()  # the host loads the persisted settings; a restart keeps them
         self.pnl = 0.0
         self.prices = dict(SYMBOLS)
-        account = (host.exchange.get("accounts") or {}).get(self.name) if host.exchange else None
-        self.venue: KrakenClient | None = (
-            KrakenClient(host.exchange["host"], host.exchange["port"], account["engine_key"]["key"],
-                         account["engine_key"]["secret"])
-            if account else None
-        )
+        # the primary exchange and the backup (seed 003's failover), each with this engine's own account; which one
+        # it trades on is its configuration (POST /admin/config {"venue"}), kept across restarts
+        self.venues: dict[str, KrakenClient] = {}
+        for label, exchange in ((VENUE_PRIMARY, host.exchange), (VENUE_BACKUP, host.exchange_backup)):
+            account = (exchange.get("accounts") or {}).get(self.name) if exchange else None
+            if account:
+                self.venues[label] = KrakenClient(exchange["host"], exchange["port"], account["engine_key"]["key"],
+                                                  account["engine_key"]["secret"])
+        self.venue_name = VENUE_PRIMARY
+        # seed 000's rate-limit answer: back-off (a quarter of the venue calls) and cached market data
+        self.backoff = False
+        # (when, outcome): ok, refused (an order error), rate_limited (EAPI:Rate limit exceeded), unavailable
+        self.venue_calls: collections.deque[tuple[float, str]] = collections.deque(maxlen=200)
         self.venue_orders: collections.deque[str] = collections.deque()
         self.venue_placed = 0
         self.venue_errors = 0
@@ -948,9 +959,34 @@ class Engine:
         return Response.json(self.config_view())
 
     async def _config_set(self, request: Request) -> Response:
-        """Seed 000's "reduce update frequency": ``{"update_interval_ms": N}``; kept across restarts."""
+        """Seed 000's "reduce update frequency" ``{"update_interval_ms": N}``, seed 003's failover ``{"venue":
+        "primary"|"backup"}`` and seed 000's rate-limit back-off ``{"backoff": true|false}``; each optional, kept
+        across restarts."""
         self._require_admin(request)
-        value = request.json_object(required=True).get("update_interval_ms")
+        body = request.json_object(required=True)
+        known = {"update_interval_ms", "venue", "backoff"}
+        if not body or set(body) - known:
+            raise HttpError(400, f"set one or more of {', '.join(sorted(known))}")
+        if "venue" in body:
+            if body["venue"] not in self.venues:
+                raise HttpError(400, f"'venue' must be one of {', '.join(self.venues) or 'none (no exchange)'}")
+            if body["venue"] != self.venue_name:
+                self.event(logging.WARNING, "venue %s -> %s (its resting orders at %s stay there)", self.venue_name,
+                           body["venue"], self.venue_name)
+                self.venue_name = body["venue"]
+                self.venue_orders.clear()
+                self.venue_calls.clear()
+        if "backoff" in body:
+            if not isinstance(body["backoff"], bool):
+                raise HttpError(400, "'backoff' must be true or false")
+            if body["backoff"] != self.backoff:
+                self.event(logging.WARNING, "venue back-off and cached market data %s",
+                           "on" if body["backoff"] else "off")
+                self.backoff = body["backoff"]
+                self.venue_calls.clear()
+        if "update_interval_ms" not in body:
+            return Response.json(self.config_view())
+        value = body.get("update_interval_ms")
         low, high = UPDATE_INTERVAL_BOUNDS
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise HttpError(400, f"'update_interval_ms' must be an integer from {low} to {high}")
@@ -990,7 +1026,9 @@ class Engine:
 
     def config_view(self) -> dict[str, Any]:
         return {"update_interval_ms": self.update_interval_ms,
-                "update_interval_bounds_ms": list(UPDATE_INTERVAL_BOUNDS), "cpu_ratio": round(self.cpu_ratio, 4)}
+                "update_interval_bounds_ms": list(UPDATE_INTERVAL_BOUNDS), "cpu_ratio": round(self.cpu_ratio, 4),
+                "venue": self.venue_name, "venues": list(self.venues), "backoff": self.backoff,
+                "venue_calls": self.venue_stats()}
 
     # -- releases and the crash loop ----------------------------------------------------------------------------
 
@@ -1060,11 +1098,38 @@ class Engine:
 
     # -- the venue: a few resting orders at the lab exchange, replaced as the engine trades --------------------
 
+    @property
+    def venue(self) -> KrakenClient | None:
+        return self.venues.get(self.venue_name)
+
+    def venue_stats(self, window: float = VENUE_ERROR_WINDOW) -> dict[str, Any]:
+        """The venue calls of the last ``window`` seconds: how many, and the share that failed, was rate limited
+        (Kraken's EAPI:Rate limit exceeded) or found the exchange unavailable (HTTP 5xx, no answer)."""
+        since = time.monotonic() - window
+        recent = [outcome for at, outcome in self.venue_calls if at >= since]
+
+        def share(*outcomes: str) -> float | None:
+            return round(sum(1 for o in recent if o in outcomes) / len(recent), 4) if recent else None
+
+        return {"calls": len(recent), "error_rate": share("refused", "rate_limited", "unavailable"),
+                "rate_limited": share("rate_limited"), "unavailable": share("unavailable")}
+
+    @staticmethod
+    def _outcome(exc: VenueError | None) -> str:
+        text = str(exc or "")
+        if exc is None or "Unknown order" in text:  # a cancel of an order filled meanwhile is an answer
+            return "ok"
+        if "Rate limit" in text:
+            return "rate_limited"
+        if text.startswith(("HTTP 5", "network")):
+            return "unavailable"
+        return "refused"
+
     def _venue_maybe(self) -> None:
         if self.venue is None or self._venue_busy or self.paper:  # paper trading: nothing reaches the venue
             return
         self._venue_ticks += 1
-        if self._venue_ticks % self.host.venue_every:
+        if self._venue_ticks % (self.host.venue_every * (BACKOFF_FACTOR if self.backoff else 1)):
             return
         self._venue_busy = True
         fut = asyncio.get_running_loop().run_in_executor(self.host.venue_pool, self._venue_step)
@@ -1080,26 +1145,34 @@ class Engine:
         then rest a new limit order 1-2.5 % away from the venue's price. While the engine trades, an order lives
         a few seconds and the price does not get there; an order left behind by a halt lives on, and fills
         within minutes (the price moves about 1.5 % a minute)."""
-        assert self.venue is not None
+        venue = self.venue
+        assert venue is not None
         if len(self.venue_orders) >= VENUE_RESTING:
             txid = self.venue_orders.popleft()
             try:
-                self.venue.call("CancelOrder", {"txid": txid})
-            except VenueError:
-                pass  # filled, or already cancelled
+                venue.call("CancelOrder", {"txid": txid})
+                self.venue_calls.append((time.monotonic(), "ok"))
+            except VenueError as exc:
+                self.venue_calls.append((time.monotonic(), self._outcome(exc)))
+            if self.backoff:  # back-off: one call per step, the requests spread out (seed 000)
+                return
         pair = self._rng.choice(VENUE_PAIRS)
         side = self._rng.choice(("buy", "sell"))
         pct = self._rng.uniform(1.0, 2.5)
         volume = self._rng.uniform(50, 500) / SYMBOLS[PAIRS[pair][6]]
         try:
-            res = self.venue.call("AddOrder", {
+            res = venue.call("AddOrder", {
                 "pair": pair, "type": side, "ordertype": "limit", "volume": f"{volume:.8f}",
                 "price": f"{'-' if side == 'buy' else '+'}{pct:.2f}%",
             })
         except VenueError as exc:
             self.venue_errors += 1
+            self.venue_calls.append((time.monotonic(), self._outcome(exc)))
             if self.venue_errors in (1, 10, 100) or self.venue_errors % 1000 == 0:
                 self.event(logging.WARNING, "venue: AddOrder refused (%s), %d refusals so far", exc, self.venue_errors)
+            return
+        self.venue_calls.append((time.monotonic(), "ok"))
+        if venue is not self.venue:  # switched meanwhile: it rests at the venue it was placed on
             return
         self.venue_orders.append(res["txid"][0])
         self.venue_placed += 1
@@ -1111,7 +1184,7 @@ class Engine:
         quantity = round(self._rng.uniform(0.01, 2.0) * (1 if base > 100 else 1000), 4)
         side = self._rng.choice(("buy", "sell"))
         self.pnl += self._rng.gauss(0, 10)
-        return (self.name, symbol, side, quantity, price, t)
+        return (self.name, symbol, side, quantity, price, t, self.venue_name)
 
     # -- sockets and faults --------------------------------------------------------------------------------
 
@@ -1279,7 +1352,8 @@ class Engine:
             "started_at": self.started_at,
             "auth": {"success": self.auth_success, "failures": self.auth_failures},
             "firewall": self.firewall.describe(),
-            "venue": {"placed": self.venue_placed, "refused": self.venue_errors} if self.venue else None,
+            "venue": {"placed": self.venue_placed, "refused": self.venue_errors, "name": self.venue_name,
+                      "backoff": self.backoff, **self.venue_stats()} if self.venue else None,
             "model": self.model_view(),
             "release": self.release.get("version"),
             "memory_bytes": self.rss_bytes,
@@ -1583,6 +1657,7 @@ class EngineHost:
         self.leaked: LeakedClient | None = None
         self.order_interval = float(config.get("order_interval", 0.2))
         self.exchange: Mapping[str, Any] | None = config.get("exchange")
+        self.exchange_backup: Mapping[str, Any] | None = config.get("exchange_backup")
         # about 20 venue steps a second over the whole fleet, at most one a second per engine
         self.venue_every = max(int(round(1.0 / self.order_interval)), -(-len(config["engines"]) // 4), 1)
         self.venue_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="venue")

@@ -79,6 +79,7 @@ RESTART_TIMEOUT = 30.0  # restarting many engines at once
 ENGINES_STOP_TIMEOUT = 15.0
 DB_FAULT_TIMEOUT = 30.0  # a session fault's control call: start or end the session, wait for pg_stat_activity
 RECONNECT_TIMEOUT = 15.0  # after index-corruption restarted PostgreSQL: until the order writer commits again
+BACKUP_EXCHANGE_DIR = "exchange-backup"
 REDIS_OOM_HEADROOM = 4 * 1024 * 1024  # redis-oom: maxmemory this far above what Redis uses when injected
 SECRETS_RELOAD_TIMEOUT = 5.0  # after SIGHUP: until the engines process has re-read the secrets file
 _OWN_FILES = (STATE_FILE, STARTING_FILE, ENGINES_CONFIG_FILE, ENGINES_RUNTIME_FILE, SECRETS_FILE)
@@ -275,6 +276,7 @@ class Lab:
             "pgbouncer": None,
             "redis": None,
             "exchange": None,
+            "exchange_backup": None,
             "engines": specs,
             "restart_argv": restart_argv(self.lab_dir),
         }
@@ -303,6 +305,10 @@ class Lab:
                 st["exchange"] = self._start_exchange(st, specs, deadline)
                 save()
                 log.info("exchange up on port %s (%.1fs)", st["exchange"]["port"], time.monotonic() - t0)
+                st["exchange_backup"] = self._start_exchange(st, specs, deadline, backup=True)
+                save()
+                log.info("backup exchange up on port %s (%.1fs)", st["exchange_backup"]["port"],
+                         time.monotonic() - t0)
             for spec in specs:
                 Path(spec["dir"]).mkdir(parents=True, exist_ok=True)
             write_secrets_env(self.secrets_path, {SECRET_CURRENT: st["admin_token"]})
@@ -318,6 +324,7 @@ class Lab:
                     "pgbouncer": st["pgbouncer"],
                     "redis": st["redis"],
                     "exchange": st["exchange"],
+                    "exchange_backup": st["exchange_backup"],
                     "engines": specs,
                 },
             )
@@ -341,14 +348,26 @@ class Lab:
                 raise
             raise LabError(f"lab up failed: {exc!r}") from exc
 
-    def _start_exchange(self, st: Mapping[str, Any], specs: list[dict[str, Any]], deadline: float) -> dict[str, Any]:
+    @property
+    def backup_exchange_dir(self) -> Path:
+        """The backup exchange's own directory (its config, runtime and log files)."""
+        return self.lab_dir / BACKUP_EXCHANGE_DIR
+
+    def _start_exchange(self, st: Mapping[str, Any], specs: list[dict[str, Any]], deadline: float,
+                        backup: bool = False) -> dict[str, Any]:
+        """The lab exchange, or with ``backup`` a second one (seed 003's failover venue): another process in its
+        own directory, with accounts of its own (other keys, the same starting balances)."""
         conn = postgres.connect(st["postgres"])
         try:
             with conn.cursor() as cur:
                 accounts = venue.plan_accounts([s["name"] for s in specs], cur, len(postgres.SEED_ACCOUNTS))
         finally:
             conn.close()
-        return venue.start(self.lab_dir, st["control_token"], accounts, deadline)
+        directory = self.lab_dir
+        if backup:
+            directory = self.backup_exchange_dir
+            directory.mkdir(mode=0o700, exist_ok=True)
+        return venue.start(directory, st["control_token"], accounts, deadline)
 
     def _spawn_engines(self) -> subprocess.Popen[bytes]:
         src_root = str(Path(__file__).resolve().parents[2])
@@ -492,6 +511,8 @@ class Lab:
             if not terminate(pid, expect, timeout=ENGINES_STOP_TIMEOUT):
                 log.warning("engines process %s did not stop", pid)
         venue.stop(self.lab_dir, st.get("exchange"))
+        if st.get("exchange_backup"):
+            venue.stop(self.backup_exchange_dir, st["exchange_backup"])
         if st.get("redis"):
             RedisServer(self.lab_dir).stop(st["redis"])
         if st.get("pgbouncer") and st.get("postgres"):
@@ -646,27 +667,31 @@ class Lab:
 
     # -- the exchange ----------------------------------------------------------------------------------------
 
-    def exchange_control(self, method: str, path: str, body: Any = None, timeout: float = CONTROL_TIMEOUT) -> Any:
+    def exchange_control(self, method: str, path: str, body: Any = None, timeout: float = CONTROL_TIMEOUT,
+                         backup: bool = False) -> Any:
         """Call the lab exchange's control API (``/lab/state``, ``/lab/orders``, ``/lab/fills``, ``/lab/move``,
-        ``/lab/faults``, ``/lab/accounts``). LabError if this lab runs no exchange."""
+        ``/lab/faults``, ``/lab/accounts``); ``backup``: the backup exchange's. LabError if this lab runs none."""
         st = self.state
-        if not st.get("exchange"):
-            raise LabError(f"the lab in {self.lab_dir} runs no exchange (it was started with exchange=False)")
-        return venue.control(st["exchange"], _control_token(st), method, path, body, timeout)
+        entry = st.get("exchange_backup" if backup else "exchange")
+        if not entry:
+            raise LabError(f"the lab in {self.lab_dir} runs no {'backup ' if backup else ''}exchange")
+        return venue.control(entry, _control_token(st), method, path, body, timeout)
 
-    def venue_accounts(self) -> dict[str, dict[str, Any]]:
+    def venue_accounts(self, backup: bool = False) -> dict[str, dict[str, Any]]:
         """Each engine's exchange account and its operations key: ``{engine: {key, secret, account_id}}``
-        (the engine trades with a key of its own). Secrets: keep them out of logs."""
-        accounts = (self.state.get("exchange") or {}).get("accounts") or {}
+        (the engine trades with a key of its own); ``backup``: at the backup exchange. Secrets: keep them out
+        of logs."""
+        accounts = (self.state.get("exchange_backup" if backup else "exchange") or {}).get("accounts") or {}
         return {name: {k: a[k] for k in ("key", "secret", "account_id")} for name, a in accounts.items()}
 
-    def working_orders(self, exclude_stops: bool = False) -> dict[str, int]:
+    def working_orders(self, exclude_stops: bool = False, backup: bool = False) -> dict[str, int]:
         """Working (open) orders per exchange account, as the exchange itself holds them; ``exclude_stops``
-        leaves out the protective stop-loss orders (what the health gate places on every position)."""
-        accounts = self.exchange_control("GET", "/lab/state")["accounts"]
+        leaves out the protective stop-loss orders (what the health gate places on every position);
+        ``backup``: at the backup exchange."""
+        accounts = self.exchange_control("GET", "/lab/state", backup=backup)["accounts"]
         counts = {name: int(a["open_orders"]) for name, a in accounts.items()}
         if exclude_stops:
-            for order in self.exchange_control("GET", "/lab/orders?status=open")["orders"]:
+            for order in self.exchange_control("GET", "/lab/orders?status=open", backup=backup)["orders"]:
                 if order["descr"]["ordertype"] == "stop-loss":
                     counts[order["account"]] -= 1
         return counts

@@ -46,7 +46,8 @@ CREATE TABLE orders (
     quantity numeric NOT NULL,
     price numeric NOT NULL,
     created_at timestamptz NOT NULL,
-    inserted_at timestamptz NOT NULL DEFAULT now()
+    inserted_at timestamptz NOT NULL DEFAULT now(),
+    venue text NOT NULL DEFAULT 'primary'  -- the exchange the engine traded on (seed 003: trades by exchange)
 );
 CREATE INDEX orders_engine_created_at_idx ON orders (engine, created_at);
 

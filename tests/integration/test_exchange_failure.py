@@ -1,0 +1,111 @@
+"""playbooks/exchange_failure.yml against a real lab with two exchanges (seed 003 P1, seed 000 P1).
+
+Proof from outside: the exchanges themselves (the backup holds the engines' new resting orders, the primary none of
+the orders left behind once it answers again), the orders table by venue (seed 003's query), the engines' config
+API, and Kraken's own rate-limit refusals counted by the engines."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from tests.helpers.records import read_record
+from tests.integration.lab.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+INCIDENT = "exchange-failure"
+
+
+def config(lab, name):
+    engine = lab.lab.engine(name)
+    req = urllib.request.Request(engine["url"] + "/admin/config",
+                                 headers={"X-Admin-Token": lab.state["admin_token"], "X-Lab-Source": "management"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.load(resp)
+
+
+def by_venue(lab, since):
+    rows = lab.query("SELECT venue, engine, count(*) FROM orders WHERE created_at > to_timestamp(%s) "
+                     "GROUP BY venue, engine", (since,))
+    return {(v, e): n for v, e, n in rows}
+
+
+def run(lab, tmp_path, *extra):
+    return lab.run_playbook("exchange_failure.yml", "-e", f"incident_report_dir={tmp_path}", *extra)
+
+
+def test_primary_down_fails_over_to_the_backup_and_fails_back_only_with_approval(lab_factory, tmp_path):
+    lab = lab_factory(engines=3)
+    names = lab.engines()
+    wait_until(lambda: all(lab.lab.working_orders().values()), timeout=15.0, what="orders resting at the primary")
+    left = lab.lab.working_orders()
+    lab.lab.inject("exchange-down")
+
+    proc = run(lab, tmp_path / "1")
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    assert "primary exchange: NO-GO" in proc.stdout and "HTTP 503" in proc.stdout
+    switched = time.time()
+    assert all(config(lab, n)["venue"] == "backup" for n in names)
+    # trading continues on the backup: new orders recorded there, and resting at the backup exchange itself
+    wait_until(lambda: all(by_venue(lab, switched).get(("backup", n)) for n in names), timeout=15.0,
+               what="orders on the backup from every engine")
+    assert not any(v == "primary" for v, _e in by_venue(lab, switched + 1.0))
+    wait_until(lambda: all(lab.lab.working_orders(backup=True).values()), timeout=15.0,
+               what="resting orders at the backup exchange")
+
+    # the primary answers again; without approval the engines stay on the backup, but what they left resting at
+    # the primary (live again) is cancelled
+    lab.lab.inject("exchange-down", clear=True)
+    proc = run(lab, tmp_path / "2")
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    assert sum(left.values()) > 0 and sum(lab.lab.working_orders(exclude_stops=True).values()) == 0
+    assert all(config(lab, n)["venue"] == "backup" for n in names)
+
+    # with approval: back on the primary, and nothing left working at the backup
+    proc = run(lab, tmp_path / "3", "-e", "exchange_failure_failback_approved=true")
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    back = time.time()
+    assert all(config(lab, n)["venue"] == "primary" for n in names)
+    wait_until(lambda: sum(lab.lab.working_orders(backup=True, exclude_stops=True).values()) == 0, timeout=10.0,
+               what="the backup's resting orders cancelled")
+    wait_until(lambda: all(by_venue(lab, back).get(("primary", n)) for n in names), timeout=15.0,
+               what="orders on the primary again")
+    record = read_record(tmp_path / "3", INCIDENT)
+    [repair] = [a for a in record["actions"] if a["phase"] == "repair" and a["name"] == "venues"]
+    assert "failed back engine-001, engine-002, engine-003" in repair["detail"], repair
+
+
+def test_rate_limited_engines_back_off_until_the_limit_lifts_and_a_restore_into_the_limit_is_undone(
+        lab_factory, tmp_path):
+    lab = lab_factory(engines=3)
+    names = lab.engines()
+    lab.lab.inject("exchange-rate-limit")  # Kraken's EAPI:Rate limit exceeded for every engine's account
+    wait_until(lambda: all((config(lab, n)["venue_calls"]["rate_limited"] or 0) > 0.2 for n in names),
+               timeout=15.0, what="the engines' calls rate limited")
+
+    checked = run(lab, tmp_path / "check", "--check")
+    assert checked.returncode == 0, checked.stdout[-6000:]
+    assert not any(config(lab, n)["backoff"] for n in names)
+
+    proc = run(lab, tmp_path / "1")
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    assert "rate limited: back-off and cached market data: engine-001, engine-002, engine-003" in proc.stdout
+    # the playbook watched fresh calls: none rate limited in back-off, though the limit is still on
+    views = {n: config(lab, n) for n in names}
+    assert all(v["backoff"] and v["venue_calls"]["rate_limited"] == 0 for v in views.values()), views
+
+    # a restore while the exchange still limits: back-off goes back on and the run fails for a person
+    proc = run(lab, tmp_path / "2", "-e", "exchange_failure_restore=true", "-e", "exchange_failure_watch_seconds=8")
+    assert proc.returncode != 0 and "still rate limited without back-off" in proc.stdout
+    assert all(config(lab, n)["backoff"] for n in names)
+
+    # the limit lifts: the restore holds
+    lab.lab.inject("exchange-rate-limit", clear=True)
+    proc = run(lab, tmp_path / "3", "-e", "exchange_failure_restore=true")
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    views = {n: config(lab, n) for n in names}
+    assert all(not v["backoff"] and v["venue_calls"]["rate_limited"] == 0 for v in views.values()), views
