@@ -54,8 +54,8 @@ class EngineConfigService(object):
         self.targets = [Target(t, i, self.timeout) for i, t in enumerate(targets)]
         names = [t.name for t in self.targets]
         if len(set(names)) != len(names):
-            raise ValidationError("targets: each engine once (%s twice)" % sorted(n for n in names
-                                                                                 if names.count(n) > 1)[0])
+            twice = sorted(n for n in names if names.count(n) > 1)[0]
+            raise ValidationError("targets: each engine once (%s twice)" % twice)
         self.wanted = params.get("set") or {}
         if not isinstance(self.wanted, dict):
             raise ValidationError("set must be a dict of setting to value, got %r" % (self.wanted,))

@@ -107,8 +107,8 @@ class StreamBacklogService(object):
         self.drain_timeout = number(params.get("drain_timeout"), "drain_timeout", minimum=0, default=0)
         self.timeout = check_timeout(60 if params.get("timeout") is None else params["timeout"], "timeout", minimum=1)
         if self.drain_timeout >= self.timeout:
-            raise ValidationError("drain_timeout (%s) must be shorter than timeout (%s)" % (self.drain_timeout,
-                                                                                          self.timeout))
+            raise ValidationError("drain_timeout (%s) must be shorter than timeout (%s)"
+                                  % (self.drain_timeout, self.timeout))
         self.evidence_path = params.get("evidence_path")
         if self.evidence_path and not os.path.isdir(os.path.dirname(os.path.abspath(self.evidence_path))):
             raise ValidationError("evidence_path: the directory of %s does not exist" % self.evidence_path)

@@ -18,7 +18,7 @@ description:
     whose values differ, and reads each again; a value the engine does not keep fails that engine.
   - The fleet is one call, the engines concurrently (at most O(concurrency) at once, each bounded by its timeout),
     not a task per engine.
-  - Without O(set) it only reads (RV(engines[].before)).
+  - Without O(set) it only reads (C(before) in RV(engines)).
 author:
   - tradeops SRE team (@tradeops)
 extends_documentation_fragment:
@@ -27,7 +27,7 @@ attributes:
   check_mode:
     support: full
     details:
-      - Reads every engine and reports what it would set (RV(engines[].would_set)); sends nothing.
+      - Reads every engine and reports what it would set (C(would_set) in RV(engines)); sends nothing.
   diff_mode:
     support: none
   idempotent:
@@ -81,7 +81,7 @@ options:
         description: HTTP proxy URL.
         type: str
   set:
-    description: The settings to set, for example C({"venue": "backup"}) or C({"backoff": true}). Empty reads only.
+    description: 'The settings to set, for example C({"venue": "backup"}) or C({"backoff": true}). Empty reads only.'
     type: dict
     default: {}
   concurrency:
