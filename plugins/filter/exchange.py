@@ -11,7 +11,8 @@ health_check http probe per venue of ``tradeops_venues`` (its component is the v
 backup while the primary answers again (what they left resting at the primary is live again: cancelled, whether or
 not they fail back); ``failback`` - the same engines, moved back only with approval; ``backoff_on`` - the engines
 whose venue calls are rate limited (a share of at least ``rate_limited_ratio`` of their recent calls, at least
-``min_calls`` calls) and not in back-off yet; ``backoff_off`` - with ``restore``, the engines in back-off.
+``min_calls`` calls) and not in back-off yet; ``backoff_off`` - with ``restore``, the engines in back-off; ``feed_stale`` - the engines whose market data from the
+WebSocket feed is older than ``max_market_data_age`` seconds (seed 003 P2 "WebSocket Connection Issues").
 """
 
 from __future__ import absolute_import, division, print_function
@@ -42,19 +43,21 @@ def _venue_state(probe, label):
             "message": p.get("message")}
 
 
-def exchange_plan(probe, configs, rate_limited_ratio=0.2, min_calls=2, restore=False):
+def exchange_plan(probe, configs, rate_limited_ratio=0.2, min_calls=2, restore=False, max_market_data_age=5):
     try:
-        ratio, least = float(rate_limited_ratio), int(min_calls)
+        ratio, least, max_age = float(rate_limited_ratio), int(min_calls), float(max_market_data_age)
     except (TypeError, ValueError):
-        raise AnsibleFilterError("exchange_plan: rate_limited_ratio and min_calls must be numbers")
+        raise AnsibleFilterError("exchange_plan: rate_limited_ratio, min_calls and max_market_data_age must be numbers")
     primary, backup = _venue_state(probe, "primary"), _venue_state(probe, "backup")
     engines = []
     for row in (configs or {}).get("engines") or []:
         conf = row.get("before") or {}
         calls = conf.get("venue_calls") or {}
+        feed = conf.get("market_data") or {}
         engines.append({"name": row.get("name"), "venue": conf.get("venue"), "backoff": bool(conf.get("backoff")),
                         "calls": int(calls.get("calls") or 0), "rate_limited": calls.get("rate_limited"),
-                        "unavailable": calls.get("unavailable"), "error": row.get("error")})
+                        "unavailable": calls.get("unavailable"), "error": row.get("error"),
+                        "market_data_age_s": feed.get("age_s"), "feed": bool(feed.get("url"))})
     primary_up, backup_up = primary["status"] == "GO", backup["status"] == "GO"
     on_primary = [e["name"] for e in engines if e["venue"] == "primary"]
     on_backup = [e["name"] for e in engines if e["venue"] == "backup"]
@@ -70,7 +73,12 @@ def exchange_plan(probe, configs, rate_limited_ratio=0.2, min_calls=2, restore=F
         "failback": on_backup if primary_up else [],
         "backoff_on": limited,
         "backoff_off": [e["name"] for e in engines if e["backoff"]] if restore else [],
-        "healthy": primary_up and not on_backup and not limited and not any(e["error"] for e in engines),
+        # seed 003 P2: market data from the WebSocket feed older than max_market_data_age (or none yet)
+        "feed_stale": [e["name"] for e in engines if e["feed"]
+                       and (e["market_data_age_s"] is None or e["market_data_age_s"] > max_age)],
+        "healthy": primary_up and not on_backup and not limited and not any(e["error"] for e in engines)
+        and not any(e["feed"] and (e["market_data_age_s"] is None or e["market_data_age_s"] > max_age)
+                    for e in engines),
     }
 
 
@@ -84,7 +92,8 @@ def exchange_lines(plan):
                       ("orphans", "cancel what they left resting at the primary"),
                       ("failback", "fail back to the primary (with approval)"),
                       ("backoff_on", "rate limited: back-off and cached market data"),
-                      ("backoff_off", "restore from back-off")):
+                      ("backoff_off", "restore from back-off"),
+                      ("feed_stale", "market data stale: restart the WebSocket feed")):
         names = (plan or {}).get(key) or []
         if names:
             lines.append("%s: %s" % (what, ", ".join(names)))

@@ -19,7 +19,8 @@ description:
   - When the lab runs its exchange, each engine's account there (its operations key) is the host variable
     C(venue_account), in the shape the C(tradeops.remediation.venue_guard) module takes, and at the backup exchange
     (seed 003's failover venue) C(venue_account_backup); the group variable C(tradeops_venues) names both
-    exchanges (C(primary), C(backup)) with the URL each is pinged at.
+    exchanges (C(primary), C(backup)) with the URL each is pinged at, and C(tradeops_market_feed_restart_command)
+    restarts the exchange's market-data WebSocket service (C(tradeops lab restart ws-feed)).
   - The admin token in C(halt_trading_target) is the CURRENT one, read from the lab's secrets file
     (C(ADMIN_TOKEN) in C(secrets.env), group variable C(tradeops_lab_secrets_file)), falling back to the
     state file's C(admin_token); so playbooks keep working after a rotation. Every engine API call,
@@ -327,6 +328,8 @@ class InventoryModule(BaseInventoryPlugin):
         }.items():
             self.inventory.set_variable(CONTROLLER, key, value)
 
+        # the exchange's market-data WebSocket service, restarted by its runtime (seed 003 P2)
+        self.inventory.set_variable(GROUP, "tradeops_market_feed_restart_command", list(restart_argv) + ["ws-feed"])
         # the exchanges the engines can trade on (seed 003: ping each, fail over to the backup)
         self.inventory.set_variable(GROUP, "tradeops_venues", dict(
             (label, {"url": v.get("url"), "ping_url": "%s/0/public/Time" % v.get("url")})

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .lab import Lab, LabError, LabInputError
 from .lab.dbfaults import CORRUPT_KINDS, DEFAULT_CORRUPT_COUNTS, LONG_QUERY_SECONDS
+from .lab.exchange import FAULT_WS_DOWN
 from .lab.exchange import FAULTS as EXCHANGE_FAULTS
 from .lab.state import (
     ALL,
@@ -121,6 +122,7 @@ def _add_lab_commands(subparsers: Any) -> None:
         "Exchange faults: exchange-down (5xx), exchange-slow (every answer --seconds late, default 2) for the "
         "whole exchange; exchange-rate-limit, exchange-auth (the keys revoked), cancel-lies (cancels answer "
         "success and cancel nothing) for the accounts of the engines named (default all). "
+        "ws-down wedges the exchange's market-data WebSocket feed (`lab restart ws-feed` restarts it). "
         "Stream faults: stream-consumer-stuck (the first consumer of notify.events reads and never acknowledges: "
         "its pending list grows); stream-poison (one message no consumer can process, and --count N, default 3, "
         "that fail until they are requeued once: all land in notify.events.dlq).",
@@ -130,7 +132,7 @@ def _add_lab_commands(subparsers: Any) -> None:
         metavar="FAULT",
         help=f"engine fault: {', '.join(FAULTS)} ('*' with --clear: all); database fault: {', '.join(DB_FAULTS)}; "
         f"service fault: {', '.join(SERVICE_FAULTS)}; security fault: {', '.join(SECURITY_FAULTS)}; "
-        f"exchange fault: {', '.join(EXCHANGE_FAULTS)}; stream fault: {', '.join(STREAM_FAULTS)}",
+        f"exchange fault: {', '.join(EXCHANGE_FAULTS)}, {FAULT_WS_DOWN}; stream fault: {', '.join(STREAM_FAULTS)}",
     )
     inject.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
     inject.add_argument("--all", action="store_true", help="every engine")
@@ -385,6 +387,11 @@ def _cmd_lab_inject(args: argparse.Namespace) -> int:
         return _cmd_lab_inject_db(args, engines)
     if args.fault == FAULT_LEAKED_SECRET:
         return _cmd_lab_inject_leak(args, engines)
+    if args.fault == FAULT_WS_DOWN:
+        res = Lab(args.dir).inject(args.fault, engines or None, clear=args.clear)
+        print(json.dumps(res, indent=2) if args.json else f"{args.fault} {'cleared' if args.clear else 'injected'}: "
+              f"the market-data feed is {'wedged' if res['wedged'] else 'serving'} ({res['clients']} client(s))")
+        return EXIT_OK
     if args.fault in STREAM_FAULTS:
         counts = _parse_counts(args.count)
         if args.kinds is not None or args.seconds is not None or isinstance(counts, dict):

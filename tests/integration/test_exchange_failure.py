@@ -109,3 +109,23 @@ def test_rate_limited_engines_back_off_until_the_limit_lifts_and_a_restore_into_
     assert proc.returncode == 0, proc.stdout[-8000:]
     views = {n: config(lab, n) for n in names}
     assert all(not v["backoff"] and v["venue_calls"]["rate_limited"] == 0 for v in views.values()), views
+
+
+def test_a_wedged_market_data_feed_is_restarted_and_market_data_flows_again(lab_factory, tmp_path):
+    lab = lab_factory(engines=2)
+    names = lab.engines()
+    wait_until(lambda: all((config(lab, n)["market_data"]["age_s"] or 99) < 2 for n in names), timeout=10.0,
+               what="market data flowing")
+    lab.lab.inject("ws-down")
+    wait_until(lambda: all((config(lab, n)["market_data"]["age_s"] or 0) > 6 for n in names), timeout=20.0,
+               what="the engines' market data going stale")
+    before = {n: config(lab, n)["market_data"]["updates"] for n in names}
+
+    proc = run(lab, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    assert "market data stale: restart the WebSocket feed: engine-001, engine-002" in proc.stdout
+    # the feed service was restarted (its fault went with it), and every engine gets fresh ticker updates again
+    assert lab.lab.exchange_control("GET", "/lab/ws")["restarts"] == 1 and lab.lab.service_running("ws-feed")
+    wait_until(lambda: all(config(lab, n)["market_data"]["updates"] > before[n] + 2 for n in names), timeout=10.0,
+               what="new ticker updates")
+    assert all(config(lab, n)["market_data"]["age_s"] < 2 for n in names)

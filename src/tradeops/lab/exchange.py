@@ -59,6 +59,7 @@ FAULT_RATE_LIMIT = "exchange-rate-limit"
 FAULT_AUTH = "exchange-auth"
 FAULT_CANCEL_LIES = "cancel-lies"
 FAULT_SLOW = "exchange-slow"
+FAULT_WS_DOWN = "ws-down"  # the market-data feed wedges (wsfeed.py); not one of FAULTS: the feed holds it
 FAULTS = (FAULT_DOWN, FAULT_RATE_LIMIT, FAULT_AUTH, FAULT_CANCEL_LIES, FAULT_SLOW)
 ACCOUNT_FAULTS = (FAULT_RATE_LIMIT, FAULT_AUTH, FAULT_CANCEL_LIES)  # per account; the others are venue-wide
 DEFAULT_SLOW_SECONDS = 2.0
@@ -629,10 +630,13 @@ class ExchangeServer:
     def __init__(self, exchange: Exchange, control_token: str) -> None:
         self.exchange = exchange
         self.control_token = control_token
+        self.feed: Any = None  # the market-data WebSocket feed (wsfeed.WsFeed), when aiohttp is there
 
     async def handle(self, request: Request) -> Response:
         ex = self.exchange
         try:
+            if request.path.startswith("/lab/ws"):
+                return await self.feed_control(request)
             if request.path.startswith("/lab/"):
                 return self.control(request)
             ex.requests += 1
@@ -657,6 +661,25 @@ class ExchangeServer:
         except Exception:  # a bug must answer, not hang the client
             log.exception("exchange: %s %s failed", request.method, request.path)
             return kraken_answer(error="EGeneral:Internal error")
+
+    async def feed_control(self, request: Request) -> Response:
+        """``GET /lab/ws``; ``POST /lab/ws {"fault": "ws-down", "clear"}``; ``POST /lab/ws/restart``."""
+        if not hmac.compare_digest(request.header("x-lab-token") or "", self.control_token):
+            return Response.error(403, "bad X-Lab-Token")
+        if self.feed is None:
+            return Response.error(404, "this exchange runs no market-data feed (aiohttp is not installed)")
+        if request.path == "/lab/ws" and request.method == "GET":
+            return Response.json(self.feed.view())
+        if request.path == "/lab/ws" and request.method == "POST":
+            body = request.json_object()
+            if body.get("fault") != FAULT_WS_DOWN:
+                return Response.error(400, f"the feed's fault is {FAULT_WS_DOWN}")
+            self.feed.wedged = not body.get("clear")
+            log.warning("market-data feed %s", "wedged (ws-down)" if self.feed.wedged else "unwedged")
+            return Response.json(self.feed.view())
+        if request.path == "/lab/ws/restart" and request.method == "POST":
+            return Response.json(await self.feed.restart())
+        return Response.error(404, f"no control endpoint {request.method} {request.path}")
 
     def control(self, request: Request) -> Response:
         if not hmac.compare_digest(request.header("x-lab-token") or "", self.control_token):
@@ -709,19 +732,37 @@ async def run(lab_dir: Path, host: str = LOOPBACK) -> None:
     srv = await asyncio.start_server(lambda r, w: serve_connection(r, w, server.handle), host,
                                      int(config.get("port") or 0), backlog=1024)
     port = srv.sockets[0].getsockname()[1]
-    write_json_atomic(lab_dir / RUNTIME_FILE, {"pid": os.getpid(), "host": host, "port": port})
+    ws_port = None
+    try:
+        from .wsfeed import WsFeed
+
+        server.feed = WsFeed(lambda: {PAIRS[p][6].replace("-", "/"): exchange.prices[p] for p in PAIRS}, host)
+        ws_port = await server.feed.start()
+    except ImportError:
+        log.warning("no market-data feed: aiohttp is not installed")
+        server.feed = None
+    write_json_atomic(lab_dir / RUNTIME_FILE, {"pid": os.getpid(), "host": host, "port": port, "ws_port": ws_port})
     log.info("exchange listening on %s:%d with %d accounts", host, port, len(exchange.accounts))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with srv:
-        while not stop.is_set():
-            exchange.step()
-            try:
-                await asyncio.wait_for(stop.wait(), TICK)
-            except TimeoutError:
-                pass
+        try:
+            await _tick(exchange, stop)
+        finally:
+            if server.feed is not None:
+                await server.feed.stop()
+
+
+async def _tick(exchange: Exchange, stop: asyncio.Event) -> None:
+    """The market: one price step per TICK until ``stop``."""
+    while not stop.is_set():
+        exchange.step()
+        try:
+            await asyncio.wait_for(stop.wait(), TICK)
+        except TimeoutError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:

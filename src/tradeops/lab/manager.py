@@ -24,6 +24,7 @@ from redis.retry import Retry
 from . import dbfaults, pgbouncer, postgres, redis_server, venue
 from .errors import LabError, LabInputError
 from .exchange import ACCOUNT_FAULTS as EXCHANGE_ACCOUNT_FAULTS
+from .exchange import FAULT_WS_DOWN
 from .exchange import FAULTS as EXCHANGE_FAULTS
 from .pgbouncer import PgBouncer
 from .postgres import PostgresServer, stop_cluster
@@ -610,6 +611,10 @@ class Lab:
             if count is not None:
                 body["transient"] = count
             return self.control("POST", "/lab/streams", body)
+        if fault == FAULT_WS_DOWN:
+            if engines or kinds is not None or count is not None or seconds is not None:
+                raise LabInputError(f"{fault} applies to the exchange's market-data feed and takes no options")
+            return dict(self.exchange_control("POST", "/lab/ws", {"fault": fault, "clear": bool(clear)}))
         if fault == FAULT_LEAKED_SECRET:
             if kinds is not None or count is not None or seconds is not None:
                 raise LabInputError(f"kinds, count and seconds do not apply to {fault}")
@@ -1097,6 +1102,11 @@ class Lab:
         if service == "pgbouncer":
             st = self.state
             return bool(st.get("pgbouncer")) and pgbouncer.answers(st["postgres"], st["pgbouncer"])
+        if service == "ws-feed":
+            try:
+                return not self.exchange_control("GET", "/lab/ws", timeout=3.0)["wedged"]
+            except LabError:
+                return False
         try:
             if service == "postgres":
                 conn = self.pg_connect(connect_timeout=2)
@@ -1111,7 +1121,7 @@ class Lab:
     def stop_service(self, service: str) -> dict[str, Any]:
         """Stop the lab's ``postgres`` (``pg_ctl stop -m immediate``: a crash, no checkpoint), ``pgbouncer`` or
         ``redis`` (its data is in memory only, as the lab configures it: the halt keys go with it). Idempotent."""
-        self._check_service(service)
+        self._check_service(service, stoppable=True)
         with self._locked():
             st = self.state
             if service == "postgres":
@@ -1126,7 +1136,7 @@ class Lab:
     def start_service(self, service: str) -> dict[str, Any]:
         """Start the lab's ``postgres`` or ``redis`` again on its port (its pid goes to ``state.json``); a
         running one is left alone (``"already": true``)."""
-        self._check_service(service)
+        self._check_service(service, stoppable=True)
         with self._locked():
             st = self.state
             if self.service_running(service):
@@ -1147,6 +1157,10 @@ class Lab:
         """Stop (if running) and start the lab's ``postgres`` (``pg_ctl stop -m fast``), ``pgbouncer`` (stopped
         whether it answers or not: a stuck pooler holds its port) or ``redis``."""
         self._check_service(service)
+        if service == "ws-feed":  # the exchange restarts its feed service on the same port
+            res = dict(self.exchange_control("POST", "/lab/ws/restart"))
+            return {"service": service, "running": True, "already": False, "pid": self.state["exchange"]["pid"],
+                    "restarts": res["restarts"], "started_at": time.time()}
         if service == "pgbouncer" or self.service_running(service):
             with self._locked():
                 st = self.state
@@ -1159,9 +1173,12 @@ class Lab:
         return self.start_service(service)
 
     @staticmethod
-    def _check_service(service: str) -> None:
+    def _check_service(service: str, stoppable: bool = False) -> None:
         if service not in SERVICES:
             raise LabInputError(f"unknown service {service!r} (the lab's services: {', '.join(SERVICES)})")
+        if stoppable and service == "ws-feed":
+            raise LabInputError("the exchange's ws-feed is restarted (`tradeops lab restart ws-feed`), not stopped "
+                                "or started; its fault is ws-down")
 
     def _inject_service(self, fault: str, clear: bool) -> dict[str, Any]:
         service = "postgres" if fault == FAULT_PG_DOWN else "redis"

@@ -194,7 +194,8 @@ FAULT_REDIS_OOM = "redis-oom"
 # pgbouncer` kills and starts it, as systemd's restart would.
 FAULT_POOLER_STUCK = "pooler-stuck"
 SERVICE_FAULTS: tuple[str, ...] = (FAULT_PG_DOWN, FAULT_REDIS_DOWN, FAULT_REDIS_OOM, FAULT_POOLER_STUCK)
-SERVICES: tuple[str, ...] = ("postgres", "redis", "pgbouncer")  # what `tradeops lab restart` takes besides engines
+# what `tradeops lab restart` takes besides engines (ws-feed: the exchange's market-data WebSocket service)
+SERVICES: tuple[str, ...] = ("postgres", "redis", "pgbouncer", "ws-feed")
 REDIS_CACHE_PREFIX = "cache:"  # the lab's cache keys (what redis-oom fills Redis with)
 
 # Security faults: a task of the engines process, lab-wide, optionally limited to some engines.

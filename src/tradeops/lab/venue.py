@@ -91,6 +91,8 @@ def start(lab_dir: Path, control_token: str, accounts: Mapping[str, Any], deadli
         if info and info.get("pid") == proc.pid:
             entry["port"] = int(info["port"])
             entry["url"] = f"http://{LOOPBACK}:{entry['port']}"
+            if info.get("ws_port"):  # its market-data feed (Kraken's WebSocket API v2)
+                entry["ws_url"] = f"ws://{LOOPBACK}:{int(info['ws_port'])}/v2"
             # the operations key of each account (what the collection uses) and the engine's own
             entry["accounts"] = {name: {"key": a["keys"]["ops"]["key"], "secret": a["keys"]["ops"]["secret"],
                                         "engine_key": a["keys"].get("engine"), "account_id": a.get("account_id")}

@@ -106,3 +106,13 @@ def test_exchange_plan_fails_over_cancels_orphans_fails_back_and_backs_off():
     assert [v["component"] for v in venue_probes({"primary": {"ping_url": "http://p/0/public/Time"},
                                                    "backup": {"ping_url": "http://b/0/public/Time"}})] == [
         "backup", "primary"]
+
+
+def test_exchange_plan_names_the_engines_whose_market_data_is_stale():
+    fleet = {"engines": [
+        {"name": "fresh", "before": {"venue": "primary", "market_data": {"url": "ws://x", "age_s": 0.4}}},
+        {"name": "stale", "before": {"venue": "primary", "market_data": {"url": "ws://x", "age_s": 9.0}}},
+        {"name": "never", "before": {"venue": "primary", "market_data": {"url": "ws://x", "age_s": None}}},
+        {"name": "nofeed", "before": {"venue": "primary", "market_data": {"url": None, "age_s": None}}}]}
+    p = exchange_plan(probe(), fleet, max_market_data_age=5)
+    assert p["feed_stale"] == ["stale", "never"] and not p["healthy"]
