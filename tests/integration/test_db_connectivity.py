@@ -43,6 +43,21 @@ def no_secret_in(lab, directory):
             assert not any(s in text for s in secrets), path
 
 
+def assert_halt_proven(lab, record, names):
+    """Every engine halted and verified at containment; the orders, recorded once they could be, prove no engine
+    traded from its verified halt to the resume. Returns (halted_at, resumed_at, resume halt entry)."""
+    [contain] = [h for h in record["halts"] if h["phase"] == "contain"]
+    assert sorted(contain["done"]) == names and not contain["failed"] and not contain["unverified"]
+    [reverify] = [h for h in record["halts"] if h["phase"] == "re-verify"]
+    assert reverify["orders_after"] == 0
+    [resume] = [h for h in record["halts"] if h["phase"] == "resume"]
+    [resume_phase] = [p for p in record["phases"] if p["name"] == "resume"]
+    halted_at, resumed_at = epoch(contain["at"]), epoch(resume_phase["start"])  # before the resume's call
+    for name in names:
+        assert lab.orders_between(name, halted_at, resumed_at) == 0, name
+    return halted_at, resumed_at, resume
+
+
 def test_postgres_down_halts_every_engine_restarts_it_and_resumes_only_after_a_clean_scan(lab_factory, tmp_path):
     lab = lab_factory(engines=4)
     names = lab.engines()
@@ -61,17 +76,9 @@ def test_postgres_down_halts_every_engine_restarts_it_and_resumes_only_after_a_c
     assert lab.lab.service_running("postgres") and lab.state["postgres"]["pid"] != old_pid
     assert lab.lab.service_running("pgbouncer") and lab.state["pgbouncer"]["pid"] == pooler_pid
     record = read_record(tmp_path, INCIDENT)
-    [contain] = [h for h in record["halts"] if h["phase"] == "contain"]
-    assert sorted(contain["done"]) == names and not contain["failed"] and not contain["unverified"]
     # the orders, recorded once PostgreSQL was back (the engines buffered them), prove the halt held
-    [reverify] = [h for h in record["halts"] if h["phase"] == "re-verify"]
-    assert reverify["orders_after"] == 0
-    [resume] = [h for h in record["halts"] if h["phase"] == "resume"]
-    [resume_phase] = [p for p in record["phases"] if p["name"] == "resume"]
-    halted_at, resumed_at = epoch(contain["at"]), epoch(resume_phase["start"])  # before the resume's call
+    halted_at, resumed_at, resume = assert_halt_proven(lab, record, names)
     assert resumed_at - halted_at > 5  # the restart, the scan and the stable gate came in between
-    for name in names:
-        assert lab.orders_between(name, halted_at, resumed_at) == 0, name
     [scan] = [a for a in record["actions"] if a["name"] == "integrity_scan"]
     assert scan["outcome"] in ("ok", "warn"), scan
     assert record["verdict"]["text"] == "RESOLVED: trading resumed, verified", record["verdict"]
@@ -180,15 +187,7 @@ def test_a_stuck_pooler_halts_every_engine_is_restarted_and_the_buffered_orders_
     # the pooler is a new process and serves queries again; PostgreSQL itself was never touched
     assert lab.lab.service_running("pgbouncer") and lab.state["pgbouncer"]["pid"] != old_pid
     record = read_record(tmp_path, INCIDENT)
-    [contain] = [h for h in record["halts"] if h["phase"] == "contain"]
-    assert sorted(contain["done"]) == names and not contain["failed"] and not contain["unverified"]
-    [reverify] = [h for h in record["halts"] if h["phase"] == "re-verify"]
-    assert reverify["orders_after"] == 0
-    [resume] = [h for h in record["halts"] if h["phase"] == "resume"]
-    [resume_phase] = [p for p in record["phases"] if p["name"] == "resume"]
-    halted_at, resumed_at = epoch(contain["at"]), epoch(resume_phase["start"])
-    for name in names:
-        assert lab.orders_between(name, halted_at, resumed_at) == 0, name
+    _halted_at, _resumed_at, resume = assert_halt_proven(lab, record, names)
     # no integrity scan: PostgreSQL was never down
     assert not [a for a in record["actions"] if a["name"] == "integrity_scan"]
     assert record["verdict"]["text"] == "RESOLVED: trading resumed, verified", record["verdict"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import psycopg2
 
 from .errors import LabError
-from .postgres import _pg_env, _run_as_for_datadir, dsn
+from .postgres import _run_as_for_datadir, dsn, spawn_logged
 from .procs import free_port, pid_alive, tail, terminate
 from .state import LOOPBACK
 
@@ -87,23 +86,7 @@ class PgBouncer:
         for _attempt in range(3):
             info = {"host": LOOPBACK, "port": port or free_port(), "pid": None, "dir": str(self.dir)}
             self._write_files(info, run_as)
-            logf = open(self.log_path, "ab")
-            try:
-                proc = subprocess.Popen(
-                    [exe, str(self.ini)],
-                    cwd=self.dir,
-                    env=_pg_env(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                    **run_as.popen_kwargs(),
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                raise LabError(f"cannot start pgbouncer: {exc}") from exc
-            finally:
-                logf.close()
+            proc = spawn_logged([exe, str(self.ini)], self.dir, self.log_path, run_as, "pgbouncer")
             info["pid"] = proc.pid
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and proc.poll() is None:

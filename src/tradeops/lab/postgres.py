@@ -175,6 +175,20 @@ def _run_as_for_datadir(datadir: Path) -> _RunAs:
     return _RunAs(st.st_uid, st.st_gid) if st.st_uid != 0 else _RunAs()
 
 
+def spawn_logged(argv: list[str], cwd: Path, log_path: Path, run_as: _RunAs, what: str) -> subprocess.Popen[bytes]:
+    """Start a server of the cluster's (postgres, pgbouncer) detached, as ``run_as``, its output appended to
+    ``log_path`` - opened by us: works even if the cluster user cannot enter the lab dir."""
+    logf = open(log_path, "ab")
+    try:
+        return subprocess.Popen(argv, cwd=cwd, env=_pg_env(), stdin=subprocess.DEVNULL, stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                **run_as.popen_kwargs())
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LabError(f"cannot start {what}: {exc}") from exc
+    finally:
+        logf.close()
+
+
 def _pg_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["LC_ALL"] = "C"
@@ -343,23 +357,8 @@ class PostgresServer:
 
     def _launch(self, datadir: Path, base: Path, run_as: _RunAs, info: dict[str, Any]) -> tuple[bool, str]:
         """Start the postmaster detached, logging to the lab dir; wait until it accepts connections."""
-        logf = open(self.log_path, "ab")  # opened by us: works even if the cluster user cannot enter the lab dir
-        try:
-            self._proc = subprocess.Popen(
-                [str(self.bindir / "postgres"), "-D", str(datadir)],
-                cwd=base,
-                env=_pg_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                **run_as.popen_kwargs(),
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise LabError(f"cannot start postgres: {exc}") from exc
-        finally:
-            logf.close()
+        self._proc = spawn_logged([str(self.bindir / "postgres"), "-D", str(datadir)], base, self.log_path, run_as,
+                                  "postgres")
         info["pid"] = self._proc.pid
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
