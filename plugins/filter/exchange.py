@@ -56,6 +56,7 @@ def exchange_plan(probe, configs, rate_limited_ratio=0.2, min_calls=2, restore=F
         feed = conf.get("market_data") or {}
         engines.append({"name": row.get("name"), "venue": conf.get("venue"), "backoff": bool(conf.get("backoff")),
                         "calls": int(calls.get("calls") or 0), "rate_limited": calls.get("rate_limited"),
+                        "auth_failed": calls.get("auth_failed"),
                         "unavailable": calls.get("unavailable"), "error": row.get("error"),
                         "market_data_age_s": feed.get("age_s"), "feed": bool(feed.get("url"))})
     primary_up, backup_up = primary["status"] == "GO", backup["status"] == "GO"
@@ -63,6 +64,7 @@ def exchange_plan(probe, configs, rate_limited_ratio=0.2, min_calls=2, restore=F
     on_backup = [e["name"] for e in engines if e["venue"] == "backup"]
     limited = [e["name"] for e in engines if not e["backoff"] and e["calls"] >= least
                and (e["rate_limited"] or 0) >= ratio]
+    refused = [e["name"] for e in engines if e["calls"] >= least and (e["auth_failed"] or 0) >= ratio]
     return {
         "venues": {"primary": primary, "backup": backup},
         "engines": engines,
@@ -72,11 +74,14 @@ def exchange_plan(probe, configs, rate_limited_ratio=0.2, min_calls=2, restore=F
         "orphans": on_backup if primary_up else [],
         "failback": on_backup if primary_up else [],
         "backoff_on": limited,
+        # seed 002: the exchange refuses the engine's key (expired or revoked): a new key, rotated
+        "auth_failed": refused,
         "backoff_off": [e["name"] for e in engines if e["backoff"]] if restore else [],
         # seed 003 P2: market data from the WebSocket feed older than max_market_data_age (or none yet)
         "feed_stale": [e["name"] for e in engines if e["feed"]
                        and (e["market_data_age_s"] is None or e["market_data_age_s"] > max_age)],
-        "healthy": primary_up and not on_backup and not limited and not any(e["error"] for e in engines)
+        "healthy": primary_up and not on_backup and not limited and not refused
+        and not any(e["error"] for e in engines)
         and not any(e["feed"] and (e["market_data_age_s"] is None or e["market_data_age_s"] > max_age)
                     for e in engines),
     }
@@ -93,6 +98,7 @@ def exchange_lines(plan):
                       ("failback", "fail back to the primary (with approval)"),
                       ("backoff_on", "rate limited: back-off and cached market data"),
                       ("backoff_off", "restore from back-off"),
+                      ("auth_failed", "the exchange refuses their key: rotate it"),
                       ("feed_stale", "market data stale: restart the WebSocket feed")):
         names = (plan or {}).get(key) or []
         if names:
@@ -100,6 +106,28 @@ def exchange_lines(plan):
     return lines
 
 
+def venue_key_rotations(engines, hostvars, issued, revoke, var="tradeops_venue_credential"):
+    """rotate_secret's ``secrets`` for a key rotation of each engine (seed 002): its store (host var ``var``:
+    ``store`` and ``test`` - the engine's check of a key, which makes a signed read-only call with it), the new
+    credential ``issued`` by the exchange, written directly (the engine has one slot), tested, and the previous
+    key revoked at the exchange (``revoke``) once the engine uses the new one, which must then refuse the old."""
+    if not isinstance(issued, dict):
+        raise AnsibleFilterError("venue_key_rotations: issued must map each engine to its new credential")
+    items = []
+    for name in engines or []:
+        spec = (hostvars[name].get(var) if hasattr(hostvars[name], "get") else None) or {}
+        new = (issued.get(name) or {}).get("credential")
+        if not spec.get("store") or not spec.get("test"):
+            raise AnsibleFilterError("venue_key_rotations: %s has no %s with store and test" % (name, var))
+        if not new:
+            raise AnsibleFilterError("venue_key_rotations: the exchange issued no key for %s" % name)
+        test = dict(spec["test"], old_must_fail=True)
+        items.append({"name": name, "store": dict(spec["store"]), "value": new, "staging": "direct",
+                      "test": test, "revoke_previous": True, "revoke": dict(revoke or {})})
+    return items
+
+
 class FilterModule(object):
     def filters(self):
-        return {"venue_probes": venue_probes, "exchange_plan": exchange_plan, "exchange_lines": exchange_lines}
+        return {"venue_probes": venue_probes, "exchange_plan": exchange_plan, "exchange_lines": exchange_lines,
+                "venue_key_rotations": venue_key_rotations}

@@ -20,7 +20,9 @@ description:
     C(venue_account), in the shape the C(tradeops.remediation.venue_guard) module takes, and at the backup exchange
     (seed 003's failover venue) C(venue_account_backup); the group variable C(tradeops_venues) names both
     exchanges (C(primary), C(backup)) with the URL each is pinged at, and C(tradeops_market_feed_restart_command)
-    restarts the exchange's market-data WebSocket service (C(tradeops lab restart ws-feed)).
+    restarts the exchange's market-data WebSocket service (C(tradeops lab restart ws-feed)). For seed 002's key
+    rotation, each engine's key store and key check (C(tradeops_venue_credential)), the command that issues new
+    keys (C(tradeops_venue_key_issue_command)) and the exchange's revoke endpoint (C(tradeops_venue_key_revoke)).
   - The admin token in C(halt_trading_target) is the CURRENT one, read from the lab's secrets file
     (C(ADMIN_TOKEN) in C(secrets.env), group variable C(tradeops_lab_secrets_file)), falling back to the
     state file's C(admin_token); so playbooks keep working after a rotation. Every engine API call,
@@ -328,6 +330,13 @@ class InventoryModule(BaseInventoryPlugin):
         }.items():
             self.inventory.set_variable(CONTROLLER, key, value)
 
+        # seed 002's key rotation: the exchange issues a key per engine account and revokes the old one
+        self.inventory.set_variable(GROUP, "tradeops_venue_key_issue_command", list(lab_cli) + [
+            "venue-key", "--dir", lab_dir])
+        if exchange.get("url"):
+            self.inventory.set_variable(GROUP, "tradeops_venue_key_revoke", {
+                "url": "%s/lab/keys/revoke" % exchange["url"], "header": "X-Lab-Token",
+                "token": state.get("control_token"), "body_field": "credential"})
         # the exchange's market-data WebSocket service, restarted by its runtime (seed 003 P2)
         self.inventory.set_variable(GROUP, "tradeops_market_feed_restart_command", list(restart_argv) + ["ws-feed"])
         # the exchanges the engines can trade on (seed 003: ping each, fail over to the backup)
@@ -386,6 +395,16 @@ class InventoryModule(BaseInventoryPlugin):
                     "token_header": "X-Admin-Token", "headers": dict(MANAGEMENT_HEADERS), "timeout": 3,
                 },
             }
+            if (exchange.get("accounts") or {}).get(name):
+                # the engine's own key, as its deployment holds it, and the engine's check of a key (a signed
+                # read-only call with it): what rotate_secret writes and tests (seed 002's key rotation)
+                host_vars["tradeops_venue_credential"] = {
+                    "store": {"type": "env_file", "path": os.path.join(engine["dir"], "venue.env"),
+                              "key": "VENUE_API_CREDENTIAL"},
+                    "test": {"url": "http://%s:%d/admin/venue/credential" % (engine["host"], int(engine["port"])),
+                             "header": "X-Venue-Credential", "status": [200], "timeout": 20,
+                             "headers": dict(MANAGEMENT_HEADERS, **{"X-Admin-Token": admin_token})},
+                }
             for var, venue in (("venue_account", exchange), ("venue_account_backup", backup)):
                 account = (venue.get("accounts") or {}).get(name)
                 if account:

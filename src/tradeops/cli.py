@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .lab import Lab, LabError, LabInputError
 from .lab.dbfaults import CORRUPT_KINDS, DEFAULT_CORRUPT_COUNTS, LONG_QUERY_SECONDS
-from .lab.exchange import FAULT_WS_DOWN
+from .lab.exchange import FAULT_KEY_EXPIRED, FAULT_WS_DOWN
 from .lab.exchange import FAULTS as EXCHANGE_FAULTS
 from .lab.state import (
     ALL,
@@ -122,6 +122,7 @@ def _add_lab_commands(subparsers: Any) -> None:
         "Exchange faults: exchange-down (5xx), exchange-slow (every answer --seconds late, default 2) for the "
         "whole exchange; exchange-rate-limit, exchange-auth (the keys revoked), cancel-lies (cancels answer "
         "success and cancel nothing) for the accounts of the engines named (default all). "
+        "exchange-key-expired expires the engines' own API keys (default all; `lab venue-key` issues new ones). "
         "ws-down wedges the exchange's market-data WebSocket feed (`lab restart ws-feed` restarts it). "
         "Stream faults: stream-consumer-stuck (the first consumer of notify.events reads and never acknowledges: "
         "its pending list grows); stream-poison (one message no consumer can process, and --count N, default 3, "
@@ -132,7 +133,8 @@ def _add_lab_commands(subparsers: Any) -> None:
         metavar="FAULT",
         help=f"engine fault: {', '.join(FAULTS)} ('*' with --clear: all); database fault: {', '.join(DB_FAULTS)}; "
         f"service fault: {', '.join(SERVICE_FAULTS)}; security fault: {', '.join(SECURITY_FAULTS)}; "
-        f"exchange fault: {', '.join(EXCHANGE_FAULTS)}, {FAULT_WS_DOWN}; stream fault: {', '.join(STREAM_FAULTS)}",
+        f"exchange fault: {', '.join(EXCHANGE_FAULTS)}, {FAULT_KEY_EXPIRED}, {FAULT_WS_DOWN}; "
+        f"stream fault: {', '.join(STREAM_FAULTS)}",
     )
     inject.add_argument("engines", metavar="ENGINE", nargs="*", help="engine names, e.g. engine-003")
     inject.add_argument("--all", action="store_true", help="every engine")
@@ -177,6 +179,17 @@ def _add_lab_commands(subparsers: Any) -> None:
     restart.add_argument("--all", action="store_true", help="every engine")
     restart.add_argument("--json", action="store_true", help="machine-readable output")
     restart.set_defaults(func=_cmd_lab_restart)
+
+    venue_key = lab_sub.add_parser(
+        "venue-key",
+        parents=[common],
+        help="issue a new API key at the lab exchange for engines' accounts (prints JSON with the secrets)",
+        description="As an exchange's key management page does: a new key for each engine's account, printed as "
+        "JSON {engine: {key, secret, credential}} on stdout (secrets: capture it, do not log it). The old keys "
+        "keep working until they are revoked (POST /lab/keys/revoke on the exchange's control API).",
+    )
+    venue_key.add_argument("engines", metavar="ENGINE", nargs="+", help="engine names, or '*' for all")
+    venue_key.set_defaults(func=_cmd_lab_venue_key)
 
     consumers = lab_sub.add_parser(
         "consumers",
@@ -387,6 +400,10 @@ def _cmd_lab_inject(args: argparse.Namespace) -> int:
         return _cmd_lab_inject_db(args, engines)
     if args.fault == FAULT_LEAKED_SECRET:
         return _cmd_lab_inject_leak(args, engines)
+    if args.fault == FAULT_KEY_EXPIRED:
+        res = Lab(args.dir).inject(args.fault, engines or None, clear=args.clear)
+        print(json.dumps(res, indent=2) if args.json else f"{args.fault} injected: {res['expired']} key(s) expired")
+        return EXIT_OK
     if args.fault == FAULT_WS_DOWN:
         res = Lab(args.dir).inject(args.fault, engines or None, clear=args.clear)
         print(json.dumps(res, indent=2) if args.json else f"{args.fault} {'cleared' if args.clear else 'injected'}: "
@@ -567,6 +584,11 @@ def _db_fault_status_lines(faults: dict[str, Any]) -> list[str]:
             detail = _session_summary(fault, f)
         lines.append(f"  db fault {fault} {state}: {detail}")
     return lines
+
+
+def _cmd_lab_venue_key(args: argparse.Namespace) -> int:
+    print(json.dumps(Lab(args.dir).issue_venue_keys(args.engines)))
+    return EXIT_OK
 
 
 def _cmd_lab_consumers(args: argparse.Namespace) -> int:

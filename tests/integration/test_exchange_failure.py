@@ -7,6 +7,7 @@ API, and Kraken's own rate-limit refusals counted by the engines."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 
@@ -129,3 +130,47 @@ def test_a_wedged_market_data_feed_is_restarted_and_market_data_flows_again(lab_
     wait_until(lambda: all(config(lab, n)["market_data"]["updates"] > before[n] + 2 for n in names), timeout=10.0,
                what="new ticker updates")
     assert all(config(lab, n)["market_data"]["age_s"] < 2 for n in names)
+
+
+def kraken(lab, key, secret):
+    import ccxt
+
+    ex = ccxt.kraken({"apiKey": key, "secret": secret, "enableRateLimit": False, "timeout": 5000})
+    url = lab.state["exchange"]["url"]
+    ex.urls["api"] = {"public": url, "private": url}
+    return ex
+
+
+def test_an_expired_key_is_rotated_with_rotate_secret_proven_by_a_signed_call_and_the_old_key_revoked(
+        lab_factory, tmp_path):
+    import ccxt
+
+    lab = lab_factory(engines=2)
+    names = lab.engines()
+    old = {n: a["engine_key"] for n, a in lab.state["exchange"]["accounts"].items()}
+    lab.lab.inject("exchange-key-expired")  # seed 002: the engines' own keys expire
+    wait_until(lambda: all((config(lab, n)["venue_calls"]["auth_failed"] or 0) > 0.2 for n in names), timeout=15.0,
+               what="the engines' calls refused as invalid keys")
+
+    proc = run(lab, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    assert "the exchange refuses their key: rotate it: engine-001, engine-002" in proc.stdout
+    record = read_record(tmp_path, INCIDENT)
+    [repair] = [a for a in record["actions"] if a["phase"] == "repair" and a["name"] == "venues"]
+    assert "keys rotated and the old ones revoked for engine-001, engine-002" in repair["detail"], repair
+    for name in names:
+        view = config(lab, name)
+        assert view["venue_key"] != old[name]["key"][:6] + "..."
+        # the engine trades with the new key: its venue calls succeed again
+        wait_until(lambda name=name: config(lab, name)["venue_calls"]["auth_failed"] == 0
+                   and config(lab, name)["venue_calls"]["calls"] >= 1, timeout=10.0, what=f"{name}'s calls succeed")
+        # the old key is revoked at the exchange: a signed read-only call with it is refused
+        with pytest.raises(ccxt.AuthenticationError):
+            kraken(lab, old[name]["key"], old[name]["secret"]).fetch_balance()
+        # the store holds the new key only, privately; no secret reached the output or the record
+        store = lab.lab.engine(name)["dir"] + "/venue.env"
+        text = open(store).read()
+        assert old[name]["secret"] not in text and "VENUE_API_CREDENTIAL=" in text
+        assert oct(os.stat(store).st_mode & 0o777) == "0o600"
+        new_secret = text.strip().split("VENUE_API_CREDENTIAL=")[1].split(":", 1)[1].splitlines()[0]
+        assert new_secret not in proc.stdout and new_secret not in json.dumps(record)

@@ -192,6 +192,7 @@ LEAK_PATH = "/pnl/status"
 FIREWALL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 VENUE_RESTING = 3  # resting orders an engine keeps at the lab exchange
 VENUE_PRIMARY, VENUE_BACKUP = "primary", "backup"
+VENUE_CREDENTIAL_FILE, VENUE_CREDENTIAL_VAR = "venue.env", "VENUE_API_CREDENTIAL"
 VENUE_ERROR_WINDOW = 10.0  # seconds of venue calls behind the venue error rate
 BACKOFF_FACTOR = 4  # back-off mode: a quarter of the venue calls
 VENUE_PAIRS = tuple(PAIRS)
@@ -809,6 +810,10 @@ class Engine:
                 self.venues[label] = KrakenClient(exchange["host"], exchange["port"], account["engine_key"]["key"],
                                                   account["engine_key"]["secret"])
         self.venue_name = VENUE_PRIMARY
+        # the primary's key, as the engine's deployment holds it: VENUE_API_CREDENTIAL=<key>:<secret> in
+        # <engine dir>/venue.env, re-read when the file changes (what rotate_secret writes; seed 002's key rotation)
+        self.credential_path = Path(spec["dir"]) / VENUE_CREDENTIAL_FILE
+        self._credential_stamp: tuple[int, int] | None = None
         # seed 000's rate-limit answer: back-off (a quarter of the venue calls) and cached market data
         self.backoff = False
         # (when, outcome): ok, refused (an order error), rate_limited (EAPI:Rate limit exceeded), unavailable
@@ -842,6 +847,7 @@ class Engine:
             "/admin/streams/pending": {"GET": self._streams_pending},
             "/admin/streams/dlq": {"GET": self._streams_dlq},
             "/admin/streams/dlq/requeue": {"POST": self._streams_requeue},
+            "/admin/venue/credential": {"GET": self._venue_credential_check},
         }
         if KILLSWITCH_API in self.methods:
             routes["/api/v1/emergency/kill_switch"] = {"POST": self._kill_switch}
@@ -1091,7 +1097,9 @@ class Engine:
         return {"update_interval_ms": self.update_interval_ms,
                 "update_interval_bounds_ms": list(UPDATE_INTERVAL_BOUNDS), "cpu_ratio": round(self.cpu_ratio, 4),
                 "venue": self.venue_name, "venues": list(self.venues), "backoff": self.backoff,
-                "venue_calls": self.venue_stats(), "market_data": self.host.feed.view()}
+                "venue_calls": self.venue_stats(), "market_data": self.host.feed.view(),
+                "venue_key": (self.venues[VENUE_PRIMARY].credential[0][:6] + "...")
+                if VENUE_PRIMARY in self.venues else None}
 
     # -- releases and the crash loop ----------------------------------------------------------------------------
 
@@ -1165,6 +1173,51 @@ class Engine:
     def venue(self) -> KrakenClient | None:
         return self.venues.get(self.venue_name)
 
+    def reload_credential(self) -> None:
+        """Take a new primary key from ``venue.env`` when the file changed (mtime or size)."""
+        client = self.venues.get(VENUE_PRIMARY)
+        try:
+            st = os.stat(self.credential_path)
+        except OSError:
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if client is None or stamp == self._credential_stamp:
+            return
+        self._credential_stamp = stamp
+        try:
+            values = read_secrets_env(self.credential_path) or {}
+        except (OSError, LabError) as exc:
+            self.event(logging.ERROR, "venue credential not re-read: %s", exc)
+            return
+        key, sep, secret = (values.get(VENUE_CREDENTIAL_VAR) or "").partition(":")
+        if not (key and sep and secret):
+            self.event(logging.ERROR, "venue credential: %s holds no %s=<key>:<secret>", self.credential_path,
+                       VENUE_CREDENTIAL_VAR)
+            return
+        if (key, secret) != client.credential:
+            client.credential = (key, secret)
+            self.venue_calls.clear()  # the calls made with the old key say nothing about the new one
+            self.event(logging.WARNING, "venue credential: now key %s...", key[:6])
+
+    async def _venue_credential_check(self, request: Request) -> Response:
+        """``GET /admin/venue/credential`` with ``X-Venue-Credential: <key>:<secret>``: 200 when it is the primary
+        key this engine uses AND the exchange takes a signed read-only call with it (Balance); 409 when the
+        engine uses another key; 401 when the exchange refuses it. rotate_secret's test of a rotated key."""
+        self._require_admin(request)
+        client = self.venues.get(VENUE_PRIMARY)
+        if client is None:
+            raise HttpError(404, "this engine trades on no exchange")
+        self.reload_credential()
+        offered = request.header("x-venue-credential") or ""
+        if offered.partition(":")[::2] != client.credential:
+            raise HttpError(409, f"this engine uses key {client.credential[0][:6]}..., not the one offered")
+        try:
+            balance = await asyncio.get_running_loop().run_in_executor(
+                self.host.venue_pool, lambda: client.call("Balance"))
+        except VenueError as exc:
+            raise HttpError(401, f"the exchange refused a signed read-only call: {exc}") from exc
+        return Response.json({"key": client.credential[0][:6] + "...", "balances": len(balance or {})})
+
     def venue_stats(self, window: float = VENUE_ERROR_WINDOW) -> dict[str, Any]:
         """The venue calls of the last ``window`` seconds: how many, and the share that failed, was rate limited
         (Kraken's EAPI:Rate limit exceeded) or found the exchange unavailable (HTTP 5xx, no answer)."""
@@ -1174,8 +1227,9 @@ class Engine:
         def share(*outcomes: str) -> float | None:
             return round(sum(1 for o in recent if o in outcomes) / len(recent), 4) if recent else None
 
-        return {"calls": len(recent), "error_rate": share("refused", "rate_limited", "unavailable"),
-                "rate_limited": share("rate_limited"), "unavailable": share("unavailable")}
+        return {"calls": len(recent), "error_rate": share("refused", "rate_limited", "unavailable", "auth_failed"),
+                "rate_limited": share("rate_limited"), "unavailable": share("unavailable"),
+                "auth_failed": share("auth_failed")}
 
     @staticmethod
     def _outcome(exc: VenueError | None) -> str:
@@ -1184,6 +1238,8 @@ class Engine:
             return "ok"
         if "Rate limit" in text:
             return "rate_limited"
+        if "Invalid key" in text:
+            return "auth_failed"
         if text.startswith(("HTTP 5", "network")):
             return "unavailable"
         return "refused"
@@ -1208,6 +1264,7 @@ class Engine:
         then rest a new limit order 1-2.5 % away from the venue's price. While the engine trades, an order lives
         a few seconds and the price does not get there; an order left behind by a halt lives on, and fills
         within minutes (the price moves about 1.5 % a minute)."""
+        self.reload_credential()
         venue = self.venue
         assert venue is not None
         if len(self.venue_orders) >= VENUE_RESTING:

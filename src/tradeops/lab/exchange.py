@@ -59,6 +59,7 @@ FAULT_RATE_LIMIT = "exchange-rate-limit"
 FAULT_AUTH = "exchange-auth"
 FAULT_CANCEL_LIES = "cancel-lies"
 FAULT_SLOW = "exchange-slow"
+FAULT_KEY_EXPIRED = "exchange-key-expired"  # the engines' API keys expire (seed 002); held by the keys, not FAULTS
 FAULT_WS_DOWN = "ws-down"  # the market-data feed wedges (wsfeed.py); not one of FAULTS: the feed holds it
 FAULTS = (FAULT_DOWN, FAULT_RATE_LIMIT, FAULT_AUTH, FAULT_CANCEL_LIES, FAULT_SLOW)
 ACCOUNT_FAULTS = (FAULT_RATE_LIMIT, FAULT_AUTH, FAULT_CANCEL_LIES)  # per account; the others are venue-wide
@@ -203,6 +204,7 @@ class ApiKey:
     secret: str
     label: str
     nonce: int = 0
+    expired: bool = False  # seed 002's expired API key: refused as an invalid key
 
 
 @dataclass
@@ -265,6 +267,37 @@ class Exchange:
         for key in acct.keys:
             self.by_key[key] = acct
         return acct
+
+    def issue_keys(self, names: list[str], label: str) -> dict[str, dict[str, str]]:
+        """A new API key for each account (as an exchange's key management does); the old ones keep working
+        until they are revoked or expire."""
+        out = {}
+        for name in names:
+            acct = self.accounts.get(name)
+            if acct is None:
+                raise ValueError(f"no account {name!r}")
+            key, secret = new_account_keys()
+            acct.keys[key] = ApiKey(secret, label)
+            self.by_key[key] = acct
+            out[name] = {"key": key, "secret": secret, "credential": f"{key}:{secret}"}
+        return out
+
+    def revoke_key(self, key: str) -> str:
+        """Revoke one key (``key``, or a ``key:secret`` credential); KeyError if the exchange does not know it."""
+        key = key.partition(":")[0]
+        acct = self.by_key.pop(key)
+        del acct.keys[key]
+        return acct.name
+
+    def expire_keys(self, names: list[str], label: str) -> list[str]:
+        """Expire every key labelled ``label`` of each account (seed 002: an expired exchange API key)."""
+        expired = []
+        for name in names:
+            for key, api_key in self.accounts[name].keys.items():
+                if api_key.label == label and not api_key.expired:
+                    api_key.expired = True
+                    expired.append(key)
+        return expired
 
     # -- market --------------------------------------------------------------------------------------------
     def step(self) -> None:
@@ -537,7 +570,7 @@ class Exchange:
     def authenticate(self, request: Request, method: str) -> tuple[Account, dict[str, Any]]:
         key = request.header("api-key") or ""
         acct = self.by_key.get(key)
-        if acct is None or acct.name in self.account_faults.get(FAULT_AUTH, ()):
+        if acct is None or acct.name in self.account_faults.get(FAULT_AUTH, ()) or acct.keys[key].expired:
             if acct is not None:
                 acct.refused["auth"] = acct.refused.get("auth", 0) + 1
             raise KrakenError("EAPI:Invalid key")
@@ -710,6 +743,18 @@ class ExchangeServer:
             if path == "/lab/move" and request.method == "POST":
                 pair = ex.pairs_of(str(body.get("pair") or "").replace("/", "").replace("BTC", "XBT"))[0]
                 return Response.json({"pair": pair, "price": ex.move(pair, float(body["pct"]))})
+            if path == "/lab/keys" and request.method == "POST":
+                return Response.json({"keys": ex.issue_keys(list(body.get("accounts") or []),
+                                                            str(body.get("label") or "engine"))})
+            if path == "/lab/keys/revoke" and request.method == "POST":
+                raw = str(body.get("credential") or body.get("key") or "")
+                try:
+                    return Response.json({"revoked": raw.partition(":")[0], "account": ex.revoke_key(raw)})
+                except KeyError:
+                    return Response.error(404, "no such key")
+            if path == "/lab/keys/expire" and request.method == "POST":
+                names = list(body.get("accounts") or ex.accounts)
+                return Response.json({"expired": len(ex.expire_keys(names, str(body.get("label") or "engine")))})
             if path == "/lab/accounts" and request.method == "POST":
                 name = str(body.get("name") or "")
                 if not name:

@@ -22,9 +22,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import dbfaults, pgbouncer, postgres, redis_server, venue
+from .engines import VENUE_CREDENTIAL_FILE, VENUE_CREDENTIAL_VAR
 from .errors import LabError, LabInputError
 from .exchange import ACCOUNT_FAULTS as EXCHANGE_ACCOUNT_FAULTS
-from .exchange import FAULT_WS_DOWN
+from .exchange import FAULT_KEY_EXPIRED, FAULT_WS_DOWN
 from .exchange import FAULTS as EXCHANGE_FAULTS
 from .pgbouncer import PgBouncer
 from .postgres import PostgresServer, stop_cluster
@@ -312,6 +313,11 @@ class Lab:
                          time.monotonic() - t0)
             for spec in specs:
                 Path(spec["dir"]).mkdir(parents=True, exist_ok=True)
+                account = ((st["exchange"] or {}).get("accounts") or {}).get(spec["name"])
+                if account and account.get("engine_key"):  # the engine's key as its deployment holds it
+                    key = account["engine_key"]
+                    write_secrets_env(Path(spec["dir"]) / VENUE_CREDENTIAL_FILE,
+                                      {VENUE_CREDENTIAL_VAR: f"{key['key']}:{key['secret']}"})
             write_secrets_env(self.secrets_path, {SECRET_CURRENT: st["admin_token"]})
             st["order_interval"] = order_interval  # the inventory derives halt_trading_quiesce_seconds from it
             write_json_atomic(
@@ -522,6 +528,9 @@ class Lab:
             stop_cluster(st["postgres"])
         for name in _OWN_FILES:
             (self.lab_dir / name).unlink(missing_ok=True)
+        for spec in st.get("engines") or []:  # each engine's exchange key
+            if spec.get("dir"):
+                (Path(spec["dir"]) / VENUE_CREDENTIAL_FILE).unlink(missing_ok=True)
         ballast = self.lab_dir / BALLAST_DIR  # the disk-pressure fault's filler: never worth keeping
         if ballast.is_dir() and not ballast.is_symlink():
             shutil.rmtree(ballast, ignore_errors=True)
@@ -611,6 +620,12 @@ class Lab:
             if count is not None:
                 body["transient"] = count
             return self.control("POST", "/lab/streams", body)
+        if fault == FAULT_KEY_EXPIRED:
+            if clear or kinds is not None or count is not None or seconds is not None:
+                raise LabInputError(f"{fault} cannot be cleared (rotate the keys) and takes only engine names")
+            names = self._engine_names(engines if engines else [ALL])
+            names = [s["name"] for s in self.state["engines"]] if ALL in names else names
+            return dict(self.exchange_control("POST", "/lab/keys/expire", {"accounts": names, "label": "engine"}))
         if fault == FAULT_WS_DOWN:
             if engines or kinds is not None or count is not None or seconds is not None:
                 raise LabInputError(f"{fault} applies to the exchange's market-data feed and takes no options")
@@ -642,6 +657,14 @@ class Lab:
                     f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} none")
         res = self.control("POST", "/lab/faults", {"engines": names, "fault": fault, "clear": bool(clear)})
         return list(res["engines"])
+
+    def issue_venue_keys(self, engines: Sequence[str]) -> dict[str, dict[str, str]]:
+        """A new API key at the lab exchange for each engine's account (as an exchange's key management issues
+        one): ``{engine: {key, secret, credential}}``; the old keys work until revoked. Secrets: keep them out of
+        logs."""
+        names = self._engine_names(list(engines))
+        names = [s["name"] for s in self.state["engines"]] if ALL in names else names
+        return dict(self.exchange_control("POST", "/lab/keys", {"accounts": names, "label": "engine"})["keys"])
 
     def streams(self) -> dict[str, Any]:
         """The streams' ledger: per stream, produced, processed, processed twice, unprocessed, poison, consumers."""

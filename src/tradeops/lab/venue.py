@@ -137,7 +137,8 @@ class KrakenClient:
     """A minimal signed Kraken REST client (the engines'); one call at a time per instance."""
 
     def __init__(self, host: str, port: int, key: str, secret: str, timeout: float = CALL_TIMEOUT) -> None:
-        self.host, self.port, self.key, self.secret, self.timeout = host, int(port), key, secret, timeout
+        self.host, self.port, self.timeout = host, int(port), timeout
+        self.credential = (key, secret)  # replaced whole when the key is rotated: a call never mixes two keys
         self._nonce = 0
 
     def nonce(self) -> str:
@@ -146,9 +147,10 @@ class KrakenClient:
 
     def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         path = f"/0/private/{method}"
+        key, secret = self.credential
         nonce = self.nonce()
         body = urllib.parse.urlencode({"nonce": nonce, **(params or {})}).encode()
-        headers = {"API-Key": self.key, "API-Sign": kraken_signature(path, body, nonce, self.secret),
+        headers = {"API-Key": key, "API-Sign": kraken_signature(path, body, nonce, secret),
                    "Content-Type": "application/x-www-form-urlencoded"}
         try:
             res = http_request(self.host, self.port, "POST", path, body=body, headers=headers, timeout=self.timeout)

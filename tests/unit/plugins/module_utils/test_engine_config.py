@@ -116,3 +116,20 @@ def test_exchange_plan_names_the_engines_whose_market_data_is_stale():
         {"name": "nofeed", "before": {"venue": "primary", "market_data": {"url": None, "age_s": None}}}]}
     p = exchange_plan(probe(), fleet, max_market_data_age=5)
     assert p["feed_stale"] == ["stale", "never"] and not p["healthy"]
+
+
+def test_venue_key_rotations_write_direct_test_with_the_old_refused_and_revoke():
+    from ansible.errors import AnsibleFilterError
+    from ansible_collections.tradeops.remediation.plugins.filter.exchange import venue_key_rotations
+
+    hostvars = {"e1": {"tradeops_venue_credential": {
+        "store": {"type": "env_file", "path": "/x/venue.env", "key": "VENUE_API_CREDENTIAL"},
+        "test": {"url": "http://e1/admin/venue/credential", "header": "X-Venue-Credential"}}}, "e2": {}}
+    revoke = {"url": "http://ex/lab/keys/revoke", "body_field": "credential"}
+    [item] = venue_key_rotations(["e1"], hostvars, {"e1": {"credential": "k:s"}}, revoke)
+    assert item["value"] == "k:s" and item["staging"] == "direct" and item["revoke_previous"]
+    assert item["test"]["old_must_fail"] and item["revoke"] == revoke and item["store"]["path"] == "/x/venue.env"
+    with pytest.raises(AnsibleFilterError, match="e2 has no tradeops_venue_credential"):
+        venue_key_rotations(["e2"], hostvars, {"e2": {"credential": "k:s"}}, revoke)
+    with pytest.raises(AnsibleFilterError, match="issued no key for e1"):
+        venue_key_rotations(["e1"], hostvars, {}, revoke)
