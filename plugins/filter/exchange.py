@@ -11,8 +11,10 @@ health_check http probe per venue of ``tradeops_venues`` (its component is the v
 backup while the primary answers again (what they left resting at the primary is live again: cancelled, whether or
 not they fail back); ``failback`` - the same engines, moved back only with approval; ``backoff_on`` - the engines
 whose venue calls are rate limited (a share of at least ``rate_limited_ratio`` of their recent calls, at least
-``min_calls`` calls) and not in back-off yet; ``backoff_off`` - with ``restore``, the engines in back-off; ``feed_stale`` - the engines whose market data from the
-WebSocket feed is older than ``max_market_data_age`` seconds (seed 003 P2 "WebSocket Connection Issues").
+``min_calls`` calls) and not in back-off yet; ``backoff_off`` - with ``restore``, the engines in back-off;
+``auth_failed`` - the engines whose key the exchange refuses (seed 002); ``feed_stale`` - the engines whose market
+data from the WebSocket feed is older than ``max_market_data_age`` seconds (seed 003 P2 "WebSocket Connection
+Issues").
 """
 
 from __future__ import absolute_import, division, print_function
