@@ -16,6 +16,7 @@ import json
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -115,6 +116,32 @@ def _exchange_down(lab: Lab) -> list[str]:
     return []
 
 
+def _config(lab: Lab, name: str) -> dict[str, Any]:
+    engine = lab.engine(name)
+    req = urllib.request.Request(engine["url"] + "/admin/config",
+                                 headers={"X-Admin-Token": lab.admin_token, "X-Lab-Source": "management"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.load(resp)
+
+
+def _rate_limited(lab: Lab) -> list[str]:
+    lab.inject("exchange-rate-limit")
+    _wait(lambda: all((_config(lab, e["name"])["venue_calls"]["rate_limited"] or 0) > 0.2 for e in lab.engines()))
+    return []
+
+
+def _key_expired(lab: Lab) -> list[str]:
+    lab.inject("exchange-key-expired")
+    _wait(lambda: all((_config(lab, e["name"])["venue_calls"]["auth_failed"] or 0) > 0.2 for e in lab.engines()))
+    return []
+
+
+def _ws_down(lab: Lab) -> list[str]:
+    lab.inject("ws-down")
+    _wait(lambda: all((_config(lab, e["name"])["market_data"]["age_s"] or 0) > 6 for e in lab.engines()))
+    return []
+
+
 def _locks_and_oom(lab: Lab) -> list[str]:
     lab.inject("blocking-lock")
     lab.inject("long-query", seconds=120)
@@ -137,6 +164,9 @@ CASES: dict[str, tuple[str, str, Callable[[Lab], list[str]]]] = {
     "db_connectivity:locks+oom": ("db_connectivity", "db-connectivity", _locks_and_oom),
     "stream_backlog": ("stream_backlog", "stream-backlog", _stream_backlog),
     "exchange_failure:down": ("exchange_failure", "exchange-failure", _exchange_down),
+    "exchange_failure:rate-limit": ("exchange_failure", "exchange-failure", _rate_limited),
+    "exchange_failure:key-expired": ("exchange_failure", "exchange-failure", _key_expired),
+    "exchange_failure:ws-down": ("exchange_failure", "exchange-failure", _ws_down),
 }
 
 

@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import tarfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -106,11 +107,11 @@ def test_p0_resolves_with_a_correct_result_and_no_secret_reaches_the_runs_dir(la
     assert all("tradeops" in e for e in seen)
     assert IncidentResult.load(Path(result.run_dir) / "result.json").halted == engines
     assert tradeops.load_result(result.run_id, runs).verdict == result.verdict
-    # the lab agrees: nothing trades, nothing traded after the contain phase
-    time.sleep(0.5)
+    # the lab agrees: nothing trades, and no contained engine traded after its verified halt (the record's time of
+    # the contain phase's halt call, not the phase's first task: the call may come seconds later on a loaded machine)
     assert not [e["name"] for e in lab.lab.engines() if e["trading_active"]]
-    contained_at = min(t.time for t in result.timeline if t.phase == "contain")
-    since = time.mktime(time.strptime(contained_at[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone + 2
+    [contain] = [h for h in report["halts"] if h["phase"] == "contain"]
+    since = datetime.fromisoformat(contain["at"].replace("Z", "+00:00")).timestamp()
     assert all(lab.orders_after(n, since) == 0 for n in result.contained)
 
     # secret hygiene: the canaries reached no file, the environment stayed behind, the secret file is gone
