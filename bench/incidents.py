@@ -119,7 +119,7 @@ def _exchange_down(lab: Lab) -> list[str]:
 def _config(lab: Lab, name: str) -> dict[str, Any]:
     engine = lab.engine(name)
     req = urllib.request.Request(engine["url"] + "/admin/config",
-                                 headers={"X-Admin-Token": lab.admin_token, "X-Lab-Source": "management"})
+                                 headers={"X-Admin-Token": lab.admin_token(), "X-Lab-Source": "management"})
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.load(resp)
 
@@ -137,6 +137,7 @@ def _key_expired(lab: Lab) -> list[str]:
 
 
 def _ws_down(lab: Lab) -> list[str]:
+    _wait(lambda: all(_config(lab, e["name"])["market_data"]["age_s"] is not None for e in lab.engines()))
     lab.inject("ws-down")
     _wait(lambda: all((_config(lab, e["name"])["market_data"]["age_s"] or 0) > 6 for e in lab.engines()))
     return []
