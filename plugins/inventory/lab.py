@@ -403,7 +403,7 @@ class InventoryModule(BaseInventoryPlugin):
                               "key": "VENUE_API_CREDENTIAL"},
                     "test": {"url": "http://%s:%d/admin/venue/credential" % (engine["host"], int(engine["port"])),
                              "header": "X-Venue-Credential", "status": [200], "timeout": 20,
-                             "headers": dict(MANAGEMENT_HEADERS, **{"X-Admin-Token": admin_token})},
+                             "headers": dict(MANAGEMENT_HEADERS)},
                 }
             for var, venue in (("venue_account", exchange), ("venue_account_backup", backup)):
                 account = (venue.get("accounts") or {}).get(name)

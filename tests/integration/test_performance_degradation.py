@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from datetime import datetime
 
 import pytest
 
 from tests.helpers.records import read_record
+from tests.integration.lab.helpers import engine_config
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +48,6 @@ def wait_for(predicate, what, timeout=15.0):
         time.sleep(0.2)
 
 
-def config(lab, name):
-    engine = lab.lab.engine(name)
-    req = urllib.request.Request(engine["url"] + "/admin/config",
-                                 headers={"X-Admin-Token": lab.state["admin_token"], "X-Lab-Source": "management"})
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.load(resp)
-
-
 def test_each_cause_gets_its_own_fix_and_only_the_leaking_engine_is_halted_and_restarted(lab_factory, tmp_path):
     lab = lab_factory(engines=6)
     lab.lab.inject("memory-leak", ["engine-002"])  # grows until a restart
@@ -63,7 +55,7 @@ def test_each_cause_gets_its_own_fix_and_only_the_leaking_engine_is_halted_and_r
     lab.lab.inject("table-bloat")
     wait_for(lambda: lab.engines_view()["engine-002"]["memory_bytes"] > 80 * MIB, "engine-002's memory to grow")
     assert wait_for(lambda: dead_rows(lab) >= 50_000, "the dead rows in PostgreSQL's statistics")
-    assert config(lab, "engine-004")["update_interval_ms"] == 100
+    assert engine_config(lab.lab, "engine-004")["update_interval_ms"] == 100
 
     proc = run(lab, tmp_path, "-e", "resume_trading_approved=true")
     assert proc.returncode == 0, proc.stdout[-6000:]
@@ -82,8 +74,8 @@ def test_each_cause_gets_its_own_fix_and_only_the_leaking_engine_is_halted_and_r
     assert {n: e["restarts"] for n, e in view.items()} == {n: int(n == "engine-002") for n in view}
     assert view["engine-002"]["memory_bytes"] < 80 * MIB and view["engine-002"]["faults"] == []
     # the CPU: engine-004 runs at half the update frequency, under the 80 % threshold, never restarted
-    assert config(lab, "engine-004")["update_interval_ms"] == 200
-    assert config(lab, "engine-004")["cpu_ratio"] < 0.8
+    assert engine_config(lab.lab, "engine-004")["update_interval_ms"] == 200
+    assert engine_config(lab.lab, "engine-004")["cpu_ratio"] < 0.8
     # the table: vacuumed (and only it), its dead rows gone
     assert dead_rows(lab) < 10_000
     vacuumed = {r[0] for r in lab.query("SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL")}
@@ -123,5 +115,5 @@ def test_check_mode_changes_nothing(lab_factory, tmp_path):
     assert all(e["restarts"] == 0 for e in view.values())
     assert all(e["trading_active"] for e in view.values())
     assert view["engine-001"]["faults"] == ["memory-leak"]
-    assert config(lab, "engine-003")["update_interval_ms"] == 100
+    assert engine_config(lab.lab, "engine-003")["update_interval_ms"] == 100
     assert dead_rows(lab) >= before

@@ -672,7 +672,7 @@ class Lab:
 
     def pause_producers(self, paused: bool = True) -> dict[str, Any]:
         """Stop (or restart) the streams' producers: the ledger then has an end to count to."""
-        return dict(self.control("POST", "/lab/streams", {"fault": "pause", "clear": not paused}))
+        return dict(self.control("POST", "/lab/streams/producers", {"paused": bool(paused)}))
 
     def scale_consumers(self, stream: str, count: int, replace: Sequence[str] = ()) -> dict[str, Any]:
         """Run ``count`` consumers of ``stream``'s group, after stopping the ones named in ``replace`` (what they

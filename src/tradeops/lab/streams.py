@@ -246,11 +246,15 @@ class StreamsApp:
 
     # -- faults and the ledger -----------------------------------------------------------------------------
 
+    def pause(self, paused: Any) -> dict[str, Any]:
+        """Stop (or restart) the producers: a count in = count out needs an end."""
+        if not isinstance(paused, bool):
+            raise LabInputError("'paused' must be true or false")
+        self.paused = paused
+        return {"paused": self.paused}
+
     async def fault(self, body: Mapping[str, Any]) -> dict[str, Any]:
         fault, clear = body.get("fault"), body.get("clear", False)
-        if fault == "pause":  # the producers (a test's count in = count out needs an end)
-            self.paused = not clear
-            return {"paused": self.paused}
         if fault not in STREAM_FAULTS or not isinstance(clear, bool):
             raise LabInputError(f"unknown stream fault {fault!r} (known: {', '.join(STREAM_FAULTS)})")
         if fault == FAULT_STUCK:

@@ -34,6 +34,13 @@ def call(
     return http_request(spec["host"], spec["port"], method, path, body=body, headers=headers, timeout=timeout)
 
 
+def engine_config(lab: Lab, engine: str) -> dict[str, Any]:
+    """The engine's configuration as its config API reports it (``GET /admin/config``, the current admin token)."""
+    res = call(lab, engine, "GET", "/admin/config", token=lab.admin_token())
+    assert res.status == 200, f"{engine}: GET /admin/config answered {res.status}: {res.text[:200]}"
+    return res.json()
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
     while True:
