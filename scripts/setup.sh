@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-DEB_PACKAGES=(postgresql postgresql-contrib pgbouncer redis-server docker.io debootstrap iproute2)
+DEB_PACKAGES=(postgresql postgresql-contrib pgbouncer redis-server docker.io debootstrap iproute2
+  # the closed loop (issue 19): monitoring, and the Java 17 runtime ansible-rulebook's Drools engine needs
+  prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-redis-exporter openjdk-17-jre-headless)
 # Node runs Mermaid's own parser for the tests of the post-mortem draft (tests/js): Debian's nodejs and npm,
 # unless a node with npm is already installed (a NodeSource nodejs ships its own npm and conflicts with Debian's).
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -92,6 +92,12 @@ def _add_lab_commands(subparsers: Any) -> None:
     up.add_argument("--no-wait", dest="wait", action="store_false", help="do not wait for the first orders")
     up.add_argument("--no-exchange", dest="exchange", action="store_false",
                     help="do not start the lab exchange (the engines then rest no order at a venue)")
+    up.add_argument("--monitoring", action="store_true",
+                    help="also start Prometheus, Alertmanager and the PostgreSQL and Redis exporters (Debian's), "
+                         "with the collection's alert rules; Alertmanager sends to the EDA source (`tradeops eda`)")
+    up.add_argument("--lab-for", default="3s", metavar="DURATION",
+                    help="with --monitoring: cut each alert rule's `for:` to at most this (default 3s; a lab "
+                         "cannot wait the production 5 minutes); 'none' keeps the rules as shipped")
     up.set_defaults(func=_cmd_lab_up)
 
     status = lab_sub.add_parser("status", parents=[common], help="show the lab (exit 1 if it is unhealthy)")
@@ -246,6 +252,8 @@ def _cmd_lab_up(args: argparse.Namespace) -> int:
         wait=args.wait,
         timeout=args.timeout,
         exchange=args.exchange,
+        monitoring=args.monitoring,
+        monitoring_for_max=None if str(args.lab_for).lower() == "none" else args.lab_for,
     )
     pg, rd, ctl = st["postgres"], st["redis"], st["control"]
     faulty = [f"{e['name']}={','.join(e['faults'])}" for e in st["engines"] if e["faults"]]
@@ -259,6 +267,13 @@ def _cmd_lab_up(args: argparse.Namespace) -> int:
     if st.get("exchange"):
         ex = st["exchange"]
         print(f"  exchange  {ex['url']}  (Kraken's REST API; one account per engine)")
+    if st.get("monitoring"):
+        mon = st["monitoring"]
+        print(f"  prometheus   {mon['prometheus']['url']}  (scrape every {mon['scrape_interval']})")
+        print(f"  alertmanager {mon['alertmanager']['url']}  (webhook to {mon['webhook']['host']}:"
+              f"{mon['webhook']['port']}{mon['webhook']['path']}: `tradeops eda start`)")
+        for cut in mon["rules_shortened"]:
+            print(f"  lab rule     {cut['alert']}: for {cut['original']} cut to {cut['now']} (lab only)")
     if faulty:
         print(f"  faults    {' '.join(faulty)}")
     print(f"  state     {lab.state_path} (holds the secrets; mode 0600)")
@@ -634,7 +649,11 @@ def _cmd_lab_restart(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab_down(args: argparse.Namespace) -> int:
+    from . import eda
+
     lab = Lab(args.dir)
+    if eda.stop(lab):  # the rulebook started for this lab (`tradeops eda start`) goes first
+        print("ansible-rulebook stopped")
     lab.down(keep=args.keep)
     print(f"lab in {lab.lab_dir} is down" + (" (directory kept)" if args.keep else ""))
     return EXIT_OK
@@ -670,6 +689,79 @@ def _add_drill_commands(subparsers: Any) -> None:
     )
     p0.add_argument("--keep", action="store_true", help="leave the drill lab running afterwards")
     p0.set_defaults(func=_cmd_drill_p0)
+    auto = kinds.add_parser(
+        "auto",
+        help="closed loop: fault -> Prometheus alert -> Alertmanager -> ansible-rulebook -> verified halt, timed",
+        description="Start a lab with Prometheus, Alertmanager and ansible-rulebook (the collection's rulebook), "
+        "inject error-rate on one engine and time, with no human step, each interval from the fault to the "
+        "engine verified halted and its working orders cancelled at the venue; then clear the fault and show "
+        "that the resolved alert starts nothing. The rules' `for:` windows are cut for the lab (--lab-for), "
+        "and the drill says so. Exit 0 only if all of it holds and the fault-to-halt time is within --target.",
+    )
+    auto.add_argument("--engines", type=int, default=10, help="number of lab engines (default 10)")
+    auto.add_argument("--engine", default="engine-003", help="the engine to fault (default engine-003)")
+    auto.add_argument("--lab-for", default="3s", metavar="DURATION",
+                      help="cut each alert rule's `for:` to at most this (default 3s)")
+    auto.add_argument("--target", type=float, default=30.0, metavar="SECONDS",
+                      help="fault to verified halt must take at most this (default 30)")
+    auto.add_argument("--keep", action="store_true", help="leave the drill lab and the rulebook running")
+    auto.set_defaults(func=_cmd_drill_auto)
+
+
+def _cmd_drill_auto(args: argparse.Namespace) -> int:
+    from .drill_auto import run_auto_drill
+
+    outcome = run_auto_drill(engines=args.engines, engine=args.engine, lab_for=args.lab_for, keep=args.keep,
+                             target=args.target)
+    return EXIT_OK if outcome.ok else EXIT_FAILURE
+
+
+# `tradeops eda`: ansible-rulebook for a lab that runs with --monitoring (src/tradeops/eda.py).
+def _add_eda_commands(subparsers: Any) -> None:
+    eda = subparsers.add_parser("eda", help="ansible-rulebook with the collection's rulebook, for a lab with "
+                                "monitoring (start, stop, status)")
+    sub = eda.add_subparsers(dest="eda_command", metavar="EDA_COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", default=None, help="the lab directory (default: $TRADEOPS_LAB_DIR or ./.lab)")
+    start = sub.add_parser("start", parents=[common], help="start ansible-rulebook in the background")
+    start.add_argument("--allow-repair", action="append", default=[], metavar="INCIDENT",
+                       help="an incident whose repair phases an alert may run too (never resume); repeatable")
+    start.set_defaults(func=_cmd_eda_start)
+    stop = sub.add_parser("stop", parents=[common], help="stop it")
+    stop.set_defaults(func=_cmd_eda_stop)
+    stat = sub.add_parser("status", parents=[common], help="its state, counters and automatic runs (JSON)")
+    stat.set_defaults(func=_cmd_eda_status)
+
+
+def _cmd_eda_start(args: argparse.Namespace) -> int:
+    from . import eda
+    from .drill import find_root
+
+    info = eda.start(Lab(args.dir), find_root(), allow_repair=args.allow_repair)
+    print(f"ansible-rulebook running (pid {info['pid']}), ready in {info['ready_after']}s; webhook "
+          f"{info['webhook']['host']}:{info['webhook']['port']}{info['webhook']['path']}; log {info['log']}")
+    return EXIT_OK
+
+
+def _cmd_eda_stop(args: argparse.Namespace) -> int:
+    from . import eda
+
+    print("ansible-rulebook stopped" if eda.stop(Lab(args.dir)) else "no ansible-rulebook was running")
+    return EXIT_OK
+
+
+def _cmd_eda_status(args: argparse.Namespace) -> int:
+    from . import eda
+
+    lab = Lab(args.dir)
+    info = eda.status(lab)
+    out = {"running": info is not None, "rulebook": info,
+           "webhook": eda.webhook_counts(lab) if info else None,
+           "alerts": eda.journal(lab),
+           "runs": [{k: (r["result"] or {}).get(k) for k in ("run_id", "incident", "outcome", "exit_code")}
+                    | {"running": r["running"]} for r in eda.runs(lab)]}
+    print(json.dumps(out, indent=1))
+    return EXIT_OK if info else EXIT_FAILURE
 
 
 # -- run, incidents, report (the runner: src/tradeops/runner) -----------------------------------------------
@@ -696,6 +788,7 @@ def _add_report_commands(subparsers: Any) -> None:
 COMMAND_GROUPS: list[Callable[[Any], None]] = [
     _add_lab_commands,
     _add_drill_commands,
+    _add_eda_commands,
     _add_run_commands,
     _add_incidents_commands,
     _add_report_commands,

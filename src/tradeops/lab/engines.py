@@ -165,6 +165,8 @@ LATENCY_DELAY = 1.5  # seconds added to every response under the latency fault
 BASE_RSS_BYTES = 48 * 1024 * 1024  # an engine's resident memory without the leak
 MEMORY_LEAK_RATE = 8 * 1024 * 1024  # bytes per second the memory-leak fault really allocates and keeps ...
 MEMORY_LEAK_CAP = 768 * 1024 * 1024  # ... up to this, so that the lab machine survives a forgotten fault
+MEMORY_LIMIT_BYTES = 512 * 1024 * 1024  # the engine's memory budget (a container's limit), for the memory alert
+CAPITAL = 100_000.0  # the engine's capital: its drawdown is from the peak of capital + P&L
 UPDATE_INTERVAL_MS = 100  # market-data update interval (10 updates/s); the config API changes it ...
 UPDATE_INTERVAL_BOUNDS = (50, 60_000)  # ... within these bounds (ms)
 UPDATE_CPU_SECONDS = 0.002  # CPU one market-data update costs (2 % of a core at 10 updates/s) ...
@@ -800,6 +802,8 @@ class Engine:
         self.auth_failures = 0
         self.firewall = Firewall()  # the host loads the persisted settings; a restart keeps them
         self.pnl = 0.0
+        self.peak_equity = CAPITAL
+        self.signals_total = 0
         self.prices = dict(SYMBOLS)
         # the primary exchange and the backup (seed 003's failover), each with this engine's own account; which one
         # it trades on is its configuration (POST /admin/config {"venue"}), kept across restarts
@@ -1306,6 +1310,8 @@ class Engine:
         quantity = round(self._rng.uniform(0.01, 2.0) * (1 if base > 100 else 1000), 4)
         side = self._rng.choice(("buy", "sell"))
         self.pnl += self._rng.gauss(0, 10)
+        self.signals_total += 1
+        self.peak_equity = max(self.peak_equity, CAPITAL + self.pnl)
         return (self.name, symbol, side, quantity, price, t, self.venue_name)
 
     # -- sockets and faults --------------------------------------------------------------------------------
@@ -1551,6 +1557,17 @@ class Engine:
         return Response.json({"status": "ok", "engine": self.name})
 
     @property
+    def drawdown(self) -> float:
+        return max(0.0, (self.peak_equity - (CAPITAL + self.pnl)) / self.peak_equity)
+
+    def disk_free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.dir)
+        except OSError:
+            return 0
+        return int(st.f_bavail * st.f_frsize)
+
+    @property
     def disk_pressure(self) -> bool:
         return FAULT_DISK_PRESSURE in self.faults
 
@@ -1663,6 +1680,21 @@ class Engine:
             "# HELP engine_release_info The release the engine runs.",
             "# TYPE engine_release_info gauge",
             f"engine_release_info{metrics.labels(**eng, version=str(self.release.get('version')))} 1",
+            "# HELP process_memory_limit_bytes The engine's memory budget (its container's limit).",
+            "# TYPE process_memory_limit_bytes gauge",
+            f"process_memory_limit_bytes{metrics.labels(**eng)} {MEMORY_LIMIT_BYTES}",
+            "# HELP trading_signals_total Trading signals the strategy produced (each one an order attempt).",
+            "# TYPE trading_signals_total counter",
+            f"trading_signals_total{metrics.labels(**eng)} {self.signals_total}",
+            "# HELP trading_drawdown_ratio Drop of capital + P&L from its peak, as a share of the peak.",
+            "# TYPE trading_drawdown_ratio gauge",
+            f"trading_drawdown_ratio{metrics.labels(**eng)} {metrics.fmt(round(self.drawdown, 6))}",
+            "# HELP trading_halted_self 1 if the engine halted itself (daily P&L bounds, seed 004).",
+            "# TYPE trading_halted_self gauge",
+            f"trading_halted_self{metrics.labels(**eng)} {int(self.self_halt is not None)}",
+            "# HELP engine_disk_free_bytes Free bytes on the engine's filesystem.",
+            "# TYPE engine_disk_free_bytes gauge",
+            f"engine_disk_free_bytes{metrics.labels(**eng)} {self.disk_free_bytes()}",
         ]
         return Response.text("\n".join(lines) + "\n", content_type=metrics.CONTENT_TYPE)
 

@@ -28,6 +28,7 @@ from .exchange import ACCOUNT_FAULTS as EXCHANGE_ACCOUNT_FAULTS
 from .exchange import FAULT_KEY_EXPIRED, FAULT_WS_DOWN
 from .exchange import FAULTS as EXCHANGE_FAULTS
 from .pgbouncer import PgBouncer
+from .monitoring import LAB_FOR_MAX, Monitoring, default_rules_files
 from .postgres import PostgresServer, stop_cluster
 from .procs import http_request, pid_alive, tail, terminate
 from .redis_server import RedisServer
@@ -236,6 +237,8 @@ class Lab:
         wait: bool = True,
         timeout: float = UP_TIMEOUT,
         exchange: bool = True,
+        monitoring: bool = False,
+        monitoring_for_max: str | None = LAB_FOR_MAX,
     ) -> dict[str, Any]:
         """Start PostgreSQL, Redis and ``engines`` engines; return the state (also written to state.json).
 
@@ -244,7 +247,9 @@ class Lab:
         (``tradeops.lab.exchange``, Kraken's REST API) with one account per engine, on which the engines keep
         a few resting orders while they trade. With ``wait`` (the default) returns once every
         engine listens and every engine not crashed has had an order committed; without it, once every
-        engine's port is bound. Anything started is torn down again if ``up`` fails.
+        engine's port is bound. ``monitoring`` also starts Prometheus, Alertmanager and the exporters
+        (``tradeops.lab.monitoring``), the alert rules' ``for:`` cut to ``monitoring_for_max`` (None: as shipped).
+        Anything started is torn down again if ``up`` fails.
         """
         if isinstance(order_interval, bool) or not isinstance(order_interval, int | float):
             raise LabInputError(f"order_interval must be a number, got {order_interval!r}")
@@ -258,10 +263,12 @@ class Lab:
             (self.lab_dir / MARKER_FILE).write_text(
                 "This directory is a tradeops lab; `tradeops lab down` deletes it.\n"
             )
-            return self._up(specs, float(order_interval), wait, timeout, bool(exchange))
+            monitor = {"for_max": monitoring_for_max} if monitoring else None
+            return self._up(specs, float(order_interval), wait, timeout, bool(exchange), monitor)
 
     def _up(
-        self, specs: list[dict[str, Any]], order_interval: float, wait: bool, timeout: float, exchange: bool = True
+        self, specs: list[dict[str, Any]], order_interval: float, wait: bool, timeout: float, exchange: bool = True,
+        monitor: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -279,6 +286,7 @@ class Lab:
             "redis": None,
             "exchange": None,
             "exchange_backup": None,
+            "monitoring": None,
             "engines": specs,
             "restart_argv": restart_argv(self.lab_dir),
         }
@@ -343,6 +351,14 @@ class Lab:
             for spec in specs:
                 spec["port"] = int(runtime["engines"][spec["name"]])
             save()
+            if monitor is not None:
+                st["monitoring"] = Monitoring(self.lab_dir).start(
+                    st, default_rules_files(), for_max=monitor.get("for_max"),
+                    timeout=max(1.0, deadline - time.monotonic()))
+                save()
+                log.info("prometheus on port %s, alertmanager on port %s (%.1fs)",
+                         st["monitoring"]["prometheus"]["port"], st["monitoring"]["alertmanager"]["port"],
+                         time.monotonic() - t0)
             if wait:
                 self._wait_ready(proc, st, deadline)
             write_json_atomic(self.state_path, st)
@@ -506,6 +522,7 @@ class Lab:
 
     def _teardown(self, st: Mapping[str, Any]) -> None:
         """Stop engines, redis and postgres as far as ``st`` knows them; remove state and secret files."""
+        Monitoring(self.lab_dir).stop(st.get("monitoring"))  # first: no alert about what is being stopped
         pids = [st.get("engines_pid")]
         try:
             runtime = read_json(self.lab_dir / ENGINES_RUNTIME_FILE)

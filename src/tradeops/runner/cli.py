@@ -168,6 +168,12 @@ def add_run_commands(subparsers: Any, parser_class: type[argparse.ArgumentParser
     run.add_argument("-l", "--limit", default=None, metavar="PATTERN", help="limit to hosts matching PATTERN")
     run.add_argument("-t", "--tags", default=None, metavar="TAGS", help="only these phases (e.g. contain)")
     run.add_argument("--skip-tags", default=None, metavar="TAGS", help="skip these phases")
+    run.add_argument("--automatic", action="store_true",
+                     help="a run no person started (an alert): only containment and diagnosis phases (identify, "
+                          "contain, assess, evidence, report, ...), never resume; no *_approved var is accepted; "
+                          "the phases come from the playbook's tags (tradeops.runner.policy), not from --tags")
+    run.add_argument("--allow-repair", action="store_true",
+                     help="with --automatic: also the repair and verify phases (never resume)")
     run.add_argument("--json", action="store_true",
                      help="print the result as JSON on stdout (progress goes to stderr)")
     run.add_argument("--via-worker", action="store_true",
@@ -209,7 +215,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         on_cli = [k for k, v in extravars.items() if looks_secret(k) or secret_leaves({k: v}, secret=False)]
         extravars.update(_secret_vars(args.secret_var))
         progress = None
-        options: dict[str, Any] = {"tags": args.tags, "skip_tags": args.skip_tags, "secret_env": args.secret_env,
+        tags = {"tags": args.tags, "skip_tags": args.skip_tags}
+        if args.allow_repair and not args.automatic:
+            raise IncidentInputError("--allow-repair only applies to an --automatic run")
+        if args.automatic:
+            tags = _automatic_tags(args, extravars)
+        options: dict[str, Any] = {**tags, "secret_env": args.secret_env,
                                    "via_worker": args.via_worker, "timeout": args.timeout,
                                    "verbosity": args.verbose or None}
         if args.keep_runs is not None:
@@ -237,6 +248,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in summary_lines(result):
         print(line, file=out)
     return result.exit_code
+
+
+def _automatic_tags(args: argparse.Namespace, extravars: dict[str, Any]) -> dict[str, str]:
+    from .catalog import get_incident
+    from .policy import automatic_tags
+
+    if args.tags or args.skip_tags:
+        raise IncidentInputError("--automatic chooses the phases itself: leave out --tags and --skip-tags")
+    tags = automatic_tags(get_incident(args.incident), extravars, allow_repair=args.allow_repair)
+    print(f"tradeops: automatic run: phases {tags['tags']}; skipped {tags['skip_tags']}", file=sys.stderr)
+    return tags
 
 
 def add_incidents_commands(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> None:

@@ -286,6 +286,15 @@ class Redactor:
         return touched
 
 
+# What ansible-runner sets for the job it runs. A run started from inside such a job (ansible-rulebook's
+# run_playbook of alert_response.yml) must not inherit it: its own ansible-runner sets its own.
+RUNNER_JOB_ENV: frozenset[str] = frozenset({
+    "AWX_ISOLATED_DATA_DIR", "ANSIBLE_CALLBACK_PLUGINS", "ANSIBLE_STDOUT_CALLBACK", "ORIGINAL_STDOUT_CALLBACK",
+    "ANSIBLE_CACHE_PLUGIN", "ANSIBLE_CACHE_PLUGIN_CONNECTION", "ANSIBLE_LOAD_CALLBACK_PLUGINS",
+    "RUNNER_OMIT_EVENTS", "RUNNER_ONLY_FAILED_EVENTS", "ANSIBLE_UNSAFE_WRITES",
+})
+
+
 def child_env(parent: Mapping[str, str], explicit: Mapping[str, str] | None = None
               ) -> tuple[dict[str, str], dict[str, str], list[str]]:
     """The environment for ansible-playbook: the allow-listed part of ``parent`` plus ``explicit``.
@@ -297,7 +306,10 @@ def child_env(parent: Mapping[str, str], explicit: Mapping[str, str] | None = No
     env: dict[str, str] = {}
     secret_env: dict[str, str] = {}
     dropped: list[str] = []
+    nested = "AWX_ISOLATED_DATA_DIR" in parent  # inside an ansible-runner job: leave its plumbing behind
     for key, value in parent.items():
+        if nested and key in RUNNER_JOB_ENV:
+            continue
         allowed = key in ENV_ALLOW or key.startswith(ENV_ALLOW_PREFIXES)
         if looks_secret(key):
             if allowed:
