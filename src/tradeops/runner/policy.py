@@ -68,3 +68,36 @@ def automatic_tags(incident: Incident, extravars: Mapping[str, Any] | None = Non
     skip = [p for p in phases if p not in allowed]
     skip += [p for p in NEVER_AUTOMATIC if p not in skip]
     return {"tags": ",".join(run), "skip_tags": ",".join(skip)}
+
+
+def controller_phases(project_dir: Path, job_templates: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """For the controller rulebook (``tradeops_eda_phases``): each incident with a job template in
+    ``job_templates`` (awx/job_templates.yml's ``awx_job_templates``), its name and the automatic phases."""
+    from .catalog import get_incident
+
+    out: dict[str, dict[str, str]] = {}
+    for jt in job_templates:
+        name = Path(str(jt.get("playbook", ""))).stem
+        try:
+            incident = get_incident(name, project_dir)
+        except IncidentInputError:
+            continue
+        if incident.kind != "incident" or not playbook_phases(incident.playbook):
+            continue  # a tool, or a playbook without phases (rotate_secrets): never automatic
+        out[name] = {"job_template": str(jt["name"]), **automatic_tags(incident)}
+    return dict(sorted(out.items()))
+
+
+def render_controller_phases(project_dir: Path) -> str:
+    """extensions/eda/rulebooks/vars/automatic_phases.yml as it must read (tests/unit/eda compares)."""
+    jts = yaml.safe_load((project_dir / "awx" / "job_templates.yml").read_text(encoding="utf-8"))["awx_job_templates"]
+    header = ("# Generated from tradeops.runner.policy and awx/job_templates.yml; do not edit. Regenerate with\n"
+              "#   python -m tradeops.runner.policy > extensions/eda/rulebooks/vars/automatic_phases.yml\n"
+              "# For trading_incidents_controller.yml: each incident's job template and an alert's phases.\n")
+    return header + yaml.safe_dump({"tradeops_eda_phases": controller_phases(project_dir, jts)}, sort_keys=True)
+
+
+if __name__ == "__main__":
+    from .catalog import find_project_dir
+
+    print(render_controller_phases(find_project_dir()), end="")
