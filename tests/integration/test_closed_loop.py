@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -50,6 +50,27 @@ def test_drill_auto_halts_the_faulted_engine_with_no_human_within_30_seconds():
     assert not (ROOT / ".lab-drill-auto" / "state.json").exists()  # torn down
 
 
+README_EDA = ["tradeops lab up --monitoring", "tradeops eda start", "tradeops eda status", "tradeops eda stop"]
+
+
+def test_readme_eda_commands_run_as_written(tmp_path):
+    env = ansible_env(tmp_path / "lab")
+    outputs = {}
+    try:
+        for command in README_EDA:
+            res = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=300)
+            assert res.returncode == 0, f"{command}: {res.stdout[-2000:]}{res.stderr[-2000:]}"
+            outputs[command] = res.stdout
+    finally:
+        subprocess.run(["bash", "-c", "tradeops lab down"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert "lab rule     TradingErrorRateHigh: for 2m cut to 3s (lab only)" in outputs["tradeops lab up --monitoring"]
+    assert "ansible-rulebook running" in outputs["tradeops eda start"]
+    status = json.loads(outputs["tradeops eda status"])
+    assert status["running"] is True and status["webhook"]["webhook_requests_total:unauthorized"] == 0
+    assert outputs["tradeops eda stop"].strip() == "ansible-rulebook stopped"
+
+
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
     lab = Lab(tmp_path_factory.mktemp("loop") / "lab")
@@ -69,7 +90,7 @@ def post_alerts(lab, *alerts):
 
 
 def am_alert(name, resolved=False, **labels):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return {"labels": {"alertname": name, **labels}, "annotations": {"summary": f"test alert {name}"},
             "startsAt": (now - timedelta(seconds=5)).isoformat(),
             "endsAt": (now - timedelta(seconds=1) if resolved else now + timedelta(minutes=10)).isoformat()}

@@ -27,8 +27,8 @@ from .errors import LabError, LabInputError
 from .exchange import ACCOUNT_FAULTS as EXCHANGE_ACCOUNT_FAULTS
 from .exchange import FAULT_KEY_EXPIRED, FAULT_WS_DOWN
 from .exchange import FAULTS as EXCHANGE_FAULTS
-from .pgbouncer import PgBouncer
 from .monitoring import LAB_FOR_MAX, Monitoring, default_rules_files
+from .pgbouncer import PgBouncer
 from .postgres import PostgresServer, stop_cluster
 from .procs import http_request, pid_alive, tail, terminate
 from .redis_server import RedisServer

@@ -277,6 +277,13 @@ class Monitoring:
                     "http_config": {"authorization": {"type": "Bearer", "credentials_file": hook["token_file"]}},
                 }],
             }],
+            # as monitoring/alertmanager/alertmanager.example.yml: one P0 rather than one alert per engine
+            "inhibit_rules": [
+                {"source_matchers": ['alertname="TradingFleetDown"'],
+                 "target_matchers": ['alertname="TradingEngineDown"'], "equal": ["job"]},
+                {"source_matchers": ['alertname="PostgresDown"'],
+                 "target_matchers": ['alertname=~"TradingErrorRateHigh|TradingSignalsLow"']},
+            ],
         }
 
     # -- stop and query ------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ def test_no_automatic_run_of_any_incident_runs_resume(incident):
 
 def test_a_phase_the_policy_does_not_know_is_skipped(tmp_path):
     book = tmp_path / "new.yml"
-    book.write_text("- hosts: all\n  tags: [contain]\n- hosts: all\n  tags: [teleport]\n- hosts: all\n  tags: [always]\n")
+    book.write_text("- hosts: all\n  tags: [contain]\n- hosts: all\n  tags: [teleport]\n"
+                    "- hosts: all\n  tags: [always]\n")
     assert playbook_phases(book) == ["contain", "teleport"]
     incident = get_incident("p0_outage")
     tags = automatic_tags(type(incident)(**{**incident.__dict__, "playbook": book}), allow_repair=True)
