@@ -65,4 +65,4 @@ bench: setup
 
 clean:
 	-$(BIN)/tradeops lab down 2>/dev/null
-	rm -rf .lab reports runs tests/output .pytest_cache .ruff_cache
+	rm -rf .lab .lab-drill .lab-drill-auto reports runs tests/output .pytest_cache .ruff_cache

@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import eda
-from .drill import find_root
+from .drill import DrillOutcome, find_root
 from .lab import Lab, LabError
 from .lab.monitoring import firing_alerts
 
@@ -32,14 +31,6 @@ ALERT = "TradingErrorRateHigh"
 TARGET_SECONDS = 30.0
 STEP_TIMEOUT = 90.0
 POLL = 0.1
-
-
-@dataclass
-class AutoDrillOutcome:
-    ok: bool
-    problems: list[str] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
-    report_path: Path | None = None
 
 
 def _epoch(iso: str) -> float:
@@ -60,7 +51,7 @@ def _poll(what: str, probe: Any, timeout: float = STEP_TIMEOUT) -> Any:
 
 def run_auto_drill(engines: int = 10, engine: str = "engine-003", lab_for: str = "3s", keep: bool = False,
                    root: Path | None = None, lab_dir: Path | None = None, out: TextIO = sys.stdout,
-                   reports_dir: Path | None = None, target: float = TARGET_SECONDS) -> AutoDrillOutcome:
+                   reports_dir: Path | None = None, target: float = TARGET_SECONDS) -> DrillOutcome:
     root = root or find_root()
     lab = Lab(lab_dir or (root / ".lab-drill-auto"))
     reports = reports_dir or (root / "reports")
@@ -161,7 +152,7 @@ def run_auto_drill(engines: int = 10, engine: str = "engine-003", lab_for: str =
     path.write_text(json.dumps(report, indent=1, sort_keys=True))
     say(("drill auto: PASSED" if not problems else "drill auto: FAILED:\n  - " + "\n  - ".join(problems))
         + f"  (report {path})")
-    return AutoDrillOutcome(not problems, problems, report, path)
+    return DrillOutcome(not problems, problems, report, path)
 
 
 def _engine(lab: Lab, name: str) -> dict[str, Any]:
