@@ -85,6 +85,11 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         u = venue["rate_limited_unverified"]["max"]
         add("venue cancel-all under the rate-limit fault: accounts unverified within 10 s (worst run)", "0", u,
             None if u is None else u == 0, num(u, 0))
+    loop = res.get("loop")
+    if loop:
+        h = loop["fault_to_halt_s"]["median"]
+        add("closed loop: fault to verified halt (Prometheus, Alertmanager, ansible-rulebook)", "≤ 30 s", h,
+            None if h is None else h <= 30, num(h, 1, " s"))
     return out
 
 
@@ -235,6 +240,15 @@ def markdown(res: dict[str, Any], heading: str = "##") -> str:
         for name, case in inc["cases"].items():
             lines.append(f"| `{name}.yml` | {fmt(case['fault_to_go_s'])} | {fmt(case['playbook_s'])} |")
         lines.append("")
+    loop = res.get("loop")
+    if loop:
+        lines += [f"{h3} Closed loop: fault to verified halt, no human", "",
+                  f"{loop['method']} {loop['engines']} engines. Failed runs: {loop['failed_runs']}.{load(loop)}", "",
+                  "| interval | s |", "| --- | ---: |"]
+        for label, stat in loop["intervals_s"].items():
+            lines.append(f"| {label} | {fmt(stat)} |")
+        lines += [f"| **fault to verified halt** | {fmt(loop['fault_to_halt_s'])} |",
+                  f"| fault to zero working orders | {fmt(loop['fault_to_cancelled_s'])} |", ""]
     tg = res.get("targets") or []
     if tg:
         lines += [f"{h3} Targets", "", "| target | goal | measured | met |", "| --- | --- | ---: | :---: |"]

@@ -17,6 +17,8 @@ Sections (``--only``, default all):
   model_degradation, performance_degradation, agent_failure, and db_connectivity with PostgreSQL down, Redis down,
   and lock chains with Redis out of memory) on a 20-engine lab (``--incident-runs``, default 3).
   See bench/incidents.py.
+- ``loop``: the closed loop, fault to verified halt through Prometheus, Alertmanager and ansible-rulebook
+  (``tradeops drill auto``, 10 engines, ``--loop-runs``, default 3). See bench/loop.py.
 
 Every figure is the median, min and max of ``--runs`` runs (default 5). The machine load average is recorded
 at the start and the end of the run and of each section. Exits 1 if a run failed (e.g. an engine was not
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH, ROOT, loadavg, log, machine  # noqa: E402
 from report import markdown, targets, update_readme  # noqa: E402
 
-SECTIONS = ("halt", "pg", "mttr", "rotate", "venue", "incidents")
+SECTIONS = ("halt", "pg", "mttr", "rotate", "venue", "incidents", "loop")
 DEFAULT_ENGINES = "20,200"
 DEFAULT_PATHS = "a,b,c,d,e"
 DEFAULT_PG_ROWS = "1000000,10000000"
@@ -80,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--venue-orders", type=int, default=100, help="venue: resting orders per account (default 100)")
     p.add_argument("--incident-runs", type=int, default=3,
                    help="incidents: runs of each playbook (default 3; each takes 10-40 s plus a lab start)")
+    p.add_argument("--loop-runs", type=int, default=3, help="loop: runs of the closed-loop drill (default 3)")
     p.add_argument("--out-dir", default=str(BENCH / "results"), help="where <date>.json/.md go")
     p.add_argument("--render", metavar="JSON", default=None,
                    help="run nothing: write the Markdown (and with --readme yes, the README section) of a results JSON")
@@ -113,6 +116,8 @@ def failed_runs(res: dict[str, Any]) -> list[str]:
         out.append(f"rotate: {res['rotate']['failed_runs']} failed run(s)")
     if res.get("venue", {}).get("failed_runs"):
         out.append(f"venue: {res['venue']['failed_runs']} failed run(s)")
+    if res.get("loop", {}).get("failed_runs"):
+        out.append(f"loop: {res['loop']['failed_runs']} failed run(s)")
     if res.get("incidents", {}).get("failed_runs"):
         out.append(f"incidents: {res['incidents']['failed_runs']} failed run(s)")
     return out
@@ -173,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             from incidents import run_incidents
 
             res["incidents"] = run_incidents(args.incident_runs or args.runs, work)
+        if "loop" in args.sections:
+            from loop import run_loop
+
+            res["loop"] = run_loop(args.loop_runs or args.runs, work)
     res["loadavg_end"] = loadavg()
     res["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res["duration_s"] = round(time.time() - started, 1)

@@ -67,6 +67,46 @@ def halt_report_lines(result, orders=None):
     return lines
 
 
+def halt_verdict(result, orders=None, outside=None, state="halted", strict=False, check_mode=False):
+    """The kill switch's verdict, once over the fleet in Python (not a Jinja loop per engine): ``{"ok", "msg"}``.
+
+    Not ok when: the module failed (``msg``) and ``strict``; the resume was refused by the gate (always); there is
+    no result; a halted engine wrote orders after its verified halt (``orders``: the orders proof's rows); an
+    engine outside a scoped halt stopped trading with it (``outside``: the outside-scope proof's rows, see
+    ``stopped_with_halt``); a resumed engine wrote no order since."""
+    from ansible_collections.tradeops.remediation.plugins.filter.scope import stopped_with_halt
+
+    result = result or {}
+    problems = []
+    if result.get("msg") and strict:
+        problems.append(str(result["msg"]))
+    if result.get("gate_refused"):
+        problems.append(str(result.get("msg") or "the resume was refused: this run's health gate did not cover it"))
+    if "targets" not in result:
+        problems.append(str(result.get("msg") or "the kill switch returned no result"))
+    for row in orders or []:
+        after = int(row.get("orders_after") or 0)
+        if state == "halted" and after > 0:
+            problems.append("%s wrote %d orders AFTER its halt was verified: it is still trading." % (row["name"], after))
+        elif state == "resumed" and after == 0:
+            problems.append("%s wrote no order since it was resumed." % row["name"])
+    for row in stopped_with_halt(outside or []):
+        problems.append("%s is OUTSIDE the scope and stopped trading with the scoped halt (its last order %.1f s "
+                        "before it, none in the %.1f s since): the halt reached beyond its scope." % (
+                            row["name"], float(row["gap_before"]), float(row["silent_after"])))
+    if problems:
+        if result.get("msg") and not strict and str(result["msg"]) not in problems:
+            problems.insert(0, str(result["msg"]))
+        return {"ok": False, "msg": " ".join(problems)}
+    if check_mode:
+        would = result.get("would_halt", result.get("would_resume", []))
+        return {"ok": True, "msg": "Check mode, nothing changed. Would be %s: %s" % (state, ", ".join(would) or "none")}
+    not_verified = list(result.get("failed_targets") or []) + list(result.get("unverified") or [])
+    if not_verified:
+        return {"ok": True, "msg": "Not verified yet (left to repair): " + ", ".join(not_verified)}
+    return {"ok": True, "msg": "Every engine verified %s." % state}
+
+
 def first_halts(targets, previous=None, state="halted"):
     """Per engine, its first verified halt in this run (epoch seconds), from which the run holds it to
     "no order"; earlier values are kept. An engine a halt could not verify (crashed, hung) gets no window
@@ -111,6 +151,7 @@ class FilterModule(object):
         return {
             "killswitch_targets": killswitch_targets,
             "halt_report_lines": halt_report_lines,
+            "halt_verdict": halt_verdict,
             "first_halts": first_halts,
             "orders_since": orders_since,
         }

@@ -202,7 +202,7 @@ REDIS_CACHE_PREFIX = "cache:"  # the lab's cache keys (what redis-oom fills Redi
 FAULT_LEAKED_SECRET = "leaked-secret"  # a rogue client keeps using the admin token current at injection
 SECURITY_FAULTS: tuple[str, ...] = (FAULT_LEAKED_SECRET,)
 
-MAX_ENGINES = 999  # keeps engine names at three digits
+MAX_ENGINES = 2000  # names have three digits up to 999 engines, four from 1,000 (engine-0001 ... engine-1000)
 
 
 def default_lab_dir() -> Path:
@@ -211,9 +211,10 @@ def default_lab_dir() -> Path:
     return Path(os.path.abspath(env if env else DEFAULT_LAB_DIRNAME))
 
 
-def engine_name(index: int) -> str:
-    """Name of the engine at 0-based ``index``: ``engine-001`` ..."""
-    return f"engine-{index + 1:03d}"
+def engine_name(index: int, count: int = 0) -> str:
+    """Name of the engine at 0-based ``index`` in a lab of ``count``: ``engine-001`` ..., as many digits as the
+    largest name needs (at least three), so the names sort as the engines are numbered."""
+    return f"engine-{index + 1:0{max(3, len(str(count)))}d}"
 
 
 def restart_argv(lab_dir: Path) -> list[str]:
@@ -318,7 +319,7 @@ def build_engine_specs(
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_ENGINES:
         raise LabInputError(f"the number of engines must be between 1 and {MAX_ENGINES}, got {count!r}")
     cycle = parse_mix(mix)
-    names = [engine_name(i) for i in range(count)]
+    names = [engine_name(i, count) for i in range(count)]
     per_engine = normalize_faults(faults, names)
     return [
         {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.tradeops.remediation.plugins.filter.killswitch import first_halts, orders_since
+from ansible_collections.tradeops.remediation.plugins.filter.killswitch import first_halts, halt_verdict, orders_since
 
 
 def t(name, status, halted_at=None, resumed_at=None):
@@ -35,3 +35,37 @@ def test_a_resume_clears_the_window_so_a_later_halt_starts_a_new_one():
 def test_a_resume_call_keeps_its_resumed_at():
     rows = orders_since([t("e1", "resumed", resumed_at=200.0)], {"e1": 100.0})
     assert rows == [{"name": "e1", "halted_at": None, "resumed_at": 200.0}]
+
+
+def test_halt_verdict_every_engine_halted_and_silent():
+    result = {"targets": [{"name": "e1"}, {"name": "e2"}], "failed_targets": [], "unverified": []}
+    verdict = halt_verdict(result, [{"name": "e1", "orders_after": 0}, {"name": "e2", "orders_after": 0}])
+    assert verdict == {"ok": True, "msg": "Every engine verified halted."}
+
+
+def test_halt_verdict_an_engine_that_still_trades_fails_and_is_named():
+    verdict = halt_verdict({"targets": []}, [{"name": "e1", "orders_after": 0}, {"name": "e2", "orders_after": 3}])
+    assert not verdict["ok"]
+    assert verdict["msg"] == "e2 wrote 3 orders AFTER its halt was verified: it is still trading."
+
+
+def test_halt_verdict_strictness_gate_and_resume():
+    assert not halt_verdict({"targets": [], "msg": "e1 unreachable"}, strict=True)["ok"]
+    lenient = halt_verdict({"targets": [], "msg": "e1 unreachable", "unverified": ["e1"]})
+    assert lenient == {"ok": True, "msg": "Not verified yet (left to repair): e1"}
+    assert not halt_verdict({"targets": [], "gate_refused": True, "msg": "no gate"})["ok"]
+    assert not halt_verdict({"msg": "boom"})["ok"]
+    resumed = halt_verdict({"targets": []}, [{"name": "e1", "orders_after": 0}], state="resumed")
+    assert resumed == {"ok": False, "msg": "e1 wrote no order since it was resumed."}
+
+
+def test_halt_verdict_a_scoped_halt_that_silenced_an_outside_engine_fails():
+    outside = [{"name": "e9", "orders_before": 12, "orders_after": 0, "gap_before": 0.1, "silent_after": 3.0},
+               {"name": "e8", "orders_before": 2, "orders_after": 0, "gap_before": 4.0, "silent_after": 3.0}]
+    verdict = halt_verdict({"targets": []}, [], outside)
+    assert not verdict["ok"] and "e9 is OUTSIDE the scope" in verdict["msg"] and "e8" not in verdict["msg"]
+
+
+def test_halt_verdict_check_mode():
+    verdict = halt_verdict({"targets": [], "would_halt": ["e1"]}, check_mode=True)
+    assert verdict == {"ok": True, "msg": "Check mode, nothing changed. Would be halted: e1"}
