@@ -27,7 +27,6 @@ from .errors import LabError, LabInputError
 from .exchange import ACCOUNT_FAULTS as EXCHANGE_ACCOUNT_FAULTS
 from .exchange import FAULT_KEY_EXPIRED, FAULT_WS_DOWN
 from .exchange import FAULTS as EXCHANGE_FAULTS
-from .monitoring import LAB_FOR_MAX, Monitoring, default_rules_files
 from .pgbouncer import PgBouncer
 from .postgres import PostgresServer, stop_cluster
 from .procs import http_request, pid_alive, tail, terminate
@@ -238,7 +237,7 @@ class Lab:
         timeout: float = UP_TIMEOUT,
         exchange: bool = True,
         monitoring: bool = False,
-        monitoring_for_max: str | None = LAB_FOR_MAX,
+        monitoring_for_max: str | None = "3s",  # monitoring.LAB_FOR_MAX
     ) -> dict[str, Any]:
         """Start PostgreSQL, Redis and ``engines`` engines; return the state (also written to state.json).
 
@@ -352,6 +351,8 @@ class Lab:
                 spec["port"] = int(runtime["engines"][spec["name"]])
             save()
             if monitor is not None:
+                from .monitoring import Monitoring, default_rules_files  # not in a trading-host image: no yaml
+
                 st["monitoring"] = Monitoring(self.lab_dir).start(
                     st, default_rules_files(), for_max=monitor.get("for_max"),
                     timeout=max(1.0, deadline - time.monotonic()))
@@ -522,7 +523,10 @@ class Lab:
 
     def _teardown(self, st: Mapping[str, Any]) -> None:
         """Stop engines, redis and postgres as far as ``st`` knows them; remove state and secret files."""
-        Monitoring(self.lab_dir).stop(st.get("monitoring"))  # first: no alert about what is being stopped
+        if st.get("monitoring"):  # first: no alert about what is being stopped
+            from .monitoring import Monitoring
+
+            Monitoring(self.lab_dir).stop(st["monitoring"])
         pids = [st.get("engines_pid")]
         try:
             runtime = read_json(self.lab_dir / ENGINES_RUNTIME_FILE)

@@ -110,6 +110,12 @@ METRIC_TYPES = {
     "process_cpu_seconds_total": "counter",
     "engine_update_interval_seconds": "gauge",
     "engine_release_info": "gauge",
+    # for the alert rules (monitoring/prometheus/trading_rules.yml)
+    "process_memory_limit_bytes": "gauge",
+    "trading_signals_total": "counter",
+    "trading_drawdown_ratio": "gauge",
+    "trading_halted_self": "gauge",
+    "engine_disk_free_bytes": "gauge",
 }
 
 
