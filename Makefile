@@ -30,7 +30,8 @@ molecule: setup
 
 ## Run every test: unit, module, integration (real ansible-playbook against the lab), lint and sanity.
 test: setup
-	@mkdir -p tests/output; $(BIN)/pytest $(PYTEST_BASE) $(PYTEST_PARALLEL) --durations=25 $(PYTEST_ARGS) tests; rc=$$?; \
+	@mkdir -p tests/output; $(BIN)/pytest $(PYTEST_BASE) $(PYTEST_PARALLEL) --durations=25 \
+	  --junitxml=tests/output/junit.xml $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing" >&2; exit 1; fi; exit $$rc
 
 unit: setup

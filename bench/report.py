@@ -41,18 +41,35 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": name, "goal": goal, "value": value, "shown": shown if shown is not None else
                     num(value), "met": ok})
 
-    halt = res.get("halt", {}).get("by_engines", {}).get("200")
-    if halt:
+    # issue 20's targets: the last verified halt at N=200 and 1,000; the contain phase, proof included, at 1,000
+    goals = {"200": {"last": 2.0, "wall": 5.0}, "1000": {"last": 3.5, "wall": 5.0}}
+    for n, goal in goals.items():
+        halt = res.get("halt", {}).get("by_engines", {}).get(n)
+        if not halt:
+            continue
         r = halt["ratios"]
-        add("halt N=200: a/e", "≤ 7", r.get("a/e"), None if r.get("a/e") is None else r["a/e"] <= 7)
-        add("halt N=200: c/a", "≥ 25", r.get("c/a"), None if r.get("c/a") is None else r["c/a"] >= 25)
+        if n == "200":
+            add("halt N=200: a/e", "≤ 7", r.get("a/e"), None if r.get("a/e") is None else r["a/e"] <= 7)
+            add("halt N=200: c/a", "≥ 25", r.get("c/a"), None if r.get("c/a") is None else r["c/a"] >= 25)
         a = halt["paths"].get("a", {})
-        wall = (a.get("wall_s") or {}).get("median")
-        add("halt N=200: contain phase (a) done, process start to exit", "≤ 2.5 s", wall,
-            None if wall is None else wall <= 2.5, num(wall, 2, " s"))
         last = (a.get("time_to_last_halt_s") or {}).get("median")
-        add("halt N=200: contain (a), process start to last engine halted", "≤ 2.5 s", last,
-            None if last is None else last <= 2.5, num(last, 2, " s"))
+        add(f"halt N={n}: contain (a), process start to last engine halted", f"≤ {goal['last']} s", last,
+            None if last is None else last <= goal["last"], num(last, 2, " s"))
+        wall = (a.get("wall_s") or {}).get("median")
+        add(f"halt N={n}: contain phase (a) done, orders proof included, process start to exit",
+            f"≤ {goal['wall']} s", wall, None if wall is None else wall <= goal["wall"], num(wall, 2, " s"))
+    tests = res.get("tests")
+    if tests and tests.get("wall_s"):
+        add("`make test` wall time (the last run)", "≤ 45 min", tests["wall_s"], tests["wall_s"] <= 45 * 60,
+            num(tests["wall_s"] / 60, 1, " min"))
+    scale = res.get("scale")
+    if scale:
+        w = scale["p0_healthy"]["wall_s"]["median"]
+        add(f"p0_outage.yml on {scale['p0_healthy']['engines']} healthy engines", "≤ 12 s", w,
+            None if w is None else w <= 12, num(w, 1, " s"))
+        m = scale["mttr"]["mttr_s"]["median"]
+        add(f"P0 drill MTTR, {scale['mttr']['engines']} engines, {scale['mttr']['faulted']} faulted", "≤ 60 s", m,
+            None if m is None else m <= 60, num(m, 1, " s"))
     for rows, sec in res.get("pg", {}).get("by_rows", {}).items():
         label = f"{int(rows) // 1_000_000}M" if int(rows) >= 1_000_000 else rows
         r = sec["ratios"]
@@ -240,6 +257,21 @@ def markdown(res: dict[str, Any], heading: str = "##") -> str:
         for name, case in inc["cases"].items():
             lines.append(f"| `{name}.yml` | {fmt(case['fault_to_go_s'])} | {fmt(case['playbook_s'])} |")
         lines.append("")
+    tests = res.get("tests")
+    if tests and tests.get("tiers"):
+        lines += [f"{h3} `make test`, per tier", "",
+                  f"{tests['method']} Run of {tests.get('timestamp')}: **{tests['wall_s'] / 60:.1f} min** wall.", "",
+                  "| tier | tests | their time summed, s | failed |", "| --- | ---: | ---: | ---: |"]
+        for tier, t in tests["tiers"].items():
+            lines.append(f"| {tier} | {t['tests']} | {t['summed_s']:.0f} | {t['failed']} |")
+        lines.append("")
+    scale = res.get("scale")
+    if scale:
+        ph, mt = scale["p0_healthy"], scale["mttr"]
+        lines += [f"{h3} Scale", "", f"{scale['method']} Failed runs: {scale['failed_runs']}.{load(scale)}", "",
+                  "| figure | s |", "| --- | ---: |",
+                  f"| `p0_outage.yml` end to end, {ph['engines']} healthy engines | {fmt(ph['wall_s'])} |",
+                  f"| P0 drill MTTR, {mt['engines']} engines, {mt['faulted']} faulted | {fmt(mt['mttr_s'])} |", ""]
     loop = res.get("loop")
     if loop:
         lines += [f"{h3} Closed loop: fault to verified halt, no human", "",

@@ -19,6 +19,9 @@ Sections (``--only``, default all):
   See bench/incidents.py.
 - ``loop``: the closed loop, fault to verified halt through Prometheus, Alertmanager and ansible-rulebook
   (``tradeops drill auto``, 10 engines, ``--loop-runs``, default 3). See bench/loop.py.
+- ``scale``: ``p0_outage.yml`` end to end on 200 healthy engines, and the P0 drill's MTTR on 200 engines with 10 %
+  faulted (``--scale-runs``, default 3). See bench/scale.py.
+- ``tests``: the wall time of the last ``make test``, per tier, from its JUnit XML. See bench/test_times.py.
 
 Every figure is the median, min and max of ``--runs`` runs (default 5). The machine load average is recorded
 at the start and the end of the run and of each section. Exits 1 if a run failed (e.g. an engine was not
@@ -44,8 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH, ROOT, loadavg, log, machine  # noqa: E402
 from report import markdown, targets, update_readme  # noqa: E402
 
-SECTIONS = ("halt", "pg", "mttr", "rotate", "venue", "incidents", "loop")
-DEFAULT_ENGINES = "20,200"
+SECTIONS = ("halt", "pg", "mttr", "rotate", "venue", "incidents", "loop", "scale", "tests")
+DEFAULT_ENGINES = "20,200,1000"
+# the per-host baselines (c: a uri task per host, d: a curl loop) take minutes at 1,000 engines: not run there
+SKIP_AT = {(1000, "c"): 0, (1000, "d"): 0}
 DEFAULT_PATHS = "a,b,c,d,e"
 DEFAULT_PG_ROWS = "1000000,10000000"
 
@@ -66,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(SECTIONS), help="sections to run, comma-separated (default: all)")
     p.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    p.add_argument("--engines", default=DEFAULT_ENGINES, help="halt: lab sizes (default 20,200)")
+    p.add_argument("--engines", default=DEFAULT_ENGINES, help="halt: lab sizes (default 20,200,1000)")
     p.add_argument("--paths", default=DEFAULT_PATHS, help="halt: paths a..e (default all)")
     p.add_argument("--uri-runs-at-200", type=int, default=None,
                    help="halt: runs of path c at N=200 only (default: --runs; it takes ~40 s a run)")
@@ -82,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--venue-orders", type=int, default=100, help="venue: resting orders per account (default 100)")
     p.add_argument("--incident-runs", type=int, default=3,
                    help="incidents: runs of each playbook (default 3; each takes 10-40 s plus a lab start)")
+    p.add_argument("--scale-runs", type=int, default=3, help="scale: runs of each figure (default 3)")
+    p.add_argument("--scale-engines", type=int, default=200, help="scale: engines (default 200)")
     p.add_argument("--loop-runs", type=int, default=3, help="loop: runs of the closed-loop drill (default 3)")
     p.add_argument("--out-dir", default=str(BENCH / "results"), help="where <date>.json/.md go")
     p.add_argument("--render", metavar="JSON", default=None,
@@ -116,6 +123,8 @@ def failed_runs(res: dict[str, Any]) -> list[str]:
         out.append(f"rotate: {res['rotate']['failed_runs']} failed run(s)")
     if res.get("venue", {}).get("failed_runs"):
         out.append(f"venue: {res['venue']['failed_runs']} failed run(s)")
+    if res.get("scale", {}).get("failed_runs"):
+        out.append(f"scale: {res['scale']['failed_runs']} failed run(s)")
     if res.get("loop", {}).get("failed_runs"):
         out.append(f"loop: {res['loop']['failed_runs']} failed run(s)")
     if res.get("incidents", {}).get("failed_runs"):
@@ -156,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         if "halt" in args.sections:
             from halt import run_halt
 
-            runs_for = {(200, "c"): args.uri_runs_at_200} if args.uri_runs_at_200 else None
+            runs_for = dict(SKIP_AT)
+            if args.uri_runs_at_200:
+                runs_for[(200, "c")] = args.uri_runs_at_200
             res["halt"] = run_halt(args.engine_list, args.path_list, args.runs, work, runs_for)
         if "pg" in args.sections:
             from pg import run_pg
@@ -182,6 +193,14 @@ def main(argv: list[str] | None = None) -> int:
             from loop import run_loop
 
             res["loop"] = run_loop(args.loop_runs or args.runs, work)
+        if "tests" in args.sections:
+            from test_times import run_test_times
+
+            res["tests"] = run_test_times()
+        if "scale" in args.sections:
+            from scale import run_scale
+
+            res["scale"] = run_scale(args.scale_runs or args.runs, work, args.scale_engines)
     res["loadavg_end"] = loadavg()
     res["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res["duration_s"] = round(time.time() - started, 1)
