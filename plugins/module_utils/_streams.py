@@ -314,8 +314,11 @@ class StreamBacklogService(object):
                     for spec in self.streams:
                         if spec.dlq:
                             self._dlq_pass(client, spec, out)
+                # settled first, then the streams: a requeued message that fails again settles by moving to the
+                # dead-letter stream, and the read after it must see it there (read before, it was seen nowhere)
+                settled = self.settled(client, out)
                 snaps = [self.read(client, s) for s in self.streams]
-                out["drained"] = all(self.drained(s) for s in snaps) and self.settled(client, out)
+                out["drained"] = settled and all(self.drained(s) for s in snaps)
                 if out["drained"] or wait.expired() or not self.drain_timeout:
                     break
                 time.sleep(min(0.25, wait.remaining()))
