@@ -70,6 +70,7 @@ def test_the_local_and_controller_rulebooks_share_source_and_rules_and_differ_in
     local = yaml.safe_load((RULEBOOKS / "trading_incidents.yml").read_text())[0]
     ctl = yaml.safe_load((RULEBOOKS / "trading_incidents_controller.yml").read_text())[0]
     assert local["sources"] == ctl["sources"]
+    assert local["execution_strategy"] == ctl["execution_strategy"] == "sequential"
     for a, b in zip(local["rules"], ctl["rules"], strict=True):
         assert a["condition"] == b["condition"]
         assert a.get("throttle") == b.get("throttle")
