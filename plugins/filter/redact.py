@@ -47,12 +47,13 @@ def known_secret_values(hostvars, hosts=None, pattern=None, min_length=MIN_VALUE
     """
     words = pattern or None
     found = set()
+    memo = {}  # every host holds the same fleet-wide results: each is walked once, not once per host
     for host in (list(hosts) if hosts is not None else list(hostvars)):
         raw = _raw_vars(hostvars, host)
         for name in list(raw):
             if name in _SKIP:
                 continue
-            values = secret_values({name: raw[name]}, words=words, min_length=1)
+            values = secret_values({name: raw[name]}, words=words, min_length=1, memo=memo)
             if any(_template_text(v) for v in values):
                 try:
                     values = secret_values({name: hostvars[host][name]}, words=words, min_length=1)

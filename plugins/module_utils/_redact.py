@@ -18,6 +18,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import functools
 import json
 import re
 
@@ -129,7 +130,12 @@ def looks_secret(name, words=None):
     case-insensitively anywhere in the name. Names whose last part says where or what kind the
     secret is (``token_header``, ``password_file``, ``key_id``, plain ``key``) do not.
     """
-    name = str(name)
+    return _looks_secret(str(name), words)
+
+
+# A fleet's variables repeat the same few hundred names many thousand times (every engine's result, on every host).
+@functools.lru_cache(maxsize=4096)
+def _looks_secret(name, words):
     regex = _DEFAULT_NAME if words is None else re.compile(_name_regex(words))
     return bool(regex.search(name)) and not _not_secret_name(name)
 
@@ -138,7 +144,7 @@ def _is_vaulted(value):
     return type(value).__name__ in ("AnsibleVaultEncryptedUnicode", "EncryptedString")
 
 
-def secret_values(data, words=None, min_length=MIN_VALUE_LENGTH, secret=False):
+def secret_values(data, words=None, min_length=MIN_VALUE_LENGTH, secret=False, memo=None):
     """The secret values held in ``data`` (dicts and lists of scalars, e.g. a host's variables).
 
     A scalar is secret when its key looks secret (:func:`looks_secret`) at any depth, or when it
@@ -146,24 +152,43 @@ def secret_values(data, words=None, min_length=MIN_VALUE_LENGTH, secret=False):
     that names a non-secret part (``name``, ``path``, ``url``, ...). Vault-encrypted values are
     always secret. Booleans and None are not values; values shorter than ``min_length`` are left
     out (see :data:`MIN_VALUE_LENGTH`). Returns a sorted list of unique strings.
+
+    ``memo``: a dict shared by calls over data that holds the same containers (every host's
+    variables hold the same fleet-wide results), so each container is walked once. It keeps the
+    containers it has seen alive; pass a new one for data that may have changed.
     """
     found = set()
-    _collect(data, words, secret, found)
+    _collect(data, words, secret, found, memo)
     return sorted(v for v in found if len(v) >= int(min_length))
 
 
-def _collect(value, words, secret, found):
+def _collect(value, words, secret, found, memo=None):
     if _is_vaulted(value):
         found.add(str(value))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            key = str(key)
-            _collect(item, words, looks_secret(key, words) or (secret and not _not_secret_name(key)), found)
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            _collect(item, words, secret, found)
+    elif isinstance(value, (dict, list, tuple, set, frozenset)):
+        if memo is None:
+            _collect_items(value, words, secret, found, None)
+            return
+        key = (id(value), bool(secret))
+        seen = memo.get(key)
+        if seen is None or seen[0] is not value:
+            inner = set()
+            _collect_items(value, words, secret, inner, memo)
+            # the container itself is kept, so its id cannot be reused by another one while the memo lives
+            seen = memo[key] = (value, frozenset(inner))
+        found.update(seen[1])
     elif secret and value is not None and not isinstance(value, bool):
         found.add(str(value))
+
+
+def _collect_items(value, words, secret, found, memo):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            key = str(key)
+            _collect(item, words, looks_secret(key, words) or (secret and not _not_secret_name(key)), found, memo)
+    else:
+        for item in value:
+            _collect(item, words, secret, found, memo)
 
 
 def _value_forms(value):

@@ -55,3 +55,28 @@ def test_pattern_error_names_the_problem():
     assert redact_pattern_error("pass|secret") == ""
     assert "unterminated" in redact_pattern_error("pass|(secret")
     assert "empty" in redact_pattern_error("pass|")
+
+
+class CountingDict(dict):
+    """A fleet-wide result: counts how often its keys are walked."""
+
+    walks = 0
+
+    def items(self):
+        CountingDict.walks += 1
+        return super().items()
+
+
+def test_a_result_every_host_holds_is_walked_once_and_its_secrets_still_found():
+    # A run_once result or fact is the same object in every host's variables (1,000 engines: 1,000 copies
+    # walked once each made the evidence phase take 24 s at 200 engines).
+    shared = CountingDict(results=[{"engine": f"eng-{i}", "login_password": f"pw-of-eng-{i}"} for i in range(50)])
+    raw = {f"eng-{i}": {"halt_trading_result": shared, "db": {"password": f"own-pw-{i:03d}"}} for i in range(50)}
+    CountingDict.walks = 0
+    values = known_secret_values(FakeHostVars(raw, {h: {} for h in raw}), list(raw))
+    assert CountingDict.walks == 1
+    assert values == sorted([f"pw-of-eng-{i}" for i in range(50)] + [f"own-pw-{i:03d}" for i in range(50)])
+    # under a secret-looking name, the same container's every value is secret: walked again, found as such
+    raw["eng-0"]["vault_secrets"] = shared
+    values = known_secret_values(FakeHostVars(raw, {h: {} for h in raw}), list(raw))
+    assert "eng-7" in values and "pw-of-eng-7" in values
