@@ -20,6 +20,7 @@ from halt import order_interval
 
 from tradeops.drill import run_p0_drill
 from tradeops.lab import Lab
+from tradeops.lab.state import engine_name
 
 RUN_TIMEOUT = 900.0
 
@@ -27,7 +28,7 @@ RUN_TIMEOUT = 900.0
 def faults_for(engines: int, share: float = 0.1) -> dict[str, list[str]]:
     """Every tenth engine: crashed, then hung, alternately."""
     step = max(1, round(1 / share))
-    names = [f"engine-{i:0{max(3, len(str(engines)))}d}" for i in range(step, engines + 1, step)]
+    names = [engine_name(i - 1, engines) for i in range(step, engines + 1, step)]
     return {name: ["crash" if k % 2 == 0 else "hang"] for k, name in enumerate(names)}
 
 
