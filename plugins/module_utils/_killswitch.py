@@ -545,6 +545,65 @@ class InvalidTarget:
         self.error = error
 
 
+def halt_argspec():
+    """The halt_trading module's argument spec: the module and its controller-side run (the action plugin) share it.
+
+    The suboptions of targets are each method type's options, composed from its backend's option groups
+    (_http.py, _redis.py, _docker.py, _kubernetes.py) by :func:`method_argspec`.
+    """
+    return dict(
+        targets=dict(
+            type="list",
+            elements="dict",
+            required=True,
+            options=dict(
+                name=dict(type="str"),
+                verify=dict(type="dict", options=verify_argspec()),
+                methods=dict(type="list", elements="dict", options=method_argspec()),
+            ),
+        ),
+        state=dict(type="str", choices=["halted", "resumed"], default="halted"),
+        reason=dict(type="str", default="tradeops emergency halt"),
+        timeout=dict(type="float", default=10.0),
+        concurrency=dict(type="int", default=64),
+        verify=dict(type="bool", default=True),
+        apply_all=dict(type="bool", default=False),
+        hold_until_resumed=dict(type="bool", default=True),
+    )
+
+
+def run_halt(params, check_mode=False, diff=False):
+    """What the halt_trading module does with its validated ``params``, wherever it runs.
+
+    Returns ``(result, warnings, failure message or None)``. Raises TradeopsError when the call as a whole is
+    invalid (nothing was done).
+    """
+    service = HaltService(
+        params["targets"],
+        state=params["state"],
+        reason=params["reason"],
+        timeout=params["timeout"],
+        concurrency=params["concurrency"],
+        verify=params["verify"],
+        check_mode=check_mode,
+        apply_all=params["apply_all"],
+        hold_until_resumed=params["hold_until_resumed"],
+    )
+    result = service.run()
+    found_diff = result.pop("diff")
+    if diff:
+        result["diff"] = found_diff
+    warnings = []
+    if not params["verify"] and result["unverified"]:
+        warnings.append("verify=false: %d targets were not read back: %s"
+                        % (len(result["unverified"]), ", ".join(result["unverified"])))
+    if result.get("not_durable"):
+        warnings.append("the halt of %d targets would lapse by itself (it expires, or only the engine's memory holds "
+                        "it, lost on a restart): %s. Give them a durable method (file, redis, docker flag) and "
+                        "apply_all=true." % (len(result["not_durable"]), ", ".join(result["not_durable"])))
+    return result, warnings, HaltService.failure_message(result, verify=params["verify"])
+
+
 def build_targets(specs):
     """Validate every target. Returns (valid targets, invalid targets).
 

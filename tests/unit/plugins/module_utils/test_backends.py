@@ -349,7 +349,8 @@ def test_proxy_option_sends_every_http_user_through_the_proxy(server, proxy):
     assert resp.status == 200 and proxy.seen == [target] and server.seen[-1]["headers"]["X-Admin-Token"] == "t"
     out = ProbeService([{"name": "api", "type": "http", "url": target, "proxy": proxy_url}]).run()
     assert out["status"] == "GO" and proxy.seen == [target, target]
-    for spec in (halt_trading.METHOD_SPEC, halt_trading.VERIFY_SPEC, health_check.PROBE_SPEC,
+    targets = halt_trading.ARGUMENT_SPEC["targets"]["options"]
+    for spec in (targets["methods"]["options"], targets["verify"]["options"], health_check.PROBE_SPEC,
                  rotate_secret.TEST_SPEC, rotate_secret.REVOKE_SPEC):
         assert spec["proxy"] == {"type": "str"}
     with pytest.raises(ValidationError, match=r"^probes\[0\] \(api\): proxy must start with http"):

@@ -1,0 +1,87 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tradeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run a fleet-wide module's service in the controller process that would have started it.
+
+The kill switch is one call for the whole fleet, delegated to the controller (``delegate_to: localhost``).
+Shipping it as a module costs the halt, before the first engine is reached: building the AnsiballZ payload
+(about 0.4 s), a new Python process importing Ansible's module code, every target's options serialised
+to JSON and parsed back (0.5 MB at 1,000 engines), and the result the same way back. When the task
+runs on the controller anyway, with the controller's own Python, the action plugin runs the same
+service here instead: the same argument spec validates the same arguments, the same function does the
+work, and every ``no_log`` value is removed from the result exactly as ``AnsibleModule.exit_json`` would.
+
+Anything else (another host, another connection, another interpreter) runs the module as before. The
+variable ``tradeops_run_on_controller: false`` makes every task run its module.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import sys
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.common.parameters import remove_values
+from ansible.module_utils.parsing.convert_bool import boolean
+
+from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError
+
+LOCAL_CONNECTIONS = ("local", "ansible.builtin.local")
+SWITCH_VAR = "tradeops_run_on_controller"
+
+
+def _same_python(interpreter):
+    try:
+        return os.path.realpath(str(interpreter)) == os.path.realpath(sys.executable)
+    except (OSError, ValueError):
+        return False
+
+
+def runs_on_controller(action, task_vars):
+    """Whether ``action``'s module would run on this controller, with this Python: then it can run here."""
+    task_vars = task_vars or {}
+    if not boolean(task_vars.get(SWITCH_VAR, True), strict=False):
+        return False
+    if getattr(action._connection, "transport", None) not in LOCAL_CONNECTIONS:
+        return False
+    host_vars = task_vars
+    delegate_to = action._task.delegate_to
+    if delegate_to:
+        host_vars = (task_vars.get("ansible_delegated_vars") or {}).get(delegate_to) or {}
+    interpreter = host_vars.get("ansible_python_interpreter")
+    if interpreter is None:
+        return False  # Ansible would discover one, which may not be this Python
+    try:
+        interpreter = action._templar.template(interpreter)
+    except Exception:  # noqa: BLE001 - an interpreter we cannot resolve is not ours: run the module
+        return False
+    return _same_python(interpreter)
+
+
+def run_service(argument_spec, run, args, check_mode=False, diff=False, error_prefix=""):
+    """Validate ``args`` against ``argument_spec`` and call ``run(params, check_mode, diff)``.
+
+    ``run`` returns ``(result, warnings, failure message or None)`` and raises TradeopsError when the
+    call as a whole is invalid. Returns the task result, with every ``no_log`` value removed.
+    """
+    validated = ArgumentSpecValidator(argument_spec).validate(dict(args))
+    no_log_values = set(validated._no_log_values)
+    if validated.error_messages:
+        return remove_values({"failed": True, "changed": False,
+                              "msg": "%s%s" % (error_prefix, "; ".join(validated.error_messages))}, no_log_values)
+    warnings = [w["warning"] if isinstance(w, dict) else str(w) for w in validated._warnings]
+    try:
+        result, run_warnings, message = run(validated.validated_parameters, check_mode, diff)
+    except TradeopsError as err:
+        result, run_warnings, message = {"changed": False}, [], "%s%s" % (error_prefix, err)
+    out = dict(result)
+    out.setdefault("changed", False)
+    if message:
+        out["failed"] = True
+        out["msg"] = message
+    warnings.extend(run_warnings)
+    if warnings:
+        out["warnings"] = warnings
+    return remove_values(out, no_log_values)
