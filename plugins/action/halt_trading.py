@@ -46,12 +46,6 @@ class ActionModule(ActionBase):
                     msg="Refusing to resume: %s. Trading stays halted. Run the health gate in the same run first "
                         "(playbooks/resume_trading.yml does)." % "; ".join("%s: %s" % r for r in refused))
                 return result
-        if in_process.runs_on_controller(self, task_vars):
-            result.update(in_process.run_service(
-                halt_argspec(), run_halt, args, check_mode=self._play_context.check_mode,
-                diff=bool(self._task.diff), error_prefix="halt_trading: "))
-            result["ran_on_controller"] = True
-        else:
-            result.update(self._execute_module(module_name="tradeops.remediation.halt_trading",
-                                               module_args=dict(args), task_vars=task_vars))
+        result.update(in_process.run_action(self, task_vars, "tradeops.remediation.halt_trading", halt_argspec(),
+                                            run_halt, error_prefix="halt_trading: "))
         return result

@@ -27,6 +27,7 @@ description:
 author:
   - tradeops SRE team (@tradeops)
 extends_documentation_fragment:
+  - tradeops.remediation.controller_run
   - tradeops.remediation.attributes
 attributes:
   check_mode:
@@ -317,12 +318,6 @@ notes:
     C(ansible-playbook) run (a record only that run can write; no variable can supply it).
   - Runs on the host it is delegated to (normally the controller). The C(redis), C(docker) and
     C(kubernetes) methods need the Python libraries C(redis), C(docker) and C(kubernetes) there.
-  - When the task runs on the controller (a local connection, such as a task delegated to C(localhost)) with the
-    controller's own Python, the action plugin runs the module's code in the controller's worker process,
-    with the same argument validation and the same removal of C(no_log) values from the result, instead
-    of building a payload and starting a new Python process (about 0.5 s before the first engine is
-    reached, more with many targets). The result then has RV(ran_on_controller=true). Set the variable
-    C(tradeops_run_on_controller=false) to always run the module.
 seealso:
   - module: tradeops.remediation.health_check
 """
@@ -516,7 +511,8 @@ def main():
     for warning in warnings:
         module.warn(warning)
     if message:
-        module.fail_json(msg=message, **result)
+        result["msg"] = message
+        module.fail_json(**result)
     module.exit_json(**result)
 
 

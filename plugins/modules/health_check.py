@@ -27,6 +27,7 @@ description:
 author:
   - tradeops SRE team (@tradeops)
 extends_documentation_fragment:
+  - tradeops.remediation.controller_run
   - tradeops.remediation.attributes
 attributes:
   check_mode:
@@ -505,6 +506,11 @@ elapsed_ms:
   returned: always
   type: int
   sample: 12
+ran_on_controller:
+  description: The call ran in the controller's own process, not as a module (see the notes).
+  returned: when it ran on the controller
+  type: bool
+  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -527,32 +533,45 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    p = module.params
+def run(params, check_mode=False, diff=False):
+    """What the module does with its validated ``params``: ``(result, warnings, failure message or None)``.
+
+    The module and its action plugin (which runs it in the controller's process) both call this. Probes are
+    read-only, so check mode probes as well.
+    """
     try:
         service = ProbeService(
-            p["probes"],
-            wait_for=p["wait_for"],
-            interval=p["interval"],
-            stable_for=p["stable_for"],
-            concurrency=p["concurrency"],
+            params["probes"],
+            wait_for=params["wait_for"],
+            interval=params["interval"],
+            stable_for=params["stable_for"],
+            concurrency=params["concurrency"],
         )
         result = service.run()
     except ValidationError as err:
-        module.fail_json(msg="health_check: %s. Nothing was probed: fix the options and re-run." % err)
+        raise TradeopsError("%s. Nothing was probed: fix the options and re-run." % err)
+    warnings = ["health_check: %s is WARN: %s" % (probe["name"], probe["message"])
+                for probe in result["probes"] if probe["status"] == WARN]
+    message = None
+    if params["fail_on_nogo"]:
+        failure = ProbeService.failure_message(result)
+        if failure:
+            # the results come back with the failure; its msg says what is NO-GO and what to do
+            message = "health_check: %s" % failure
+    return result, warnings, message
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        result, warnings, message = run(module.params, module.check_mode)
     except TradeopsError as err:
         module.fail_json(msg="health_check: %s" % err)
-
-    for probe in result["probes"]:
-        if probe["status"] == WARN:
-            module.warn("health_check: %s is WARN: %s" % (probe["name"], probe["message"]))
-    if p["fail_on_nogo"]:
-        message = ProbeService.failure_message(result)
-        if message:
-            # the results come back with the failure; its msg says what is NO-GO and what to do
-            result["msg"] = "health_check: %s" % message
-            module.fail_json(**result)
+    for warning in warnings:
+        module.warn(warning)
+    if message:
+        result["msg"] = message
+        module.fail_json(**result)
     module.exit_json(**result)
 
 

@@ -35,6 +35,7 @@ description:
     (seed 001's C(liquidate_all)). It refuses to run without O(approved=true). On spot markets a sale of at most
     the balance is reduce-only by construction."
 extends_documentation_fragment:
+  - tradeops.remediation.controller_run
   - tradeops.remediation.postgres
   - tradeops.remediation.attributes
 attributes:
@@ -278,6 +279,11 @@ elapsed_ms:
   description: Wall time of the whole call.
   returned: always
   type: int
+ran_on_controller:
+  description: The call ran in the controller's own process, not as a module (see the notes).
+  returned: when it ran on the controller
+  type: bool
+  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -337,19 +343,32 @@ def build(params, check_mode):
         keep_stops=params["keep_stops"])
 
 
+def run(params, check_mode=False, diff=False):
+    """What the module does with its validated ``params``: ``(result, warnings, failure message or None)``.
+
+    The module and its action plugin (which runs it in the controller's process) both call this.
+    """
+    try:
+        result = build(params, check_mode).run()
+    except ValidationError as err:
+        raise TradeopsError("%s. Nothing was sent to any exchange: fix the options and re-run." % err)
+    message = None
+    if params["strict"] and result["failed_accounts"]:
+        errors = ["%s: %s" % (r["name"], r.get("error") or r["status"]) for r in result["accounts"]
+                  if r["name"] in result["failed_accounts"]]
+        message = ("venue_guard %s: %d account(s) not verified or failed - %s"
+                   % (result["action"], len(errors), "; ".join(errors)))
+    return result, [], message
+
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        result = build(module.params, module.check_mode).run()
-    except ValidationError as err:
-        module.fail_json(msg="venue_guard: %s. Nothing was sent to any exchange: fix the options and re-run." % err)
+        result, _warnings, message = run(module.params, module.check_mode)
     except TradeopsError as err:
         module.fail_json(msg="venue_guard: %s" % err)
-    if module.params["strict"] and result["failed_accounts"]:
-        errors = ["%s: %s" % (r["name"], r.get("error") or r["status"]) for r in result["accounts"]
-                  if r["name"] in result["failed_accounts"]]
-        result["msg"] = ("venue_guard %s: %d account(s) not verified or failed - %s"
-                         % (result["action"], len(errors), "; ".join(errors)))
+    if message:
+        result["msg"] = message
         module.fail_json(**result)
     module.exit_json(**result)
 

@@ -85,3 +85,14 @@ def run_service(argument_spec, run, args, check_mode=False, diff=False, error_pr
     if warnings:
         out["warnings"] = warnings
     return remove_values(out, no_log_values)
+
+
+def run_action(action, task_vars, module_name, argument_spec, run, error_prefix=""):
+    """The task result of ``module_name``: from ``run`` in this process when the task runs on the controller
+    with its Python (:func:`runs_on_controller`), else from the module, as Ansible would run it."""
+    if runs_on_controller(action, task_vars):
+        result = run_service(argument_spec, run, action._task.args, check_mode=action._play_context.check_mode,
+                             diff=bool(action._task.diff), error_prefix=error_prefix)
+        result["ran_on_controller"] = True
+        return result
+    return action._execute_module(module_name=module_name, module_args=dict(action._task.args), task_vars=task_vars)

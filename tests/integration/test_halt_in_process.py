@@ -66,3 +66,48 @@ def test_the_halt_is_the_same_either_way_and_its_output_holds_no_secret(lab_fact
         assert secret not in proc.stdout and secret not in proc.stderr
     lab.assert_stays_halted(["engine-001"], since=result["targets"][0]["halted_at"], window=1.0)
     assert since < result["targets"][0]["halted_at"]
+
+
+PROBE_AND_VENUE = """
+- name: Probe one engine and read its venue account, one way
+  hosts: "{{ engine }}"
+  gather_facts: false
+  tasks:
+    - name: Probe it
+      tradeops.remediation.health_check:
+        probes: "{{ [engine] | tradeops.remediation.stack_probes(hostvars) }}"
+      delegate_to: localhost
+      register: probe
+    - name: Cancel its working orders at the venue, read back
+      tradeops.remediation.venue_guard:
+        action: cancel_all
+        accounts: "{{ [engine] | tradeops.remediation.venue_accounts(hostvars) }}"
+      delegate_to: localhost
+      register: venue
+    - name: Keep the results
+      ansible.builtin.copy:
+        content: "{{ {'probe': probe, 'venue': venue} | to_json }}"
+        dest: "{{ result_file }}"
+        mode: "0600"
+      delegate_to: localhost
+"""
+
+
+@pytest.mark.parametrize("on_controller", [True, False], ids=["in-process", "module"])
+def test_probes_and_venue_actions_run_the_same_either_way(lab_factory, tmp_path, on_controller):
+    lab = lab_factory(engines=1)
+    playbook = tmp_path / "probe.yml"
+    playbook.write_text(PROBE_AND_VENUE)
+    proc = lab.run_playbook(str(playbook), "-vvv", "-e", json.dumps({
+        "engine": "engine-001", "tradeops_run_on_controller": on_controller,
+        "result_file": str(tmp_path / "result.json")}))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    out = json.loads((tmp_path / "result.json").read_text())
+    for name in ("probe", "venue"):
+        assert out[name].get("ran_on_controller", False) is on_controller, name
+    assert out["probe"]["status"] == "GO" and out["probe"]["probes"][0]["status"] == "GO"
+    account = out["venue"]["accounts"][0]
+    assert out["venue"]["failed_accounts"] == [] and account["status"] == "verified", account
+    assert account["working_after"] == 0
+    for secret in secrets_of(lab, "engine-001") + secret_values(lab.state.get("exchange") or {}, min_length=6):
+        assert secret not in proc.stdout and secret not in proc.stderr

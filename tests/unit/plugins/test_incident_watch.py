@@ -12,6 +12,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils import _notif
 from ansible_collections.tradeops.remediation.plugins.plugin_utils import incident, incident_watch
 
 from tests.helpers.receivers import PagerDutyReceiver, WebhookReceiver
+from tests.integration.lab.helpers import wait_until
 
 ROUTING_KEY = "W4TCHERR0UT1NGKEYW4TCHERR0UT1NG0"
 
@@ -53,7 +54,13 @@ def test_status_updates_on_the_cadence_until_the_incident_is_resolved(tmp_path, 
         updates = primary.wait_for(2, timeout=10)
         assert [u["kind"] for u in updates[:2]] == ["status", "status"]
         assert incident.seconds_between(updates[0]["sent_at"], updates[1]["sent_at"]) >= 0.45
-        sent = [incident.parse_time(n["at"]) for n in incident.load(path)["notifications"]]
+        # the record is written after each send: wait for it to show both, not only the receiver
+        def recorded():
+            notes = incident.load(path)["notifications"]
+            return notes if len(notes) >= 2 else None
+
+        notes = wait_until(recorded, timeout=10, what="two notifications recorded")
+        sent = [incident.parse_time(n["at"]) for n in notes]
         assert (sent[1] - sent[0]).total_seconds() >= 0.45
         # resolved: the watcher sees the closed record and stops by itself
         incident.update(path, lambda r: r.update(closed_at=incident.iso()))

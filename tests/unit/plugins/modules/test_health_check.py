@@ -231,6 +231,6 @@ def test_documentation_matches_the_argument_spec():
     assert doc["attributes"]["check_mode"]["support"] == "full"
     returns = yaml.safe_load(health_check.RETURN)
     assert {"status", "probes", "nogo", "warning_probes", "nogo_components", "attempts", "stable_seconds",
-            "elapsed_ms", "msg", "gate_recorded"} == set(returns)
+            "elapsed_ms", "msg", "gate_recorded", "ran_on_controller"} == set(returns)
     no_log = {n for n, o in health_check.PROBE_SPEC.items() if o.get("no_log")}
     assert no_log == {"token", "password", "login_password", "api_key"}
