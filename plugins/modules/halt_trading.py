@@ -492,10 +492,8 @@ ran_on_controller:
   sample: true
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError
 from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import halt_argspec, run_halt
+from ansible_collections.tradeops.remediation.plugins.module_utils._module import run_module
 
 # The suboptions of targets: each method type's options composed from its backend's option groups
 # (plugins/module_utils/_http.py, _redis.py, _docker.py, _kubernetes.py) in plugins/module_utils/_killswitch.py.
@@ -503,17 +501,7 @@ ARGUMENT_SPEC = halt_argspec()
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    try:
-        result, warnings, message = run_halt(module.params, check_mode=module.check_mode, diff=module._diff)
-    except TradeopsError as err:
-        module.fail_json(msg="halt_trading: %s" % err)
-    for warning in warnings:
-        module.warn(warning)
-    if message:
-        result["msg"] = message
-        module.fail_json(**result)
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, run_halt, "halt_trading: ")
 
 
 if __name__ == "__main__":

@@ -513,9 +513,8 @@ ran_on_controller:
   sample: true
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError, ValidationError
+from ansible_collections.tradeops.remediation.plugins.module_utils._module import run_module
 from ansible_collections.tradeops.remediation.plugins.module_utils._probes import WARN, ProbeService, probe_argspec
 
 # The suboptions of probes: the common options and every probe type's own, each type composed from its
@@ -562,17 +561,7 @@ def run(params, check_mode=False, diff=False):
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    try:
-        result, warnings, message = run(module.params, module.check_mode)
-    except TradeopsError as err:
-        module.fail_json(msg="health_check: %s" % err)
-    for warning in warnings:
-        module.warn(warning)
-    if message:
-        result["msg"] = message
-        module.fail_json(**result)
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, run, "health_check: ")
 
 
 if __name__ == "__main__":

@@ -286,10 +286,9 @@ ran_on_controller:
   sample: true
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import check_timeout
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import TradeopsError, ValidationError
+from ansible_collections.tradeops.remediation.plugins.module_utils._module import run_module
 from ansible_collections.tradeops.remediation.plugins.module_utils._postgres import postgres_connection_spec
 from ansible_collections.tradeops.remediation.plugins.module_utils._validate import number
 from ansible_collections.tradeops.remediation.plugins.module_utils._venue import accounts_options, argspec
@@ -362,15 +361,7 @@ def run(params, check_mode=False, diff=False):
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    try:
-        result, _warnings, message = run(module.params, module.check_mode)
-    except TradeopsError as err:
-        module.fail_json(msg="venue_guard: %s" % err)
-    if message:
-        result["msg"] = message
-        module.fail_json(**result)
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, run, "venue_guard: ")
 
 
 if __name__ == "__main__":
