@@ -240,7 +240,6 @@ class InventoryModule(BaseInventoryPlugin):
                 "ansible_python_interpreter": sys.executable,
                 "tradeops_datastore": dict(connections[service], kind=service),
                 "tradeops_health_probes": [probe],
-                "service_recovery_runtime": "process",
                 "service_recovery_restart_command": list(restart_argv) + [service],
             }.items():
                 self.inventory.set_variable(name, key, value)
@@ -346,6 +345,11 @@ class InventoryModule(BaseInventoryPlugin):
         self._add_datastores(pg, rd, state.get("pgbouncer"), restart_argv)
         self._add_streams(rd, lab_cli, lab_dir)
 
+        # What is the same for every engine is set once, on the group: Ansible checks every value an inventory
+        # sets (about 0.1 ms each), 18,000 of them at 1,000 engines.
+        for key, value in (("ansible_connection", "local"), ("ansible_python_interpreter", sys.executable),
+                           ("service_recovery_runtime", "process")):
+            self.inventory.set_variable(GROUP, key, value)
         for engine in state.get("engines", []):
             name = engine["name"]
             self.inventory.add_host(name, group=GROUP)
@@ -359,9 +363,7 @@ class InventoryModule(BaseInventoryPlugin):
                     method.update(host=rd.get("host"), port=rd.get("port"), db=rd.get("db", 0),
                                   password=rd.get("password"))
             host_vars = {
-                "ansible_connection": "local",
                 "ansible_host": engine["host"],
-                "ansible_python_interpreter": sys.executable,
                 "tradeops_engine": {
                     "name": name, "port": engine["port"], "dir": engine["dir"], "methods": engine.get("methods", []),
                     "base_url": "http://%s:%d" % (engine["host"], int(engine["port"])),
@@ -380,7 +382,6 @@ class InventoryModule(BaseInventoryPlugin):
                     "url": "http://%s:%d/pnl/status" % (engine["host"], int(engine["port"])), "token": admin_token,
                     "token_header": "X-Admin-Token", "headers": dict(MANAGEMENT_HEADERS), "timeout": 3,
                 },
-                "service_recovery_runtime": "process",
                 "service_recovery_restart_command": list(restart_argv) + [name],
                 # process runtime releases: <dir>/releases/<version>, and the link <dir>/current to the one in use
                 "service_recovery_release_link": os.path.join(engine["dir"], "current"),
