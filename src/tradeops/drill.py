@@ -39,6 +39,8 @@ DEFAULT_FAULTS: dict[str, list[str]] = {
 }
 REPAIRABLE = {"crash", "hang"}
 SETTLE_SECONDS = 1.0
+# The engines' first orders resting at the venue: without one, the contain phase's cancel proves nothing.
+VENUE_WAIT_SECONDS = 30.0
 
 
 @dataclass
@@ -78,6 +80,18 @@ def _orders(lab: Lab, sql: str, args: tuple) -> dict[str, int]:
             return {name: int(n) for name, n in cur.fetchall()}
     finally:
         conn.close()
+
+
+def poll(what: str, probe: Any, timeout: float, interval: float = 0.1) -> Any:
+    """``probe()`` until it returns something truthy; LabError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
 
 
 def _epoch(iso: str) -> float:
@@ -135,6 +149,10 @@ def run_p0_drill(engines: int = 20, faults: dict[str, Any] | None = None, keep: 
     fault_at = time.time()
     try:
         time.sleep(SETTLE_SECONDS)
+        try:
+            poll("a working order at the venue", lambda: any(lab.working_orders().values()), VENUE_WAIT_SECONDS, 0.2)
+        except LabError as err:
+            say(f"drill: {err}; the checks after the run will say the venue proof is vacuous")
         names = [e["name"] for e in lab.state["engines"]]
         to_repair = sorted(n for n, f in faults.items() if REPAIRABLE & set(f))
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import eda
-from .drill import DrillOutcome, find_root
+from .drill import DrillOutcome, _epoch, find_root, poll
 from .lab import Lab, LabError
 from .lab.monitoring import firing_alerts
 
@@ -33,20 +32,8 @@ STEP_TIMEOUT = 90.0
 POLL = 0.1
 
 
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 def _poll(what: str, probe: Any, timeout: float = STEP_TIMEOUT) -> Any:
-    """``probe()`` until it returns something truthy; LabError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(POLL)
+    return poll(what, probe, timeout, POLL)
 
 
 def run_auto_drill(engines: int = 10, engine: str = "engine-003", lab_for: str = "3s", keep: bool = False,
