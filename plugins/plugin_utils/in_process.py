@@ -84,6 +84,8 @@ def run_service(argument_spec, run, args, check_mode=False, diff=False, error_pr
     warnings.extend(run_warnings)
     if warnings:
         out["warnings"] = warnings
+    # as AnsibleModule.exit_json reports them (no_log values removed below): what the call was given
+    out.setdefault("invocation", {"module_args": validated.validated_parameters})
     return remove_values(out, no_log_values)
 
 

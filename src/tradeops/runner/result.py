@@ -282,6 +282,9 @@ def _hosts(facts: _Facts) -> dict[str, HostSummary]:
     names = set(facts.hosts_seen)
     for counts in facts.stats.values():
         names.update(counts)
+    # every engine the kill switch reported, though no task ran on it: the fleet's work is one call, and a
+    # healthy engine may have no task of its own in the whole run
+    names.update(facts.halt_status)
     nogo = _nogo_components(facts)
     out = {}
     for name in sorted(names):

@@ -25,6 +25,9 @@ def test_every_no_log_value_is_removed_from_the_result_and_its_warnings():
     assert "s3cr3t-tok" not in repr(out)
     assert out["changed"] is True and "failed" not in out
     assert out["targets"][0]["error"].startswith("POST refused with ") and out["warnings"][0].startswith("warned")
+    # what the call was given, as a module reports it: the token there too is removed
+    assert out["invocation"]["module_args"]["targets"][0]["name"] == "e1"
+    assert out["invocation"]["module_args"]["timeout"] == 10.0
 
 
 def test_invalid_arguments_fail_naming_the_option_and_nothing_runs():
@@ -38,12 +41,14 @@ def test_invalid_arguments_fail_naming_the_option_and_nothing_runs():
 def test_a_failure_message_and_a_call_level_error_fail_the_task():
     out = in_process.run_service(SPEC, lambda p, c, d: ({"changed": True}, [], "could not verify e1"),
                                  {"targets": [{"name": "e1"}]})
+    out.pop("invocation")
     assert out == {"changed": True, "failed": True, "msg": "could not verify e1"}
 
     def refuse(params, check_mode, diff):
         raise TradeopsError("targets is empty")
 
     out = in_process.run_service(SPEC, refuse, {"targets": [{"name": "e1"}]}, error_prefix="halt_trading: ")
+    out.pop("invocation")
     assert out == {"changed": False, "failed": True, "msg": "halt_trading: targets is empty"}
 
 
