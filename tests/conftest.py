@@ -115,11 +115,11 @@ class LabHandle:
                 return
             time.sleep(0.2)
 
-    def run_playbook(self, playbook: str, *args: str, timeout: float = 240):
+    def run_playbook(self, playbook: str, *args: str, timeout: float = 240, env: dict[str, str] | None = None):
         cmd = [str(VENV_BIN / "ansible-playbook"), str(ROOT / "playbooks" / playbook), *args]
         started = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(self.dir), capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(cmd, cwd=ROOT, env={**ansible_env(self.dir), **(env or {})}, capture_output=True,
+                              text=True, timeout=timeout)
         proc.elapsed = time.time() - started
         return proc
 

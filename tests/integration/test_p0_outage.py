@@ -32,10 +32,10 @@ def recap(stdout: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def run_p0(lab, tmp_path, *extra, name="report.json"):
+def run_p0(lab, tmp_path, *extra, name="report.json", env=None):
     report = tmp_path / name
     proc = lab.run_playbook("p0_outage.yml", "--tags", "contain", "-e", f"halt_trading_report_path={report}",
-                            "-e", "halt_trading_quiesce_seconds=1", *extra)
+                            "-e", "halt_trading_quiesce_seconds=1", *extra, env=env)
     data = read_json(report) if report.exists() else None
     return proc, data
 
@@ -80,9 +80,16 @@ def assert_no_orders_after_halt(lab, targets, names, watch=0.0):
         time.sleep(0.2)
 
 
+def task_starts_env(path: Path) -> dict[str, str]:
+    """Record every task start, Ansible's implicit ones included (tests/helpers/callback_plugins/task_starts.py)."""
+    return {"ANSIBLE_CALLBACK_PLUGINS": str(Path(__file__).parents[1] / "helpers" / "callback_plugins"),
+            "ANSIBLE_CALLBACKS_ENABLED": "task_starts", "TRADEOPS_TEST_TASK_STARTS": str(path)}
+
+
 def test_p0_halts_every_engine_verified_and_orders_stop(lab_factory, tmp_path):
     lab = lab_factory(engines=8)
-    proc, report = run_p0(lab, tmp_path)
+    starts_log = tmp_path / "task-starts.jsonl"
+    proc, report = run_p0(lab, tmp_path, env=task_starts_env(starts_log))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     targets = by_name(report)
     assert sorted(report["result"]["halted"]) == sorted(lab.engines())
@@ -96,6 +103,13 @@ def test_p0_halts_every_engine_verified_and_orders_stop(lab_factory, tmp_path):
     assert all(r["status"] == "halted" and r["orders_after"] == "0" for r in rows.values()), rows
     assert "8/8 engines halted and verified" in proc.stdout
     assert all(row["orders_after"] == 0 for row in report["orders"])
+    # The fleet's roles ran once for the whole fleet, not once per engine. Ansible ends each role run with an
+    # implicit task (meta role_complete) for every host that ran the role, in the plays --tags skips too: had the
+    # roles run per engine, 8 engines would have started that task 8 times per role, in all 7 plays.
+    starts = [json.loads(line) for line in starts_log.read_text().splitlines()]
+    roles_run = [s["role"] for s in starts if s["implicit"] and s["meta"] == "role_complete"]
+    assert {f"tradeops.remediation.{r}" for r in ("halt_trading", "venue_guard", "notify")} <= set(roles_run), roles_run
+    assert len(roles_run) == len(set(roles_run)), f"a role ran more than once, or once per engine: {roles_run}"
 
 
 def test_second_run_changes_nothing(lab_factory, tmp_path):

@@ -3,6 +3,7 @@
 - ansible-lint with the production profile and no ignores;
 - ansible-test sanity on a copy laid out as ansible_collections/tradeops/remediation;
 - ruff on the Python code;
+- every playbook runs its fleet roles once per play, not once per engine;
 - the collection tarball installs into a clean collections path and its module runs there.
 """
 
@@ -78,6 +79,52 @@ def test_every_conditional_is_a_string():
     assert any(f.startswith("molecule/") for f in files) and any(f.startswith("roles/") for f in files)
     broken = [hit for f in files for hit in _non_string_conditionals(yaml.safe_load((ROOT / f).read_text()), f)]
     assert not broken, "quote these conditionals:\n" + "\n".join(broken)
+
+
+def _tasks(node, rescue=False):
+    """Yield (task, in_rescue) for every task of a task list, blocks included."""
+    for task in node or []:
+        if not isinstance(task, dict):
+            continue
+        yield task, rescue
+        yield from _tasks(task.get("block"), rescue)
+        yield from _tasks(task.get("rescue"), True)
+        yield from _tasks(task.get("always"), rescue)
+
+
+def _fleet_roles() -> set[str]:
+    """The roles whose every task runs once for the whole fleet (run_once, a role import, or a meta task such as
+    end_role): halt_trading and the like, as opposed to evidence or service_recovery, which work on each host."""
+    fleet = set()
+    for role in sorted((ROOT / "roles").iterdir()):
+        tasks = [t for f in sorted((role / "tasks").glob("*.yml")) for t, _ in _tasks(yaml.safe_load(f.read_text()))
+                 if "block" not in t]
+        if tasks and all(t.get("run_once") or "ansible.builtin.import_role" in t or "ansible.builtin.meta" in t
+                         for t in tasks):
+            fleet.add(f"tradeops.remediation.{role.name}")
+    return fleet
+
+
+def test_fleet_roles_run_once_per_play_not_once_per_engine():
+    """A playbook runs a fleet role with include_role and run_once. Imported, or included without run_once,
+    the role runs for every engine of the play, and Ansible ends each run with an implicit task per host, in the
+    plays --tags skips too: 13,000 of them, 12 s, for a contain phase on 1,000 engines. A rescue's per-host
+    incident report (it names the host that failed) is the exception."""
+    fleet = _fleet_roles()
+    assert {"tradeops.remediation.halt_trading", "tradeops.remediation.venue_guard"} <= fleet, fleet
+    wrong = []
+    for path in sorted((ROOT / "playbooks").glob("*.yml")):
+        for play in yaml.safe_load(path.read_text()) or []:
+            for section in ("pre_tasks", "tasks", "post_tasks"):
+                for task, in_rescue in _tasks(play.get(section)):
+                    for action in ("ansible.builtin.import_role", "ansible.builtin.include_role"):
+                        role = (task.get(action) or {}).get("name")
+                        if role not in fleet:
+                            continue
+                        once = action.endswith("include_role") and task.get("run_once") is True
+                        if not once and not (in_rescue and action.endswith("include_role")):
+                            wrong.append(f"{path.name}: {task.get('name')}")
+    assert not wrong, "run these fleet roles with include_role and run_once: true:\n" + "\n".join(wrong)
 
 
 def _copy_as_collection(dest: Path) -> Path:
