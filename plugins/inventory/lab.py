@@ -350,6 +350,11 @@ class InventoryModule(BaseInventoryPlugin):
         for key, value in (("ansible_connection", "local"), ("ansible_python_interpreter", sys.executable),
                            ("service_recovery_runtime", "process")):
             self.inventory.set_variable(GROUP, key, value)
+        # Each engine's values are plain data from the state file, never templates (this plugin does not set
+        # trusted_by_default): they go to the inventory itself, not through ansible-core's wrapper, whose visitor
+        # only tags every value, nested ones included, with its origin. That visitor cost 2.1 s of the 2.5 s it
+        # took to read a 1,000-engine lab; nothing reads those tags but an error message's location.
+        data = getattr(self.inventory, "__wrapped__", self.inventory)
         for engine in state.get("engines", []):
             name = engine["name"]
             self.inventory.add_host(name, group=GROUP)
@@ -416,4 +421,4 @@ class InventoryModule(BaseInventoryPlugin):
                         "secret": account.get("secret"), "account_id": account.get("account_id"),
                     }
             for key, value in host_vars.items():
-                self.inventory.set_variable(name, key, value)
+                data.set_variable(name, key, value)
