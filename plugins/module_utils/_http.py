@@ -197,6 +197,10 @@ def _ssl_context(options):
     return ctx
 
 
+# plain-http openers by proxy (None: the environment's), shared by every client of the process (see HttpClient._open)
+_HTTP_OPENERS = {}
+
+
 class HttpClient:
     """Sends requests to one peer with its :class:`HttpOptions`; safe to share between threads."""
 
@@ -209,7 +213,11 @@ class HttpClient:
         # bad certificate file fails this peer's request (a BackendError in its result), not the
         # validation of every target. Two threads may both build one: harmless.
         scheme = req.type
-        opener = self._openers.get(scheme)
+        # A plain-http opener depends on the proxy alone, so the process shares one per proxy: building one
+        # reads the environment's proxy settings (0.6 ms), and a 1,000-engine halt has 1,500 clients.
+        openers = _HTTP_OPENERS if scheme == "http" else self._openers
+        key = self.options.proxy if scheme == "http" else scheme
+        opener = openers.get(key)
         if opener is None:
             handlers = [HTTPHandler()]
             if self.options.proxy:
@@ -220,7 +228,7 @@ class HttpClient:
                 except (OSError, ssl.SSLError) as err:
                     what = self.options.client_cert or self.options.ca_path
                     raise BackendError("cannot load the TLS files (%s): %s" % (what, err))
-            opener = self._openers[scheme] = build_opener(*handlers)
+            opener = openers[key] = build_opener(*handlers)
         return opener.open(req, timeout=timeout)
 
     def request(self, url, method="GET", body=None, timeout=DEFAULT_TIMEOUT, headers=None, deadline=None, cap=None):

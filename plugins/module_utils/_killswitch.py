@@ -176,6 +176,9 @@ class Method:
             return None
         return {"method": self.type, "source": self.describe(), "expires_at": None, "survives_restart": True}
 
+    def close(self):
+        """Release what the calls to this target kept open (a connection). Called once its work is done."""
+
 
 class HttpMethod(Method):
     type = "http"
@@ -286,12 +289,17 @@ class RedisMethod(Method):
         self.hold_until_resumed = True
         self.redis = _redis.redis_options(spec, where)
         self.value = spec.get("value")
+        # the read, the SET and the read-back of this engine's key over one connection (closed by close())
+        self._session = _redis.Session(self.redis, "the redis kill-switch method")
 
     def describe(self):
         return "redis %s key %s" % (self.redis.describe(), self.key)
 
     def _call(self, deadline, fn):
-        return _redis.call(self.redis, deadline, fn, "the redis kill-switch method")
+        return self._session.call(deadline, fn)
+
+    def close(self):
+        self._session.close()
 
     def read_flag(self, deadline):
         return bool(self._call(deadline, lambda c: c.exists(self.key)))
@@ -534,6 +542,10 @@ class Target:
 
     def verify_for(self, method):
         return method.verify or self.verify
+
+    def close(self):
+        for method in self.methods:
+            method.close()
 
 
 class InvalidTarget:
@@ -891,7 +903,14 @@ class HaltService:
     # -- all targets ------------------------------------------------------------------------
     def run(self):
         started = time.monotonic()
-        work = self._halt_one if self.state == HALTED else self._resume_one
+        one = self._halt_one if self.state == HALTED else self._resume_one
+
+        def work(target, deadline):
+            try:
+                return one(target, deadline)
+            finally:
+                target.close()
+
         results = fan_out(self.targets, work, self.concurrency, self.timeout, self._on_error) if self.targets else []
         for bad in self.invalid:
             results.insert(min(bad.index, len(results)), {

@@ -94,19 +94,45 @@ def client(options, timeout, purpose="the redis backend"):
                        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
 
 
+class Session(object):
+    """Calls to one server over one client: a kill-switch method's read, SET and read-back of an engine share a
+    connection (one connect and AUTH, not three). Its socket timeout is set by the first call's deadline; each
+    later call still checks its own deadline before it starts. A redis-py error drops the client (the next call
+    connects again). :meth:`close` when done."""
+
+    def __init__(self, options, purpose="the redis backend"):
+        self.options = options
+        self.purpose = purpose
+        self._client = None
+
+    def call(self, deadline, fn):
+        """``fn(client)`` bounded by ``deadline``; redis-py errors as :class:`BackendError`."""
+        timeout = deadline.call_timeout()
+        if self._client is None:
+            self._client = client(self.options, timeout, self.purpose)
+        import redis
+        try:
+            return fn(self._client)
+        except redis.RedisError as err:
+            self.close()
+            message = str(err)
+            if self.options.password:
+                message = message.replace(self.options.password, "********")
+            raise BackendError("redis %s:%d: %s" % (self.options.host, self.options.port, message))
+
+    def close(self):
+        conn, self._client = self._client, None
+        if conn is not None:
+            conn.close()
+
+
 def call(options, deadline, fn, purpose="the redis backend"):
     """``fn(client)`` on a fresh client bounded by ``deadline``; redis-py errors as :class:`BackendError`."""
-    conn = client(options, deadline.call_timeout(), purpose)
-    import redis
+    session = Session(options, purpose)
     try:
-        return fn(conn)
-    except redis.RedisError as err:
-        message = str(err)
-        if options.password:
-            message = message.replace(options.password, "********")
-        raise BackendError("redis %s:%d: %s" % (options.host, options.port, message))
+        return session.call(deadline, fn)
     finally:
-        conn.close()
+        session.close()
 
 
 def write_check(client):

@@ -243,6 +243,72 @@ def test_redis_call_talks_to_a_real_server_and_hides_the_password(redis_server):
     assert f"redis 127.0.0.1:{redis_server}:" in str(err.value) and "not-it-pw-99" not in str(err.value)
 
 
+def _server_connections(port):
+    """(connections the server accepted so far, clients connected now), read over a connection of its own."""
+    import redis
+    probe = redis.Redis(port=port, password="pw-canary-77", socket_timeout=5)
+    try:
+        return probe.info("stats")["total_connections_received"], probe.info("clients")["connected_clients"] - 1
+    finally:
+        probe.close()
+
+
+def _wait_until(check, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"not within {seconds:.0f}s"
+        time.sleep(0.05)
+
+
+def test_redis_session_keeps_one_connection_until_closed_and_drops_it_after_an_error(redis_server):
+    options = _redis.redis_options({"port": redis_server, "password": "pw-canary-77"})
+    accepted, _ = _server_connections(redis_server)
+    session = _redis.Session(options)
+    assert session.call(Deadline(5), lambda c: c.set("s", "1")) is True
+    assert session.call(Deadline(5), lambda c: c.get("s")) == b"1"
+    assert session.call(Deadline(5), lambda c: c.exists("s")) == 1
+    # three calls, one connection (the probe's own is counted too)
+    assert _server_connections(redis_server)[0] - accepted == 1 + 1
+    with pytest.raises(BackendError, match="WRONGTYPE") as err:
+        session.call(Deadline(5), lambda c: c.lpush("s", "x"))
+    assert "pw-canary-77" not in str(err.value)
+    accepted, _ = _server_connections(redis_server)
+    assert session.call(Deadline(5), lambda c: c.get("s")) == b"1"  # connects again
+    assert _server_connections(redis_server)[0] - accepted == 1 + 1
+    session.close()
+    _wait_until(lambda: _server_connections(redis_server)[1] == 0)
+    expired = Deadline(0.001)
+    time.sleep(0.01)
+    with pytest.raises(BackendError, match="deadline"):
+        session.call(expired, lambda c: c.ping())
+
+
+def test_a_redis_kill_switch_uses_one_connection_per_engine_and_closes_it(redis_server):
+    """apply_all reads, SETs, reads back and reads the expiry of each engine's key: four calls, one connection."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    from ansible_collections.tradeops.remediation.plugins.module_utils import _killswitch
+
+    targets = [{"name": f"engine-{i}", "methods": [{"type": "redis", "port": redis_server,
+                                                      "password": "pw-canary-77", "key": f"halt:engine-{i}"}]}
+               for i in range(5)]
+    params = ArgumentSpecValidator(_killswitch.halt_argspec()).validate(
+        {"targets": targets, "apply_all": True, "timeout": 10}).validated_parameters
+    accepted, _ = _server_connections(redis_server)
+    result, _warnings, failure = _killswitch.run_halt(params)
+    assert failure is None, result
+    assert sorted(result["halted"]) == [f"engine-{i}" for i in range(5)]
+    assert all(t["verified"] and t["verified_by"] == "flag" for t in result["targets"]), result["targets"]
+    assert _server_connections(redis_server)[0] - accepted == 5 + 1
+    _wait_until(lambda: _server_connections(redis_server)[1] == 0)
+    import redis
+    probe = redis.Redis(port=redis_server, password="pw-canary-77", socket_timeout=5)
+    try:
+        assert all(probe.get(f"halt:engine-{i}") for i in range(5))
+        assert all(probe.ttl(f"halt:engine-{i}") == -1 for i in range(5))  # held until resumed: no expiry
+    finally:
+        probe.close()
+
+
 def test_redis_call_to_a_closed_port_fails_at_once_without_retries():
     options = _redis.redis_options({"port": 1})
     started = time.monotonic()
@@ -355,3 +421,17 @@ def test_proxy_option_sends_every_http_user_through_the_proxy(server, proxy):
         assert spec["proxy"] == {"type": "str"}
     with pytest.raises(ValidationError, match=r"^probes\[0\] \(api\): proxy must start with http"):
         _http.http_options({"proxy": "127.0.0.1:3128"}, "probes[0] (api): ")
+
+
+def test_plain_http_clients_share_one_opener_per_proxy_and_never_mix_them(server, proxy):
+    """A 1,000-engine halt builds 1,500 clients: they share the process's opener of their proxy, and one with a
+    proxy never sends a client without one through it (or the other way round)."""
+    target = f"http://127.0.0.1:{server.port}/status"
+    proxy_url = f"http://127.0.0.1:{proxy.port}"
+    direct = [_http.client(_http.http_options({})) for _ in range(3)]
+    proxied = [_http.client(_http.http_options({"proxy": proxy_url})) for _ in range(2)]
+    for client in direct + proxied + direct:
+        assert client.request(target, timeout=5).status == 200
+    assert proxy.seen == [target, target]
+    assert _http._HTTP_OPENERS[None] is not _http._HTTP_OPENERS[proxy_url]
+    assert all(not c._openers for c in direct + proxied)  # none built an opener of its own
