@@ -28,6 +28,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._validate imp
 )
 
 from tests.helpers.http import JsonHandler, LocalServer
+from tests.integration.lab.helpers import wait_until
 from tests.unit.plugins.module_utils.k8s_fake import FakeKubernetes
 
 
@@ -253,13 +254,6 @@ def _server_connections(port):
         probe.close()
 
 
-def _wait_until(check, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"not within {seconds:.0f}s"
-        time.sleep(0.05)
-
-
 def test_redis_session_keeps_one_connection_until_closed_and_drops_it_after_an_error(redis_server):
     options = _redis.redis_options({"port": redis_server, "password": "pw-canary-77"})
     accepted, _ = _server_connections(redis_server)
@@ -276,7 +270,7 @@ def test_redis_session_keeps_one_connection_until_closed_and_drops_it_after_an_e
     assert session.call(Deadline(5), lambda c: c.get("s")) == b"1"  # connects again
     assert _server_connections(redis_server)[0] - accepted == 1 + 1
     session.close()
-    _wait_until(lambda: _server_connections(redis_server)[1] == 0)
+    wait_until(lambda: _server_connections(redis_server)[1] == 0, what="the server saw the connection closed")
     expired = Deadline(0.001)
     time.sleep(0.01)
     with pytest.raises(BackendError, match="deadline"):
@@ -299,7 +293,7 @@ def test_a_redis_kill_switch_uses_one_connection_per_engine_and_closes_it(redis_
     assert sorted(result["halted"]) == [f"engine-{i}" for i in range(5)]
     assert all(t["verified"] and t["verified_by"] == "flag" for t in result["targets"]), result["targets"]
     assert _server_connections(redis_server)[0] - accepted == 5 + 1
-    _wait_until(lambda: _server_connections(redis_server)[1] == 0)
+    wait_until(lambda: _server_connections(redis_server)[1] == 0, what="the server saw the connection closed")
     import redis
     probe = redis.Redis(port=redis_server, password="pw-canary-77", socket_timeout=5)
     try:
