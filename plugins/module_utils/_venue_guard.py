@@ -38,7 +38,7 @@ from ansible_collections.tradeops.remediation.plugins.module_utils._errors impor
     TradeopsError,
     ValidationError,
 )
-from ansible_collections.tradeops.remediation.plugins.module_utils._venue import MarketCache, VenueClient
+from ansible_collections.tradeops.remediation.plugins.module_utils._venue import ClientPool, MarketCache, VenueClient
 from ansible_collections.tradeops.remediation.plugins.module_utils import _postgres
 
 ACTIONS = ("cancel_all", "dead_man_switch", "positions", "protect", "flatten")
@@ -118,12 +118,16 @@ class VenueGuard:
         self.tolerance = float(tolerance)
         self.keep_stops = bool(keep_stops)
         self.markets = MarketCache()
+        self.pool = ClientPool()
 
     # -- the fleet -----------------------------------------------------------------------------------------
     def run(self):
         started = time.monotonic()
         timeout = self.timeout + (self.time_limit if self.action == "flatten" else 0.0)
-        results = fan_out(self.accounts, self._one, self.concurrency, timeout, self._on_error)
+        try:
+            results = fan_out(self.accounts, self._one, self.concurrency, timeout, self._on_error)
+        finally:
+            self.pool.close()
         out = {"action": self.action, "accounts": results,
                "elapsed_ms": int((time.monotonic() - started) * 1000),
                "changed": any(r.get("changed") for r in results)}
@@ -148,7 +152,7 @@ class VenueGuard:
                 "error": error}
 
     def _one(self, account, deadline):
-        client = VenueClient(account, self.request_timeout, self.markets)
+        client = VenueClient(account, self.request_timeout, self.markets, self.pool)
         result = {"name": account.name, "exchange": account.exchange, "changed": False}
         started = time.monotonic()
         try:
@@ -159,6 +163,8 @@ class VenueGuard:
             if result["status"] in (VERIFIED, OK):
                 result["status"] = FAILED
             result["error"] = str(err)
+        finally:
+            client.close()
         result["requests"], result["retries"] = client.requests, client.retries
         result["elapsed_ms"] = int((time.monotonic() - started) * 1000)
         return result

@@ -136,6 +136,33 @@ def test_check_mode_cancels_nothing(lab, account, capsys):
     assert len(client(account).fetch_open_orders()) == 3
 
 
+def test_one_worker_lends_its_client_to_each_account_with_that_accounts_key_only(lab, capsys, monkeypatch):
+    """One worker thread, one ccxt client, three accounts in turn: the middle one's key is refused by the
+    exchange. Had the client kept the first account's key, the middle account would come out verified (its
+    calls reaching the first account's empty book); had it kept the refused key, the last would fail."""
+    from ansible_collections.tradeops.remediation.plugins.module_utils import _venue
+
+    built = []
+    real = _venue.new_exchange
+    monkeypatch.setattr(_venue, "new_exchange", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    first, refused, last = (lab.add_venue_account(f"{role}-{next(_COUNTER)}") for role in ("first", "refused", "last"))
+    for acct in (first, refused, last):
+        lab.rest_orders(acct, 3)
+    lab.inject("exchange-auth", [refused["name"]])
+    try:
+        out = guard(capsys, "cancel_all", [first, refused, last], concurrency=1, timeout=3)
+    finally:
+        lab.inject("exchange-auth", [refused["name"]], clear=True)
+    assert out["verified"] == [first["name"], last["name"]], out["_raw"]
+    assert out["unverified"] == [refused["name"]] and "API key" in out["accounts"][1]["error"]
+    working = lab.working_orders()
+    assert (working[first["name"]], working[refused["name"]], working[last["name"]]) == (0, 3, 0)
+    assert len(built) == 1, "one worker builds one client and lends it to each account"
+    assert (built[0].apiKey, built[0].secret, built[0].password) == (None, None, None), "given back without a key"
+    for secret in (first["secret"], refused["secret"], last["secret"]):
+        assert secret not in out["_raw"]
+
+
 def test_a_crashed_engines_orders_are_still_cancelled(lab, capsys):
     name = "engine-002"
     wait_until(lambda: lab.working_orders()[name] >= 2, 15)
