@@ -141,8 +141,23 @@ while IFS= read -r spec; do
 done <<<"$EVIDENCE_LOG_PATHS"
 # every log's folder in one mkdir, not one per log
 [ "${#log_dirs[@]}" -eq 0 ] || mkdir -p -- "${log_dirs[@]}"
+# Per log, four processes: its last EVIDENCE_ERROR_SCAN_LINES lines read once (bounded by `run`) into the
+# private folder, its tail cut from that copy, grep on that copy, and grep's matches kept by mapfile in this
+# shell (lastpipe), of which the last EVIDENCE_ERROR_LINES are written. A tail longer than the scan is read
+# from the log itself.
+shopt -s lastpipe
+scan="$work/scan"
 for f in "${log_files[@]}"; do
-  if run tail -n "$EVIDENCE_TAIL_LINES" -- "$f" >"$out/logs$f" 2>"$work/tail.err"; then
+  if ! run tail -n "$EVIDENCE_ERROR_SCAN_LINES" -- "$f" >"$scan" 2>"$work/tail.err"; then
+    fail "log $f: $(head -c 300 "$work/tail.err")"
+    continue
+  fi
+  if [ "$EVIDENCE_TAIL_LINES" -le "$EVIDENCE_ERROR_SCAN_LINES" ]; then
+    tail -n "$EVIDENCE_TAIL_LINES" -- "$scan" >"$out/logs$f" 2>"$work/tail.err"
+  else
+    run tail -n "$EVIDENCE_TAIL_LINES" -- "$f" >"$out/logs$f" 2>"$work/tail.err"
+  fi
+  if [ $? -eq 0 ]; then
     record "logs$f" "tail -n $EVIDENCE_TAIL_LINES $f"
     logs=$((logs + 1))
   else
@@ -150,17 +165,18 @@ for f in "${log_files[@]}"; do
     rm -f -- "$out/logs$f"
     continue
   fi
-  # grep's status 1 is "no match", not a failure: the statuses are read from PIPESTATUS, not from a
-  # { grep || ...; } group, which would cost a subshell per log
+  # grep's status 1 is "no match", not a failure (read from PIPESTATUS, without a subshell per log)
   printf '==> %s <==\n' "$f" >>"$out/recent_errors.txt"
-  run tail -n "$EVIDENCE_ERROR_SCAN_LINES" -- "$f" 2>"$work/grep.err" \
-    | grep -E -i -e "$EVIDENCE_ERROR_PATTERN" 2>>"$work/grep.err" \
-    | tail -n "$EVIDENCE_ERROR_LINES" >>"$out/recent_errors.txt" 2>>"$work/grep.err"
-  status=("${PIPESTATUS[@]}")
-  if [ "${status[0]}" -ne 0 ] || [ "${status[1]}" -gt 1 ] || [ "${status[2]}" -ne 0 ]; then
+  grep -E -i -e "$EVIDENCE_ERROR_PATTERN" -- "$scan" 2>"$work/grep.err" | mapfile -t matched
+  status=${PIPESTATUS[0]}
+  if [ "$status" -gt 1 ]; then
     fail "recent errors of $f: $(head -c 300 "$work/grep.err")"
+  elif [ "${#matched[@]}" -gt 0 ]; then
+    from=$(( ${#matched[@]} > EVIDENCE_ERROR_LINES ? ${#matched[@]} - EVIDENCE_ERROR_LINES : 0 ))
+    printf '%s\n' "${matched[@]:from}" >>"$out/recent_errors.txt"
   fi
 done
+rm -f -- "$scan"
 if [ "$logs" -gt 0 ]; then
   record recent_errors.txt "grep -E -i '$EVIDENCE_ERROR_PATTERN' (last $EVIDENCE_ERROR_LINES per log)"
 else
