@@ -84,3 +84,35 @@ def test_only_a_local_task_with_the_controllers_own_python_runs_here():
     assert not in_process.runs_on_controller(action(transport="ssh"), delegated(sys.executable))
     assert not in_process.runs_on_controller(action(), delegated(sys.executable, tradeops_run_on_controller=False))
     assert not in_process.runs_on_controller(action(), delegated(sys.executable, tradeops_run_on_controller="no"))
+
+
+def test_the_fast_no_log_removal_gives_exactly_what_ansibles_remove_values_gives():
+    import datetime
+    import random
+
+    from ansible.module_utils.common.parameters import remove_values
+
+    rng = random.Random(7)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/="
+    secrets = ["".join(rng.choice(alphabet) for _ in range(rng.choice((8, 12, 56, 88)))) for _ in range(300)]
+    # overlapping values (one inside another, one a prefix of another), a numeric one, one with the mask's stars
+    secrets += ["hunter2hunter2", "hunter2", "4242", "***x***", "pass"]
+    accounts = [{"name": f"acct-{i}", "api_key": secrets[2 * i], "secret": secrets[2 * i + 1], "port": 4242 + i,
+                 "ratio": 0.4242, "ok": True, "none": None} for i in range(100)]
+    result = {
+        "accounts": accounts,
+        "errors": [f"acct-{i}: refused key {secrets[2 * i]}; retry with {secrets[2 * i + 1][:5]}" for i in range(100)],
+        "tuple": ("hunter2hunter2 and hunter2", b"bytes with pass inside", 424242),
+        "set": {"pass", "passport", "nothing"},
+        "stars": "a***x***b", "exact": secrets[5], "plain": "no secret here at all",
+        "nested": [[{"deep": ["x" + secrets[9] + "y", 9.4242]}]],
+    }
+    assert in_process.without_no_log(result, secrets) == remove_values(result, secrets)
+    # no value to remove, an empty value, a type remove_values treats itself: the same as remove_values
+    assert in_process.without_no_log(result, []) == remove_values(result, [])
+    assert in_process.without_no_log(result, ["", "pass"]) == remove_values(result, ["", "pass"])
+    when = {"at": datetime.datetime(2026, 12, 5), "key": "pass-word"}
+    assert in_process.without_no_log(when, ["pass"]) == remove_values(when, ["pass"])
+    # and it does remove them
+    masked = repr(in_process.without_no_log(result, secrets))
+    assert not any(s in masked for s in secrets[:300])
