@@ -61,6 +61,9 @@ def halt_report_lines(result, orders=None):
     lines.append("%d/%d engines halted and verified in %s (failed: %s; unverified: %s)" % (
         halted, len(result.get("targets", [])), _fmt_ms(result.get("elapsed_ms")),
         ", ".join(result.get("failed_targets", [])) or "none", ", ".join(result.get("unverified", [])) or "none"))
+    if result.get("quiesced_s") is not None:
+        lines.append("then waited %.2f s for orders in flight to land (the quiesce, from the last engine this call "
+                     "changed) before counting the orders after each engine's halt" % result["quiesced_s"])
     if result.get("not_durable"):
         lines.append("WARNING: the halt of %s would lapse by itself (it expires, or a restart drops it): give them a "
                      "durable kill-switch method" % ", ".join(result["not_durable"]))

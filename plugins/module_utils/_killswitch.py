@@ -581,7 +581,20 @@ def halt_argspec():
         verify=dict(type="bool", default=True),
         apply_all=dict(type="bool", default=False),
         hold_until_resumed=dict(type="bool", default=True),
+        quiesce=dict(type="float", default=0.0),
     )
+
+
+def quiesce_left(targets, seconds, state=HALTED, now=None):
+    """Seconds still to wait so that every engine this call changed has had ``seconds`` since its own verified
+    halt (or resume) for an order in flight to land: the engines halted first in a large fan-out have waited
+    through the rest of it. 0 when no engine was changed (all already halted, or none verified)."""
+    key = "halted_at" if state == HALTED else "resumed_at"
+    marks = [float(t[key]) for t in targets
+             if t.get(key) is not None and (state != HALTED or t.get("before") != HALTED)]
+    if not marks or seconds <= 0:
+        return 0.0
+    return max(0.0, float(seconds) - ((time.time() if now is None else float(now)) - max(marks)))
 
 
 def run_halt(params, check_mode=False, diff=False):
@@ -602,6 +615,10 @@ def run_halt(params, check_mode=False, diff=False):
         hold_until_resumed=params["hold_until_resumed"],
     )
     result = service.run()
+    if params.get("quiesce") and not check_mode:
+        wait = quiesce_left(result["targets"], params["quiesce"], params["state"])
+        time.sleep(wait)
+        result["quiesced_s"] = round(wait, 3)
     found_diff = result.pop("diff")
     if diff:
         result["diff"] = found_diff

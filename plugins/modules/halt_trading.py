@@ -306,6 +306,16 @@ options:
         its target is reported as unverified, and the module does not fail for it. Leave it on.
     type: bool
     default: true
+  quiesce:
+    description:
+      - Before returning, wait until this many seconds have passed since the last target this call
+        halted (or resumed) was verified, so that an order an engine had in flight lands before the
+        caller counts the orders written after the halt. A target found already halted, or not
+        verified, is not waited for. The engines halted first in a large fan-out have already waited
+        through the rest of it, so the wait is shorter than a pause after the call.
+      - V(0) returns at once. Not in check mode. RV(quiesced_s) says how long it waited.
+    type: float
+    default: 0
 notes:
   - Every halted target reports the sources that hold its halt (RV(targets[].held_by)) and whether one
     of them survives an engine restart and never expires (RV(targets[].durable)). An API halt lives in
@@ -485,6 +495,10 @@ elapsed_ms:
   description: Wall time of the whole fan-out, in milliseconds.
   returned: always
   type: int
+quiesced_s:
+  description: Seconds waited after the fan-out for O(quiesce).
+  returned: with O(quiesce) above 0, not in check mode
+  type: float
 ran_on_controller:
   description: The call ran in the controller's own process, not as a module (see the notes).
   returned: when it ran on the controller

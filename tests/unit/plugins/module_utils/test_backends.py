@@ -429,3 +429,39 @@ def test_plain_http_clients_share_one_opener_per_proxy_and_never_mix_them(server
     assert proxy.seen == [target, target]
     assert _http._HTTP_OPENERS[None] is not _http._HTTP_OPENERS[proxy_url]
     assert all(not c._openers for c in direct + proxied)  # none built an opener of its own
+
+
+def test_quiesce_waits_from_the_last_engine_this_call_halted_and_not_for_engines_already_halted(redis_server):
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    from ansible_collections.tradeops.remediation.plugins.module_utils import _killswitch
+
+    targets = [{"name": f"quiet-{i}", "methods": [{"type": "redis", "port": redis_server, "password": "pw-canary-77",
+                                                     "key": f"halt:quiet-{i}"}]} for i in range(3)]
+    params = ArgumentSpecValidator(_killswitch.halt_argspec()).validate(
+        {"targets": targets, "timeout": 10, "quiesce": 0.5}).validated_parameters
+    result, _warnings, failure = _killswitch.run_halt(params)
+    returned = time.time()
+    assert failure is None, result
+    last = max(t["halted_at"] for t in result["targets"])
+    # every engine had its 0.5 s since its own verified halt before the call returned, and no more than that was waited
+    assert returned >= last + 0.5 and 0 < result["quiesced_s"] <= 0.5
+    again, _warnings, failure = _killswitch.run_halt(params)
+    assert failure is None and sorted(again["already_halted"]) == [t["name"] for t in targets]
+    assert again["quiesced_s"] == 0  # nothing was trading: nothing can be in flight
+    # check mode waits for nothing and says nothing about it
+    checked, _warnings, _failure = _killswitch.run_halt(params, check_mode=True)
+    assert "quiesced_s" not in checked
+
+
+def test_quiesce_left_counts_from_each_changed_engines_own_verified_halt():
+    from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import quiesce_left
+
+    targets = [{"name": "e1", "status": "halted", "before": "trading", "halted_at": 100.0},
+               {"name": "e2", "status": "halted", "before": "unknown", "halted_at": 101.5},
+               {"name": "e3", "status": "already_halted", "before": "halted", "halted_at": None},
+               {"name": "e4", "status": "failed", "before": "unknown", "halted_at": None}]
+    assert quiesce_left(targets, 3, "halted", now=102.0) == pytest.approx(2.5)
+    assert quiesce_left(targets, 3, "halted", now=104.5) == 0  # the fan-out itself lasted the quiesce
+    assert quiesce_left(targets[2:], 3, "halted", now=100.0) == 0  # nothing halted by this call
+    assert quiesce_left(targets, 0, "halted", now=100.0) == 0
+    assert quiesce_left([{"name": "e1", "status": "resumed", "resumed_at": 200.0}], 2, "resumed", now=200.5) == 1.5
