@@ -19,7 +19,9 @@ halted (``halted_verified``), else the run is marked failed.
 
 Fresh state per run, outside the timed window: every engine is restarted through the lab's control API
 (a restart drops the in-memory API halts, like a process restart), any EMERGENCY_STOP flag file is removed,
-and the harness waits until every engine trades again (a new order committed) before the next t0.
+and the harness waits until every engine trades again (a new order committed) before the next t0. Paths a and b
+open a new incident record in the run's own folder (``incident_report_dir``): the playbook continues an open record
+of the same incident id, which would grow with every run and slow the next.
 """
 
 from __future__ import annotations
@@ -97,11 +99,13 @@ class HaltBench:
     def command(self, path: str, tmp: Path) -> list[str]:
         if path == "a":
             return [str(BIN / "ansible-playbook"), "playbooks/p0_outage.yml", "--tags", "contain",
-                    "-e", f"halt_trading_report_path={tmp / 'halt-report.json'}"]
+                    "-e", f"halt_trading_report_path={tmp / 'halt-report.json'}",
+                    "-e", f"incident_report_dir={tmp / 'reports'}"]
         if path == "b":
             return [str(BIN / "tradeops"), "run", "p0_outage", "--tags", "contain", "--progress", "none",
                     "--runs-dir", str(tmp / "runs"),
-                    "-e", f"halt_trading_report_path={tmp / 'halt-report.json'}"]
+                    "-e", f"halt_trading_report_path={tmp / 'halt-report.json'}",
+                    "-e", f"incident_report_dir={tmp / 'reports'}"]
         if path == "c":
             return [str(BIN / "ansible-playbook"), "bench/halt_uri_baseline.yml", "-f", str(self.uri_forks)]
         if path == "d":
