@@ -35,7 +35,7 @@ import tempfile
 import time
 
 from ansible_collections.tradeops.remediation.plugins.module_utils import _docker, _http, _kubernetes, _redis
-from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import check_timeout, fan_out
+from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline, check_timeout, fan_out
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, TradeopsError, ValidationError
 from ansible_collections.tradeops.remediation.plugins.module_utils._validate import compose, require, whole
 
@@ -659,6 +659,15 @@ def build_targets(specs):
 # --------------------------------------------------------------------------------------------
 # The service
 # --------------------------------------------------------------------------------------------
+class _Paused(object):
+    """A target halted by the first pass of :meth:`HaltService._halt_in_two_passes`, its chain not done yet."""
+
+    __slots__ = ("target", "steps", "result", "left")
+
+    def __init__(self, target, steps, result, left):
+        self.target, self.steps, self.result, self.left = target, steps, result, left
+
+
 class HaltService:
     """Halt or resume many targets concurrently, each verified, each within its deadline."""
 
@@ -735,6 +744,24 @@ class HaltService:
 
     # -- one target ------------------------------------------------------------------------
     def _halt_one(self, target, deadline):
+        """Halt one target, every step in one go (the steps of :meth:`_halt_steps`, resumed at once)."""
+        steps = self._halt_steps(target, deadline)
+        try:
+            next(steps)
+            steps.send(deadline)
+        except StopIteration as stop:
+            return stop.value
+        raise RuntimeError("the halt of %s paused twice" % target.name)
+
+    def _halt_steps(self, target, deadline):
+        """Halt one target; a generator whose return value is the target's result.
+
+        With ``apply_all``, it pauses once the target is halted and verified by its first method and more methods
+        remain: it yields ``(result so far, seconds left of its deadline)`` and is resumed with ``send(deadline)``
+        (a deadline of those seconds, or the same one) to apply the rest of the chain and read back what holds the
+        halt. :meth:`run` halts every target this way first, then makes each halt durable: the last engine stops
+        trading after one method per engine, not after the whole chain of every engine before it.
+        """
         start = time.monotonic()
         result = {"name": target.name, "changed": False, "verified": False, "method": None,
                   "verified_by": None, "methods_tried": [], "error": None, "halted_at": None}
@@ -794,6 +821,12 @@ class HaltService:
                 result["status"] = "halted" if attempt["verified"] else "unverified"
                 if not self.apply_all:
                     break
+                if index < len(target.methods) - 1 and not deadline.expired():
+                    # halted: the rest of the chain (the durable methods) waits until every target is halted
+                    result["latency_ms"] = _now_ms(start)
+                    paused = time.monotonic()
+                    deadline = yield result, deadline.remaining()
+                    start += time.monotonic() - paused  # the wait for the other targets is not this one's time
             if deadline.expired():
                 break
         if result.get("status") is None:
@@ -918,6 +951,51 @@ class HaltService:
                 "latency_ms": int((elapsed or 0) * 1000)}
 
     # -- all targets ------------------------------------------------------------------------
+    def _halt_in_two_passes(self):
+        """Every target halted and verified by its first working method, then every halt made durable.
+
+        Pass 1 runs each target's :meth:`_halt_steps` until it pauses (halted) or ends; pass 2 resumes the paused
+        ones, each with what was left of its own deadline, to apply the rest of its chain. A target whose second
+        pass fails or is abandoned keeps its verified halt from the first, with the error, and no durable hold
+        (so ``not_durable`` names it).
+        """
+        def first(target, deadline):
+            steps = self._halt_steps(target, deadline)
+            try:
+                result, left = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                # done, or halted and paused until every target is: no connection is held meanwhile
+                target.close()
+            return _Paused(target, steps, result, left)
+
+        results = fan_out(self.targets, first, self.concurrency, self.timeout, self._on_error)
+        paused = [(i, r) for i, r in enumerate(results) if isinstance(r, _Paused)]
+
+        def rest(item, deadline):
+            p = item[1]
+            try:
+                p.steps.send(Deadline(p.left))
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                p.target.close()
+            raise RuntimeError("the halt of %s paused twice" % p.target.name)
+
+        def rest_failed(item, elapsed, exc):
+            p = item[1]
+            kept = dict(p.result, methods_tried=list(p.result["methods_tried"]))
+            kept["error"] = ("halted, but the rest of its chain (the durable methods) %s"
+                             % ("failed: %s: %s" % (type(exc).__name__, exc) if exc is not None
+                                else "got no answer within the deadline"))
+            return kept
+
+        second = fan_out(paused, rest, self.concurrency, self.timeout, rest_failed)
+        for k, result in enumerate(second):
+            results[paused[k][0]] = result
+        return results
+
     def run(self):
         started = time.monotonic()
         one = self._halt_one if self.state == HALTED else self._resume_one
@@ -928,7 +1006,12 @@ class HaltService:
             finally:
                 target.close()
 
-        results = fan_out(self.targets, work, self.concurrency, self.timeout, self._on_error) if self.targets else []
+        if not self.targets:
+            results = []
+        elif self.state == HALTED and self.apply_all and not self.check_mode:
+            results = self._halt_in_two_passes()
+        else:
+            results = fan_out(self.targets, work, self.concurrency, self.timeout, self._on_error)
         for bad in self.invalid:
             results.insert(min(bad.index, len(results)), {
                 "name": bad.name, "status": "failed", "changed": False, "verified": False, "method": None,

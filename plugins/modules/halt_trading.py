@@ -287,6 +287,10 @@ options:
         engine's memory does not survive one. The playbooks' contain phase uses it for the same reason.
       - Methods that take the engine down (C(docker) with C(action=stop), C(kubernetes) scale to zero)
         are not applied on top of a halt that already verified; they stay fallbacks.
+      - Every target is first halted and verified by the first method of its chain that works; only then
+        are the rest of the chains applied, so the last engine stops trading after one method per engine,
+        not after the whole chain of every engine before it. Each target's O(timeout) covers both passes
+        (the wait between them excepted).
     type: bool
     default: false
   hold_until_resumed:

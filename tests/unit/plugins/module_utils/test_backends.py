@@ -465,3 +465,34 @@ def test_quiesce_left_counts_from_each_changed_engines_own_verified_halt():
     assert quiesce_left(targets[2:], 3, "halted", now=100.0) == 0  # nothing halted by this call
     assert quiesce_left(targets, 0, "halted", now=100.0) == 0
     assert quiesce_left([{"name": "e1", "status": "resumed", "resumed_at": 200.0}], 2, "resumed", now=200.5) == 1.5
+
+
+def test_apply_all_halts_every_engine_with_its_first_method_before_any_engine_gets_the_rest_of_its_chain(redis_server):
+    """One worker, three engines, each with two redis halt keys: the first keys of all three are set (and read back)
+    before the second key of any. A chain applied engine by engine would set a-0, b-0, a-1, b-1, ..."""
+    import json
+
+    import redis
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    from ansible_collections.tradeops.remediation.plugins.module_utils import _killswitch
+
+    def method(key):
+        return {"type": "redis", "port": redis_server, "password": "pw-canary-77", "key": key}
+
+    targets = [{"name": f"two-{i}", "methods": [method(f"halt:a-{i}"), method(f"halt:b-{i}")]} for i in range(3)]
+    params = ArgumentSpecValidator(_killswitch.halt_argspec()).validate(
+        {"targets": targets, "apply_all": True, "concurrency": 1, "timeout": 10}).validated_parameters
+    result, _warnings, failure = _killswitch.run_halt(params)
+    assert failure is None, result
+    assert sorted(result["halted"]) == ["two-0", "two-1", "two-2"]
+    probe = redis.Redis(port=redis_server, password="pw-canary-77", socket_timeout=5)
+    try:
+        at = {k: json.loads(probe.get(f"halt:{k}"))["at"] for k in ("a-0", "a-1", "a-2", "b-0", "b-1", "b-2")}
+    finally:
+        probe.close()
+    assert max(at["a-0"], at["a-1"], at["a-2"]) < min(at["b-0"], at["b-1"], at["b-2"]), at
+    for t in result["targets"]:
+        # halted by its first method, made durable by both, its time its own work (not the wait for the others)
+        assert t["method"] == "redis" and t["halted_at"] <= at[t["name"].replace("two-", "b-")]
+        assert [h["source"].split()[-1] for h in t["held_by"]] == [f"halt:a-{t['name'][-1]}", f"halt:b-{t['name'][-1]}"]
+        assert t["durable"] is True
