@@ -585,6 +585,10 @@ def halt_argspec():
     )
 
 
+# A quiesce is a few order intervals; an hour is a typo, not a wait to make before the orders proof.
+MAX_QUIESCE = 600.0
+
+
 def quiesce_left(targets, seconds, state=HALTED, now=None):
     """Seconds still to wait so that every engine this call changed has had ``seconds`` since its own verified
     halt (or resume) for an order in flight to land: the engines halted first in a large fan-out have waited
@@ -603,6 +607,7 @@ def run_halt(params, check_mode=False, diff=False):
     Returns ``(result, warnings, failure message or None)``. Raises TradeopsError when the call as a whole is
     invalid (nothing was done).
     """
+    quiesce = check_timeout(params.get("quiesce") or 0.0, "quiesce", minimum=0.0, maximum=MAX_QUIESCE)
     service = HaltService(
         params["targets"],
         state=params["state"],
@@ -615,8 +620,8 @@ def run_halt(params, check_mode=False, diff=False):
         hold_until_resumed=params["hold_until_resumed"],
     )
     result = service.run()
-    if params.get("quiesce") and not check_mode:
-        wait = quiesce_left(result["targets"], params["quiesce"], params["state"])
+    if quiesce and not check_mode:
+        wait = quiesce_left(result["targets"], quiesce, params["state"])
         time.sleep(wait)
         result["quiesced_s"] = round(wait, 3)
     found_diff = result.pop("diff")

@@ -317,7 +317,8 @@ options:
         caller counts the orders written after the halt. A target found already halted, or not
         verified, is not waited for. The engines halted first in a large fan-out have already waited
         through the rest of it, so the wait is shorter than a pause after the call.
-      - V(0) returns at once. Not in check mode. RV(quiesced_s) says how long it waited.
+      - V(0) returns at once. At most 600 seconds; a value outside 0-600 fails the call before any
+        target is touched. Not in check mode. RV(quiesced_s) says how long it waited.
     type: float
     default: 0
 notes:

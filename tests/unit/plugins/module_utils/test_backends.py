@@ -496,3 +496,23 @@ def test_apply_all_halts_every_engine_with_its_first_method_before_any_engine_ge
         assert t["method"] == "redis" and t["halted_at"] <= at[t["name"].replace("two-", "b-")]
         assert [h["source"].split()[-1] for h in t["held_by"]] == [f"halt:a-{t['name'][-1]}", f"halt:b-{t['name'][-1]}"]
         assert t["durable"] is True
+
+
+@pytest.mark.parametrize("quiesce", [-1, float("nan"), float("inf"), 601])
+def test_a_quiesce_out_of_range_fails_naming_the_option_before_any_engine_is_touched(redis_server, quiesce):
+    import redis
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    from ansible_collections.tradeops.remediation.plugins.module_utils import _killswitch
+
+    key = f"halt:untouched-{abs(hash(str(quiesce)))}"
+    targets = [{"name": "untouched", "methods": [{"type": "redis", "port": redis_server, "password": "pw-canary-77",
+                                                    "key": key}]}]
+    params = ArgumentSpecValidator(_killswitch.halt_argspec()).validate(
+        {"targets": targets, "quiesce": quiesce}).validated_parameters
+    with pytest.raises(ValidationError, match="quiesce"):
+        _killswitch.run_halt(params)
+    probe = redis.Redis(port=redis_server, password="pw-canary-77", socket_timeout=5)
+    try:
+        assert probe.get(key) is None
+    finally:
+        probe.close()
