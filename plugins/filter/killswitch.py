@@ -64,6 +64,10 @@ def halt_report_lines(result, orders=None):
     if result.get("quiesced_s") is not None:
         lines.append("then waited %.2f s for orders in flight to land (the quiesce, from the last engine this call "
                      "changed) before counting the orders after each engine's halt" % result["quiesced_s"])
+    if result.get("quiesce_left_s") is not None:
+        lines.append("then %.2f s of the quiesce (for orders in flight to land, from the last engine this call changed) "
+                     "were left to wait out before counting the orders after each engine's halt; the venue is "
+                     "cancelled meanwhile" % result["quiesce_left_s"])
     if result.get("not_durable"):
         lines.append("WARNING: the halt of %s would lapse by itself (it expires, or a restart drops it): give them a "
                      "durable kill-switch method" % ", ".join(result["not_durable"]))

@@ -38,6 +38,8 @@ def venue_report_lines(result):
         line = "%s: %s" % (acct.get("name"), acct.get("status"))
         if acct.get("working_before") is not None:
             line += ", working orders %s -> %s" % (acct.get("working_before"), acct.get("working_after"))
+        if acct.get("late_orders"):
+            line += " (%s found at the read-back after the engines' quiesce)" % acct["late_orders"]
         if acct.get("mismatches"):
             line += ", mismatched: %s" % ", ".join("%s (venue %s, table %s)" % (m["symbol"], m["venue"], m["db"])
                                                    for m in acct["mismatches"])
@@ -55,6 +57,9 @@ def venue_report_lines(result):
         lines.append("venue: %s working order(s) before, %s after; not verified: %s" % (
             result.get("working_orders_before"), result.get("working_orders_after"),
             ", ".join(result.get("unverified") or []) or "none"))
+        if result.get("settled_s") is not None:
+            lines.append("venue: read back again when the engines' quiesce ended (%.2f s after the first pass): %s "
+                         "order(s) had landed late" % (result["settled_s"], result.get("late_orders", 0)))
     return lines
 
 

@@ -582,6 +582,7 @@ def halt_argspec():
         apply_all=dict(type="bool", default=False),
         hold_until_resumed=dict(type="bool", default=True),
         quiesce=dict(type="float", default=0.0),
+        quiesce_wait=dict(type="bool", default=True),
     )
 
 
@@ -622,8 +623,12 @@ def run_halt(params, check_mode=False, diff=False):
     result = service.run()
     if quiesce and not check_mode:
         wait = quiesce_left(result["targets"], quiesce, params["state"])
-        time.sleep(wait)
-        result["quiesced_s"] = round(wait, 3)
+        result["quiesce_until"] = round(time.time() + wait, 3)
+        if params.get("quiesce_wait", True):
+            time.sleep(wait)
+            result["quiesced_s"] = round(wait, 3)
+        else:
+            result["quiesce_left_s"] = round(wait, 3)
     found_diff = result.pop("diff")
     if diff:
         result["diff"] = found_diff

@@ -9,7 +9,10 @@ its own deadline:
 * ``cancel_all``: (arm the dead man's switch first, if asked), cancel every working order (the exchange's
   cancel-all where it has one, else per order), then read the open orders back, cancelling what is left,
   until none is left: ``verified``. An account whose orders cannot be read back empty before its deadline
-  is ``unverified`` and named with the orders still working, never assumed done.
+  is ``unverified`` and named with the orders still working, never assumed done. With ``settle_until`` (the
+  end of the engines' quiesce after their verified halt), every verified account is read back once more when
+  that time has come, and an order that landed late (an engine had it in flight when it was halted) is
+  cancelled and read back the same way: the cancel does not wait for the quiesce, its proof does.
 * ``dead_man_switch``: arm (or heartbeat: arm again) or disarm the exchange's cancel-all-after timer.
 * ``positions``: the venue's positions (spot: the balances of every asset but the quote currency)
   against the positions table; ``reconcile: apply`` rewrites the table from the venue, copying the old
@@ -28,6 +31,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import functools
 import math
 import time
 
@@ -44,6 +48,8 @@ from ansible_collections.tradeops.remediation.plugins.module_utils import _postg
 ACTIONS = ("cancel_all", "dead_man_switch", "positions", "protect", "flatten")
 VERIFIED, UNVERIFIED, FAILED, OK, MISMATCH = "verified", "unverified", "failed", "ok", "mismatch"
 READBACK_PAUSE = 0.1
+# settle_until is the end of a quiesce (a few order intervals); further away than this is a mistake, not a wait
+MAX_SETTLE = 600.0
 DUST = 1e-9
 BACKUP_COLUMNS = "backed_up_at timestamptz NOT NULL DEFAULT now(), backup_reason text"
 
@@ -91,7 +97,7 @@ class VenueGuard:
     def __init__(self, action, accounts, timeout=10.0, request_timeout=3.0, concurrency=20, check_mode=False,
                  dead_man_switch=None, stop_distance=0.05, max_slippage=0.01, time_limit=60.0, approved=False,
                  reconcile="report", positions_db=None, positions_table="positions", symbols=None,
-                 tolerance=1e-6, keep_stops=False):
+                 tolerance=1e-6, keep_stops=False, settle_until=None):
         if action not in ACTIONS:
             raise ValidationError("action must be one of %s, got %r" % (", ".join(ACTIONS), action))
         if action == "flatten" and approved is not True:
@@ -117,20 +123,34 @@ class VenueGuard:
         self.symbols = dict(symbols or {})
         self.tolerance = float(tolerance)
         self.keep_stops = bool(keep_stops)
+        if settle_until is not None:
+            if action != "cancel_all":
+                raise ValidationError("settle_until applies to action=cancel_all only, not %s" % action)
+            settle_until = float(settle_until)
+            if not (math.isfinite(settle_until) and settle_until - time.time() <= MAX_SETTLE):
+                raise ValidationError("settle_until must be an epoch time at most %d seconds from now, got %r"
+                                      % (MAX_SETTLE, settle_until))
+        self.settle_until = settle_until
         self.markets = MarketCache()
         self.pool = ClientPool()
 
     # -- the fleet -----------------------------------------------------------------------------------------
     def run(self):
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         timeout = self.timeout + (self.time_limit if self.action == "flatten" else 0.0)
+        settle = None
         try:
             results = fan_out(self.accounts, self._one, self.concurrency, timeout, self._on_error)
+            # every read-back so far came before the settle time: read the verified accounts back again after it
+            if self.settle_until is not None and self.settle_until > started_at and not self.check_mode:
+                settle = self._settle(results, timeout)
         finally:
             self.pool.close()
         out = {"action": self.action, "accounts": results,
                "elapsed_ms": int((time.monotonic() - started) * 1000),
                "changed": any(r.get("changed") for r in results)}
+        if settle is not None:
+            out.update(settle)
         if self.action == "cancel_all":
             out["verified"] = [r["name"] for r in results if r["status"] == VERIFIED]
             out["unverified"] = [r["name"] for r in results if r["status"] != VERIFIED]
@@ -151,13 +171,35 @@ class VenueGuard:
         return {"name": account.name, "exchange": account.exchange, "status": status, "changed": False,
                 "error": error}
 
-    def _one(self, account, deadline):
+    def _settle(self, results, timeout):
+        """Wait until ``settle_until``, then read every verified account back once more (cancelling what landed
+        late); each account's second pass has its own deadline of ``timeout``. Its outcome replaces the first."""
+        waited = max(0.0, min(self.settle_until - time.time(), MAX_SETTLE))
+        time.sleep(waited)
+        first = dict((r["name"], r) for r in results if r.get("status") == VERIFIED)
+        again = [a for a in self.accounts if a.name in first]
+        late = fan_out(again, functools.partial(self._one, step=self._late_orders), self.concurrency, timeout,
+                       self._on_error)
+        for second in late:
+            merged = first[second["name"]]
+            for key in ("status", "working_after", "remaining", "late_orders", "error"):
+                if key in second:
+                    merged[key] = second[key]
+            for key in ("cancel_rounds", "requests", "retries", "elapsed_ms"):
+                merged[key] = (merged.get(key) or 0) + (second.get(key) or 0)
+            merged["cancel_errors"] = merged.get("cancel_errors", []) + second.get("cancel_errors", [])
+            if not merged["cancel_errors"]:
+                del merged["cancel_errors"]
+            merged["changed"] = bool(merged.get("changed") or second.get("changed"))
+        return {"settled_s": round(waited, 3), "late_orders": sum(r.get("late_orders") or 0 for r in late)}
+
+    def _one(self, account, deadline, step=None):
         client = VenueClient(account, self.request_timeout, self.markets, self.pool)
         result = {"name": account.name, "exchange": account.exchange, "changed": False}
         started = time.monotonic()
         try:
             client.ready(deadline)
-            getattr(self, "_" + self.action)(client, deadline, result)
+            (step or getattr(self, "_" + self.action))(client, deadline, result)
         except TradeopsError as err:
             result.setdefault("status", UNVERIFIED if self.action == "cancel_all" else FAILED)
             if result["status"] in (VERIFIED, OK):
@@ -209,6 +251,19 @@ class VenueGuard:
         result["stops_kept"] = len(kept)
         if result["working_before"]:
             result["changed"] = True
+        self._until_none(client, deadline, result, open_orders, rounds)
+
+    def _late_orders(self, client, deadline, result):
+        """After ``settle_until``: what landed since the first read-back, cancelled and read back until none."""
+        result["status"] = UNVERIFIED
+        open_orders = [o for o in self._open(client, deadline) if not (self.keep_stops and _protective(o))]
+        result["late_orders"] = len(open_orders)
+        self._until_none(client, deadline, result, open_orders, 0)
+
+    def _until_none(self, client, deadline, result, open_orders, rounds):
+        """Cancel ``open_orders`` one by one and read back, until the exchange lists none (``verified``) or the
+        deadline runs out (``unverified``, the orders still working named)."""
+        ex = client.exchange
         while True:
             result["working_after"] = len(open_orders)
             result["remaining"] = [_order_view(o) for o in open_orders]

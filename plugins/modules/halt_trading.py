@@ -321,6 +321,14 @@ options:
         target is touched. Not in check mode. RV(quiesced_s) says how long it waited.
     type: float
     default: 0
+  quiesce_wait:
+    description:
+      - With V(false), return at once and leave the wait to the caller, RV(quiesce_until) saying until when. The P0
+        playbook's contain phase cancels at the venue meanwhile
+        (M(tradeops.remediation.venue_guard)'s O(tradeops.remediation.venue_guard#module:settle_until)) and counts
+        the orders only after it.
+    type: bool
+    default: true
 notes:
   - Every halted target reports the sources that hold its halt (RV(targets[].held_by)) and whether one
     of them survives an engine restart and never expires (RV(targets[].durable)). An API halt lives in
@@ -502,8 +510,18 @@ elapsed_ms:
   type: int
 quiesced_s:
   description: Seconds waited after the fan-out for O(quiesce).
+  returned: with O(quiesce) above 0 and O(quiesce_wait=true), not in check mode
+  type: float
+quiesce_left_s:
+  description: Seconds of the quiesce left to the caller at the return (O(quiesce_wait=false)).
+  returned: with O(quiesce) above 0 and O(quiesce_wait=false), not in check mode
+  type: float
+quiesce_until:
+  description:
+    - When the quiesce ends, in epoch seconds, to the millisecond (the call's return when no target was changed).
   returned: with O(quiesce) above 0, not in check mode
   type: float
+  sample: 1765000000.123
 ran_on_controller:
   description: The call ran in the controller's own process, not as a module (see the notes).
   returned: when it ran on the controller

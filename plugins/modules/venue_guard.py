@@ -20,7 +20,8 @@ description:
     account is V(verified) only when the exchange lists no open order; one that cannot be read back empty within
     O(timeout) (the exchange lies about its cancels, is down, refuses the key) is V(unverified), named in
     RV(unverified) with the orders still working. The exchange's rate-limit answers, 5xx and timeouts are retried
-    with backoff inside the deadline. With O(dead_man_switch.state=armed) the dead man's switch is armed first."
+    with backoff inside the deadline. With O(dead_man_switch.state=armed) the dead man's switch is armed first.
+    With O(settle_until), every verified account is read back once more when that time has come (see there)."
   - "O(action=dead_man_switch): arms (O(dead_man_switch.state=armed); calling it again is the heartbeat) or
     disarms the exchange's cancel-all-after timer (Kraken's C(CancelAllOrdersAfter)): if no heartbeat comes within
     O(dead_man_switch.timeout) seconds, the exchange itself cancels every order of the account."
@@ -116,6 +117,17 @@ options:
       - Verified the same way, the exchange listing no open order but those stops.
     type: bool
     default: false
+  settle_until:
+    description:
+      - O(action=cancel_all) - the end of the engines' quiesce after their verified halt, in epoch seconds
+        (M(tradeops.remediation.halt_trading)'s RV(tradeops.remediation.halt_trading#module:quiesce_until)). The
+        cancel does not wait for it; every account is cancelled and read back at once, then, when this time has come,
+        every verified account is read back again, and an order that landed meanwhile (an engine had it in flight
+        when it was halted) is cancelled and read back the same way, within a second O(timeout). An account is
+        V(verified) only if that last read-back is empty; RV(late_orders) counts what landed late.
+      - A time already past when the call starts adds nothing; one more than 600 seconds away fails the call before
+        anything is sent. Not in check mode.
+    type: float
   dead_man_switch:
     description: The dead man's switch (O(action=dead_man_switch), and armed first by O(action=cancel_all) when given).
     type: dict
@@ -227,6 +239,9 @@ accounts:
     stops_kept:
       description: (cancel_all) Protective stop-losses left working (O(keep_stops)).
       type: int
+    late_orders:
+      description: (cancel_all with O(settle_until)) Orders found working at the read-back after O(settle_until).
+      type: int
     remaining:
       description: (cancel_all) The orders still working at the last read-back.
       type: list
@@ -265,6 +280,14 @@ working_orders_after:
   description: (cancel_all) Open orders over every account at the last read-back.
   returned: when O(action=cancel_all)
   type: int
+late_orders:
+  description: (cancel_all) Orders found working over every account at the read-back after O(settle_until).
+  returned: when O(settle_until) was later than the call's start, not in check mode
+  type: int
+settled_s:
+  description: (cancel_all) Seconds waited, after the first pass over every account, for O(settle_until).
+  returned: when O(settle_until) was later than the call's start, not in check mode
+  type: float
 mismatched:
   description: (positions) The accounts whose positions differ from the table.
   returned: when O(action=positions)
@@ -314,6 +337,7 @@ ARGUMENT_SPEC = dict(
     positions_table=dict(type="str", default="positions"),
     symbols=dict(type="dict", default={}),
     tolerance=dict(type="float", default=0.000001),
+    settle_until=dict(type="float"),
 )
 ARGUMENT_SPEC.update(postgres_connection_spec())
 DB_OPTIONS = tuple(postgres_connection_spec())
@@ -339,7 +363,7 @@ def build(params, check_mode):
         approved=params["approved"], reconcile=params["reconcile"],
         positions_db=db if has_db else None, positions_table=params["positions_table"],
         symbols=params["symbols"], tolerance=number(params["tolerance"], "tolerance", minimum=0),
-        keep_stops=params["keep_stops"])
+        keep_stops=params["keep_stops"], settle_until=params.get("settle_until"))
 
 
 def run(params, check_mode=False, diff=False):

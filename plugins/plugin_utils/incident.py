@@ -218,7 +218,10 @@ def add_halt(record, phase, state, result, at=None):
              "already": sorted(already), "failed": sorted(failed), "unverified": sorted(unverified),
              "elapsed_ms": result.get("elapsed_ms"), "orders_after": result.get("orders_after"),
              "targets": [{"name": t["name"], "status": t.get("status"), "method": t.get("method"),
-                          "latency_ms": t.get("latency_ms"), "error": t.get("error")} for t in targets]}
+                          "latency_ms": t.get("latency_ms"), "error": t.get("error"),
+                          # epoch seconds, to the millisecond: when the engine was read back halted (or resumed)
+                          "verified_at": t.get("halted_at" if state == "halted" else "resumed_at")}
+                         for t in targets]}
     record["halts"].append(entry)
     if _phase(record, phase, len(record["runs"])) is None and isinstance(result.get("elapsed_ms"), (int, float)):
         # the halt is not delayed by a "start" event: its phase starts when its call did

@@ -109,7 +109,10 @@ def test_p0_halts_every_engine_verified_and_orders_stop(lab_factory, tmp_path):
     starts = [json.loads(line) for line in starts_log.read_text().splitlines()]
     roles_run = [s["role"] for s in starts if s["implicit"] and s["meta"] == "role_complete"]
     assert {f"tradeops.remediation.{r}" for r in ("halt_trading", "venue_guard", "notify")} <= set(roles_run), roles_run
-    assert len(roles_run) == len(set(roles_run)), f"a role ran more than once, or once per engine: {roles_run}"
+    # halt_trading twice, each for the whole fleet: its call, then its proof after the venue's cancel
+    runs = {role: roles_run.count(role) for role in roles_run}
+    assert runs == {**dict.fromkeys(runs, 1), "tradeops.remediation.halt_trading": 2}, \
+        f"a role ran more often than the contain play includes it, or once per engine: {roles_run}"
 
 
 def test_second_run_changes_nothing(lab_factory, tmp_path):

@@ -163,6 +163,50 @@ def test_one_worker_lends_its_client_to_each_account_with_that_accounts_key_only
         assert secret not in out["_raw"]
 
 
+def test_an_order_landing_during_the_quiesce_is_found_and_cancelled_at_the_read_back_after_it(lab, capsys,
+                                                                                          monkeypatch):
+    """settle_until (the P0 contain phase): the cancel runs at once, not after the engines' quiesce. An order an
+    engine had in flight lands after the first read-back (placed here between the two passes); the read-back when
+    the quiesce ends finds it and cancels it. Without that second read-back it would stay working."""
+    from ansible_collections.tradeops.remediation.plugins.module_utils import _venue_guard
+
+    late, quiet = (lab.add_venue_account(f"{role}-{next(_COUNTER)}") for role in ("late", "quiet"))
+    for acct in (late, quiet):
+        lab.rest_orders(acct, 3)
+    real = _venue_guard.VenueGuard._settle
+    first_pass = []
+
+    def landing(self, results, timeout):
+        first_pass.append(lab.working_orders()[late["name"]])
+        lab.rest_orders(late, 2)  # in flight at the halt, landing now
+        return real(self, results, timeout)
+
+    monkeypatch.setattr(_venue_guard.VenueGuard, "_settle", landing)
+    settle_until = time.time() + 1.0
+    out = guard(capsys, "cancel_all", [late, quiet], settle_until=settle_until, keep_stops=True)
+    returned = time.time()
+    assert out["_rc"] == 0, out["_raw"]
+    assert first_pass == [0], "the first pass cancelled at once, before the quiesce ended"
+    assert out["verified"] == [late["name"], quiet["name"]] and out["working_orders_after"] == 0
+    assert out["late_orders"] == 2 and [a["late_orders"] for a in out["accounts"]] == [2, 0]
+    assert lab.working_orders()[late["name"]] == 0 and client(late).fetch_open_orders() == []
+    assert returned >= settle_until and 0 < out["settled_s"] <= 1.0
+    # a settle time already past when the call starts: one read-back, no second pass
+    out = guard(capsys, "cancel_all", [late], settle_until=time.time() - 5)
+    assert out["_rc"] == 0 and "settled_s" not in out and first_pass == [0]
+
+
+def test_settle_until_is_refused_for_other_actions_and_beyond_ten_minutes(capsys):
+    acct = {"name": "x", "api_key": "key-1", "secret": "c2VjcmV0"}
+    out = run_module(venue_guard, capsys, {"action": "dead_man_switch", "accounts": [acct],
+                                           "settle_until": time.time() + 1})
+    assert out["_rc"] == 1 and "settle_until applies to action=cancel_all only" in out["msg"], out
+    out = run_module(venue_guard, capsys, {"action": "cancel_all", "accounts": [acct],
+                                           "settle_until": time.time() + 3600})
+    assert out["_rc"] == 1 and "settle_until must be an epoch time at most 600 seconds" in out["msg"], out
+    assert "Nothing was sent" in out["msg"]
+
+
 def test_a_crashed_engines_orders_are_still_cancelled(lab, capsys):
     name = "engine-002"
     wait_until(lambda: lab.working_orders()[name] >= 2, 15)

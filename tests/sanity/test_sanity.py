@@ -94,13 +94,14 @@ def _tasks(node, rescue=False):
 
 def _fleet_roles() -> set[str]:
     """The roles whose every task runs once for the whole fleet (run_once, a role import, or a meta task such as
-    end_role): halt_trading and the like, as opposed to evidence or service_recovery, which work on each host."""
+    end_role; an import of the role's own task file is checked in that file): halt_trading and the like, as opposed
+    to evidence or service_recovery, which work on each host."""
     fleet = set()
     for role in sorted((ROOT / "roles").iterdir()):
         tasks = [t for f in sorted((role / "tasks").glob("*.yml")) for t, _ in _tasks(yaml.safe_load(f.read_text()))
                  if "block" not in t]
         if tasks and all(t.get("run_once") or "ansible.builtin.import_role" in t or "ansible.builtin.meta" in t
-                         for t in tasks):
+                         or "ansible.builtin.import_tasks" in t for t in tasks):
             fleet.add(f"tradeops.remediation.{role.name}")
     return fleet
 

@@ -453,6 +453,25 @@ def test_quiesce_waits_from_the_last_engine_this_call_halted_and_not_for_engines
     assert "quiesced_s" not in checked
 
 
+def test_a_deferred_quiesce_returns_at_once_with_the_time_it_ends(redis_server):
+    """quiesce_wait=false (the P0 contain phase): the call returns right after the verified halt, with the end of the
+    quiesce counted from the last engine's halt; the caller waits for it (the venue is cancelled meanwhile)."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    from ansible_collections.tradeops.remediation.plugins.module_utils import _killswitch
+
+    targets = [{"name": f"deferred-{i}", "methods": [{"type": "redis", "port": redis_server, "password": "pw-canary-77",
+                                                        "key": f"halt:deferred-{i}"}]} for i in range(3)]
+    params = ArgumentSpecValidator(_killswitch.halt_argspec()).validate(
+        {"targets": targets, "timeout": 10, "quiesce": 5, "quiesce_wait": False}).validated_parameters
+    result, _warnings, failure = _killswitch.run_halt(params)
+    returned = time.time()
+    assert failure is None, result
+    last = max(t["halted_at"] for t in result["targets"])
+    assert result["quiesce_until"] == pytest.approx(last + 5, abs=0.002)
+    assert returned < last + 1 and "quiesced_s" not in result  # did not wait the 5 s
+    assert 4 < result["quiesce_left_s"] <= 5
+
+
 def test_quiesce_left_counts_from_each_changed_engines_own_verified_halt():
     from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import quiesce_left
 
