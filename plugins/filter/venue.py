@@ -58,8 +58,9 @@ def venue_report_lines(result):
             result.get("working_orders_before"), result.get("working_orders_after"),
             ", ".join(result.get("unverified") or []) or "none"))
         if result.get("settled_s") is not None:
-            lines.append("venue: read back again when the engines' quiesce ended (%.2f s after the first pass): %s "
-                         "order(s) had landed late" % (result["settled_s"], result.get("late_orders", 0)))
+            lines.append("venue: %s account(s) read back again when the engines' quiesce ended (%.2f s after the "
+                         "first pass; the others were last read after it): %s order(s) had landed late"
+                         % (result.get("read_again"), result["settled_s"], result.get("late_orders", 0)))
     return lines
 
 

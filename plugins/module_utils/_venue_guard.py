@@ -131,6 +131,7 @@ class VenueGuard:
                 raise ValidationError("settle_until must be an epoch time at most %d seconds from now, got %r"
                                       % (MAX_SETTLE, settle_until))
         self.settle_until = settle_until
+        self._read_at = {}
         self.markets = MarketCache()
         self.pool = ClientPool()
 
@@ -173,10 +174,12 @@ class VenueGuard:
 
     def _settle(self, results, timeout):
         """Wait until ``settle_until``, then read every verified account back once more (cancelling what landed
-        late); each account's second pass has its own deadline of ``timeout``. Its outcome replaces the first."""
+        late), unless its last read was sent after ``settle_until`` already (late in a large first pass); each
+        account's second pass has its own deadline of ``timeout``. Its outcome replaces the first."""
         waited = max(0.0, min(self.settle_until - time.time(), MAX_SETTLE))
         time.sleep(waited)
-        first = dict((r["name"], r) for r in results if r.get("status") == VERIFIED)
+        first = dict((r["name"], r) for r in results if r.get("status") == VERIFIED
+                     and self._read_at.get(r["name"], 0.0) < self.settle_until)
         again = [a for a in self.accounts if a.name in first]
         late = fan_out(again, functools.partial(self._one, step=self._late_orders), self.concurrency, timeout,
                        self._on_error)
@@ -191,7 +194,8 @@ class VenueGuard:
             if not merged["cancel_errors"]:
                 del merged["cancel_errors"]
             merged["changed"] = bool(merged.get("changed") or second.get("changed"))
-        return {"settled_s": round(waited, 3), "late_orders": sum(r.get("late_orders") or 0 for r in late)}
+        return {"settled_s": round(waited, 3), "late_orders": sum(r.get("late_orders") or 0 for r in late),
+                "read_again": len(late)}
 
     def _one(self, account, deadline, step=None):
         client = VenueClient(account, self.request_timeout, self.markets, self.pool)
@@ -213,7 +217,11 @@ class VenueGuard:
 
     # -- cancel_all ----------------------------------------------------------------------------------------
     def _open(self, client, deadline):
-        return client.call(deadline, "read open orders", client.exchange.fetch_open_orders)
+        started = time.time()
+        orders = client.call(deadline, "read open orders", client.exchange.fetch_open_orders)
+        # when the last read of each account was sent (one key per account: no two threads write the same one)
+        self._read_at[client.account.name] = started
+        return orders
 
     def _cancel_all(self, client, deadline, result):
         ex = client.exchange

@@ -122,7 +122,8 @@ options:
       - O(action=cancel_all) - the end of the engines' quiesce after their verified halt, in epoch seconds
         (M(tradeops.remediation.halt_trading)'s RV(tradeops.remediation.halt_trading#module:quiesce_until)). The
         cancel does not wait for it; every account is cancelled and read back at once, then, when this time has come,
-        every verified account is read back again, and an order that landed meanwhile (an engine had it in flight
+        every verified account whose last read was sent before it is read back again (in a large fan-out, the
+        accounts read after it need not be), and an order that landed meanwhile (an engine had it in flight
         when it was halted) is cancelled and read back the same way, within a second O(timeout). An account is
         V(verified) only if that last read-back is empty; RV(late_orders) counts what landed late.
       - A time already past when the call starts adds nothing; one more than 600 seconds away fails the call before
@@ -288,6 +289,10 @@ settled_s:
   description: (cancel_all) Seconds waited, after the first pass over every account, for O(settle_until).
   returned: when O(settle_until) was later than the call's start, not in check mode
   type: float
+read_again:
+  description: (cancel_all) Accounts read back again after O(settle_until).
+  returned: when O(settle_until) was later than the call's start, not in check mode
+  type: int
 mismatched:
   description: (positions) The accounts whose positions differ from the table.
   returned: when O(action=positions)

@@ -190,10 +190,36 @@ def test_an_order_landing_during_the_quiesce_is_found_and_cancelled_at_the_read_
     assert out["verified"] == [late["name"], quiet["name"]] and out["working_orders_after"] == 0
     assert out["late_orders"] == 2 and [a["late_orders"] for a in out["accounts"]] == [2, 0]
     assert lab.working_orders()[late["name"]] == 0 and client(late).fetch_open_orders() == []
-    assert returned >= settle_until and 0 < out["settled_s"] <= 1.0
+    assert returned >= settle_until and 0 < out["settled_s"] <= 1.0 and out["read_again"] == 2
     # a settle time already past when the call starts: one read-back, no second pass
     out = guard(capsys, "cancel_all", [late], settle_until=time.time() - 5)
     assert out["_rc"] == 0 and "settled_s" not in out and first_pass == [0]
+
+
+def test_an_account_last_read_after_the_settle_time_is_not_read_again(lab, capsys, monkeypatch):
+    """One worker: the first account is read before the settle time, the second (slow) only after it. Only the first
+    is read again; an order landing on it meanwhile is cancelled."""
+    from ansible_collections.tradeops.remediation.plugins.module_utils import _venue_guard
+
+    early, slow = (lab.add_venue_account(f"{role}-{next(_COUNTER)}") for role in ("early", "slow"))
+    settle_until = time.time() + 1.0
+    real_cancel, real_settle = _venue_guard.VenueGuard._cancel_all, _venue_guard.VenueGuard._settle
+
+    def cancel(self, client, deadline, result):
+        if client.account.name == slow["name"]:
+            time.sleep(max(0.0, settle_until - time.time()) + 0.1)
+        return real_cancel(self, client, deadline, result)
+
+    def settle(self, results, timeout):
+        lab.rest_orders(early, 1)
+        return real_settle(self, results, timeout)
+
+    monkeypatch.setattr(_venue_guard.VenueGuard, "_cancel_all", cancel)
+    monkeypatch.setattr(_venue_guard.VenueGuard, "_settle", settle)
+    out = guard(capsys, "cancel_all", [early, slow], settle_until=settle_until, concurrency=1)
+    assert out["_rc"] == 0 and out["verified"] == [early["name"], slow["name"]], out["_raw"]
+    assert out["read_again"] == 1 and [a.get("late_orders") for a in out["accounts"]] == [1, None]
+    assert lab.working_orders()[early["name"]] == 0
 
 
 def test_settle_until_is_refused_for_other_actions_and_beyond_ten_minutes(capsys):
