@@ -3,9 +3,10 @@
 Paths (each a separate process, started with ``subprocess.Popen``; t0 is taken just before it):
 
 - a. ``ansible-playbook playbooks/p0_outage.yml --tags contain`` (halt_trading: one concurrent module call,
-  each halt read back, then the orders proof; the lab inventory's defaults, including its quiesce before the
-  orders are counted: three order intervals after the last engine's verified halt, 0.6 s up to 200 engines, 3 s at
-  1,000, whose order interval is 1 s);
+  each halt read back; the venue's cancel-all, which runs during the quiesce and reads the venue back again when
+  it ends; then the orders proof. The lab inventory's defaults, including its quiesce before the orders are
+  counted: three order intervals after the last engine's verified halt, 0.6 s up to 200 engines, 3 s at 1,000,
+  whose order interval is 1 s);
 - b. ``tradeops run p0_outage --tags contain`` (the same playbook through ansible-runner);
 - c. baseline: one ``ansible.builtin.uri`` task per host, forks=50 (``bench/halt_uri_baseline.yml``);
 - d. baseline: a sequential ``/usr/bin/curl`` loop, the seeds' way (``bench/halt_curl_loop.sh``);

@@ -157,8 +157,8 @@ def markdown(res: dict[str, Any], heading: str = "##") -> str:
                            ("d/a", "d/a")):
             lines.append(f"| ratio {label} | " + " | ".join(num(halt["by_engines"][n]["ratios"].get(key)) for n in ns)
                          + " |")
-        lines.append("| a: contain phase, process start to exit (incl. the quiesce, 3 order intervals after the "
-                     "last engine's halt, and the orders proof) | "
+        lines.append("| a: contain phase, process start to exit (halt, venue cancel-all during the quiesce of 3 "
+                     "order intervals after the last engine's halt, then the orders proof) | "
                      + " | ".join(fmt(halt["by_engines"][n]["paths"].get("a", {}).get("wall_s")) for n in ns) + " |")
         lines.append("| a: halt_trading module call (all engines, each read back) | "
                      + " | ".join(fmt(halt["by_engines"][n]["paths"].get("a", {}).get("module_elapsed_s"))
