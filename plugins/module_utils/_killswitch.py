@@ -621,6 +621,7 @@ def run_halt(params, check_mode=False, diff=False):
         hold_until_resumed=params["hold_until_resumed"],
     )
     result = service.run()
+    result["finished_at"] = round(time.time(), 3)  # before the quiesce: when the last target was done
     if quiesce and not check_mode:
         wait = quiesce_left(result["targets"], quiesce, params["state"])
         result["quiesce_until"] = round(time.time() + wait, 3)

@@ -508,6 +508,11 @@ elapsed_ms:
   description: Wall time of the whole fan-out, in milliseconds.
   returned: always
   type: int
+finished_at:
+  description: When the fan-out finished (before any O(quiesce)), in epoch seconds; the incident record's time of the call.
+  returned: always
+  type: float
+  sample: 1765000000.123
 quiesced_s:
   description: Seconds waited after the fan-out for O(quiesce).
   returned: with O(quiesce) above 0 and O(quiesce_wait=true), not in check mode

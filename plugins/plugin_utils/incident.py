@@ -207,7 +207,12 @@ def mark_progress(record, at=None):
 
 
 def add_halt(record, phase, state, result, at=None):
-    """A halt_trading call: its per-engine status, what holds each halt and until when."""
+    """A halt_trading call: its per-engine status, what holds each halt and until when. Its time is when the call
+    finished (``finished_at``, epoch seconds), not when it is recorded: the P0 contain phase records it after the
+    venue's cancel and the orders proof."""
+    finished = result.get("finished_at")
+    if at is None and isinstance(finished, (int, float)) and not isinstance(finished, bool):
+        at = iso(_dt.datetime.fromtimestamp(finished, _dt.timezone.utc))
     at = at or iso()
     targets = [t for t in (result.get("targets") or []) if isinstance(t, dict) and t.get("name")]
     done = list(result.get("halted") or result.get("resumed") or [])

@@ -199,6 +199,26 @@ def test_phases_are_timed_and_a_halt_phase_starts_when_its_call_did():
     assert all(p["end"] is not None for p in record["phases"])
 
 
+def test_a_halt_recorded_after_the_venue_is_timed_by_its_own_call_not_by_when_it_is_recorded():
+    """The P0 contain phase records the halt after the venue's cancel and the orders proof: its time, its phase's
+    start and the time to contain come from the call (finished_at), not from the moment of recording."""
+    import datetime as dt
+    import time
+
+    r = new()
+    finished = time.time() - 4.0  # the call finished 4 s before it is recorded
+    incident.add_venue(r, "contain", venue_result())
+    result = dict(halt_result({n: "halted" for n in ENGINES}, elapsed_ms=2000), finished_at=finished)
+    entry = incident.add_halt(r, "contain", "halted", result)
+    at = dt.datetime.fromtimestamp(finished, dt.UTC)
+    assert incident.parse_time(entry["at"]) == pytest.approx(at, abs=dt.timedelta(milliseconds=1))
+    contain = [p for p in r["phases"] if p["name"] == "contain"][0]
+    assert incident.seconds_between(contain["start"], entry["at"]) == pytest.approx(2.0, abs=0.002)
+    assert r["engines"]["engine-001"]["first_halted_at"] == entry["at"]
+    assert incident.metrics(r)["time_to_contain_s"] == pytest.approx(
+        incident.seconds_between(r["started_at"], entry["at"]), abs=0.002)
+
+
 def test_an_open_incident_is_continued_and_a_resolved_one_is_kept_beside_a_new_one(tmp_path):
     record, path = incident.open_record(str(tmp_path), "inc-7", "p0_outage", "P0", playbook="p0")
     incident.add_halt(record, "contain", "halted", halt_result({n: "halted" for n in ENGINES}))
