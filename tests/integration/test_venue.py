@@ -206,8 +206,8 @@ def test_an_account_last_read_after_the_settle_time_is_not_read_again(lab, capsy
     real_cancel, real_settle = _venue_guard.VenueGuard._cancel_all, _venue_guard.VenueGuard._settle
 
     def cancel(self, client, deadline, result):
-        if client.account.name == slow["name"]:
-            time.sleep(max(0.0, settle_until - time.time()) + 0.1)
+        if client.account.name == slow["name"]:  # slow: it reaches the exchange only once the settle time has passed
+            assert wait_until(lambda: time.time() > settle_until, timeout=5, interval=0.02)
         return real_cancel(self, client, deadline, result)
 
     def settle(self, results, timeout):
