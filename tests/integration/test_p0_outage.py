@@ -115,6 +115,28 @@ def test_p0_halts_every_engine_verified_and_orders_stop(lab_factory, tmp_path):
         f"a role ran more often than the contain play includes it, or once per engine: {roles_run}"
 
 
+def test_without_a_venue_account_the_proof_waits_out_the_quiesce_itself(lab_factory, tmp_path):
+    """The contain phase cancels at the venue during the engines' quiesce; with no venue account nothing fills it,
+    and the proof must wait out the rest itself: the orders are counted only once every engine has had its
+    quiesce since its verified halt (an order in flight lands meanwhile), never right after the call."""
+    lab = lab_factory(engines=3)
+    starts_log = tmp_path / "task-starts.jsonl"
+    proc, report = run_p0(lab, tmp_path, "-e", "halt_trading_quiesce_seconds=2",
+                          "-e", "venue_guard_host_var=no_venue_account", env=task_starts_env(starts_log))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert ("venue: no exchange account is configured (host var no_venue_account): nothing was sent"
+            in " ".join(proc.stdout.split())), proc.stdout[-4000:]
+    result = report["result"]
+    last_halt = max(t["halted_at"] for t in result["targets"])
+    assert result["quiesce_until"] == pytest.approx(last_halt + 2, abs=0.01), result
+    starts = [json.loads(line) for line in starts_log.read_text().splitlines()]
+    [count] = [s for s in starts if "Count, per engine, the orders written after it was verified halted" in s["name"]]
+    # without the proof's own wait, the count starts well within the 2 s (nothing else here takes that long)
+    assert count["at"] >= result["quiesce_until"], (count, result["quiesce_until"])
+    assert all(row["orders_after"] == 0 for row in report["orders"]), report["orders"]
+    assert_no_orders_after_halt(lab, by_name(report), lab.engines(), watch=0.5)
+
+
 def test_second_run_changes_nothing(lab_factory, tmp_path):
     lab = lab_factory(engines=4)
     first, _ = run_p0(lab, tmp_path, name="first.json")

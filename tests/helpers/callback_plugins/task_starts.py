@@ -12,12 +12,15 @@ DOCUMENTATION = """
 name: task_starts
 type: aggregate
 short_description: every task start, implicit ones included, for the tests
-description: Appends one JSON line (name, action, role, implicit, meta) per task start to $TRADEOPS_TEST_TASK_STARTS.
+description: >-
+  Appends one JSON line (name, action, role, implicit, meta, at: epoch seconds) per task start to
+  $TRADEOPS_TEST_TASK_STARTS.
 requirements: [enabled in configuration]
 """
 
 import json  # noqa: E402
 import os  # noqa: E402
+import time  # noqa: E402
 
 from ansible.plugins.callback import CallbackBase  # noqa: E402
 
@@ -39,6 +42,6 @@ class CallbackModule(CallbackBase):
             return
         meta = task.args.get("_raw_params") if task.action in ("meta", "ansible.builtin.meta") else None
         line = {"name": task.get_name(), "action": task.action, "role": task._role.get_name() if task._role else None,
-                "implicit": bool(task.implicit), "meta": meta}
+                "implicit": bool(task.implicit), "meta": meta, "at": time.time()}
         with open(path, "a") as fh:
             fh.write(json.dumps(line) + "\n")
