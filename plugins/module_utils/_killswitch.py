@@ -144,6 +144,9 @@ class Method:
     # used as a fallback, but not applied on top of a halt that already verified, since it would take
     # the engine (and the evidence in it) down when a durable flag holds the halt as well.
     disruptive = False
+    # A method whose halt outlives the engine's process and is read back by itself (a flag file, a Redis key, a
+    # flag inside the container): what durable_only applies to an engine that is down.
+    durable = False
 
     def __init__(self, spec, where):
         self.spec = spec
@@ -232,6 +235,7 @@ class FileMethod(Method):
     """A flag file on the module's host (seed 002: touch /tmp/EMERGENCY_STOP)."""
 
     type = "file"
+    durable = True
     required = ("path",)
     argspec = dict(path=dict(type="path"))
 
@@ -278,6 +282,7 @@ class RedisMethod(Method):
     """A halt key with a TTL (seed 003: SET emergency_halt true EX 3600)."""
 
     type = "redis"
+    durable = True
     required = ("key",)
     argspec = _redis.argspec(key=dict(type="str", no_log=False), ttl=dict(type="int"), value=dict(type="str"))
 
@@ -355,6 +360,7 @@ class DockerMethod(Method):
         if self.action not in ("flag", "stop"):
             raise ValidationError("%s.action must be flag or stop, got %r" % (where, self.action))
         self.disruptive = self.action == "stop"
+        self.durable = self.action == "flag"
         self.flag_path = spec.get("flag_path") or "/tmp/EMERGENCY_STOP"
         self.stop_timeout = whole(spec.get("stop_timeout"), where + ".stop_timeout", 10, 0, 3600)
 
@@ -523,6 +529,7 @@ class Target:
         self.name = spec.get("name")
         if not self.name:
             raise ValidationError("targets[%d].name is required" % index)
+        self.index = index
         where = "targets[%d] (%s)" % (index, self.name)
         methods = spec.get("methods")
         if not methods:
@@ -580,6 +587,7 @@ def halt_argspec():
         concurrency=dict(type="int", default=64),
         verify=dict(type="bool", default=True),
         apply_all=dict(type="bool", default=False),
+        durable_only=dict(type="bool", default=False),
         hold_until_resumed=dict(type="bool", default=True),
         quiesce=dict(type="float", default=0.0),
         quiesce_wait=dict(type="bool", default=True),
@@ -619,6 +627,7 @@ def run_halt(params, check_mode=False, diff=False):
         check_mode=check_mode,
         apply_all=params["apply_all"],
         hold_until_resumed=params["hold_until_resumed"],
+        durable_only=params.get("durable_only", False),
     )
     result = service.run()
     result["finished_at"] = round(time.time(), 3)  # before the quiesce: when the last target was done
@@ -683,7 +692,8 @@ class HaltService:
     """Halt or resume many targets concurrently, each verified, each within its deadline."""
 
     def __init__(self, targets, state=HALTED, reason="tradeops emergency halt", timeout=10.0,
-                 concurrency=64, verify=True, check_mode=False, apply_all=False, hold_until_resumed=True):
+                 concurrency=64, verify=True, check_mode=False, apply_all=False, hold_until_resumed=True,
+                 durable_only=False):
         if state not in (HALTED, RESUMED):
             raise ValidationError("state must be halted or resumed, got %r" % state)
         if timeout is None:
@@ -705,6 +715,32 @@ class HaltService:
         # Apply every method of the chain, not just up to the first that verifies, so that the
         # durable ones (flag file, redis key, container flag) hold the halt across a restart.
         self.apply_all = apply_all
+        if durable_only:
+            if state != HALTED:
+                raise ValidationError("durable_only applies to state=halted only, got state=%s" % state)
+            self._durable_only()
+            self.apply_all = True
+
+    def _durable_only(self):
+        """Keep each chain's durable methods only, each read back by its own flag: the engine is down (a container
+        created, not started), its API cannot answer, and asking it would only spend the timeout."""
+        kept = []
+        for target in self.targets:
+            durable = [m for m in target.methods if m.durable]
+            for method in target.methods:
+                if not method.durable:
+                    method.close()
+            if not durable:
+                self.invalid.append(InvalidTarget(target.index, {"name": target.name}, (
+                    "targets[%d] (%s): durable_only: no method of its chain outlives the engine's process (file, "
+                    "redis, docker flag); add one to its methods" % (target.index, target.name))))
+                continue
+            for method in durable:
+                method.verify = None
+            target.methods, target.verify = durable, None
+            kept.append(target)
+        self.targets = kept
+        self.invalid.sort(key=lambda bad: bad.index)
 
     # -- reading state -------------------------------------------------------------------
     def _current(self, target, deadline):

@@ -293,6 +293,17 @@ options:
         (the wait between them excepted).
     type: bool
     default: false
+  durable_only:
+    description:
+      - Apply only the methods whose halt outlives the engine's process and reads back by itself (C(file),
+        C(redis), C(docker) with C(action=flag)), each verified by reading its own flag; the engine's API (C(http)
+        methods, O(targets[].verify) and O(targets[].methods[].verify)) is not called. Implies O(apply_all).
+      - For an engine that is down and must come back halted, for example a container created from the previous
+        image and not started yet (C(service_recovery)'s rollback). Its API cannot answer, and asking it would only
+        spend O(timeout).
+      - A target with no such method fails, naming it. Only with O(state=halted).
+    type: bool
+    default: false
   hold_until_resumed:
     description:
       - A verified halt must hold until the gated resume lifts it, never lapse by itself. With V(true)

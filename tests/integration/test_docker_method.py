@@ -18,7 +18,11 @@ import uuid
 import pytest
 from ansible_collections.tradeops.remediation.plugins.module_utils._deadline import Deadline
 from ansible_collections.tradeops.remediation.plugins.module_utils._errors import BackendError, ValidationError
-from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import DockerMethod, build_targets
+from ansible_collections.tradeops.remediation.plugins.module_utils._killswitch import (
+    DockerMethod,
+    HaltService,
+    build_targets,
+)
 
 from tests.integration.lab.helpers import wait_until
 
@@ -146,6 +150,43 @@ def test_halt_copies_the_flag_into_a_stopped_container_and_the_engine_finds_it_o
 
     m.resume(Deadline(DEADLINE))
     assert not flag_exists(container)
+
+
+def test_durable_only_copies_the_flag_into_a_created_container_without_waiting_for_its_api(docker_client,
+                                                                                          drill_images):
+    """service_recovery's rollback: a container created from the previous image, not started, so its API cannot
+    answer (here: a port that accepts and never answers). durable_only copies the flag in and reads it back from
+    the container, and never waits on the API; the container starts halted."""
+    name = PREFIX + uuid.uuid4().hex[:12]
+    container = docker_client.containers.create(drill_images["base"], KEEP_RUNNING, name=name,
+                                                labels={"tradeops.test": "dockermethod"})
+    api = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    api.bind(("127.0.0.1", 0))
+    api.listen(16)
+    url = f"http://127.0.0.1:{api.getsockname()[1]}"
+    try:
+        target = {"name": "engine-x",
+                  "verify": {"url": url + "/status", "field": "trading_active", "value": False},
+                  "methods": [{"type": "http", "url": url + "/halt"},
+                              {"type": "docker", "container": name, "action": "flag", "flag_path": FLAG}]}
+        started = time.monotonic()
+        out = HaltService([target], reason=REASON, timeout=10.0, durable_only=True).run()
+        elapsed = time.monotonic() - started
+        [result] = out["targets"]
+        assert result["status"] == "halted" and result["verified_by"] == "flag", result
+        assert [m["type"] for m in result["methods_tried"]] == ["docker"], result
+        assert elapsed < 5.0, f"{elapsed:.1f} s: it waited on the API the container cannot answer"
+        api.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            api.accept()  # nothing ever connected to the engine's API
+        assert status(container) == "created", "the halt must not start the container"
+        container.start()
+        wait_until(lambda: status(container) == "running", 30, f"{name} to run after docker start")
+        assert flag_exists(container), "the flag copied into the created container is not there once it runs"
+        assert_flag_records(flag_content(container), REASON)
+    finally:
+        api.close()
+        container.remove(force=True)
 
 
 # --------------------------------------------------------------------------------------------------- action stop

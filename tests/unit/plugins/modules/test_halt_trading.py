@@ -163,6 +163,45 @@ def test_apply_all_sets_every_durable_flag_even_when_already_halted(capsys, engi
     assert again["changed"] is False and again["already_halted"] == ["engine-a"]
 
 
+def test_durable_only_puts_the_flag_in_place_without_asking_the_engine(capsys, engine, tmp_path):
+    """An engine that is down (its API would not answer): only the flag is set, read back by itself; nothing is
+    sent to the engine's API, not even its status endpoint."""
+    flag = tmp_path / "EMERGENCY_STOP"
+    target = engine.target()
+    target["methods"].append({"type": "file", "path": str(flag)})
+    out = run_module(capsys, {"targets": [target], "durable_only": True, "timeout": 5})
+    assert out["_rc"] == 0 and out["changed"] is True, out
+    assert flag.exists() and engine.requests == [], engine.requests
+    [result] = out["targets"]
+    assert result["status"] == "halted" and result["verified_by"] == "flag", result
+    assert [m["type"] for m in result["methods_tried"]] == ["file"], result
+    assert result["durable"] is True
+    again = run_module(capsys, {"targets": [target], "durable_only": True, "timeout": 5})
+    assert again["changed"] is False and again["already_halted"] == ["engine-a"], again
+    assert engine.requests == []
+
+
+def test_durable_only_fails_a_target_without_a_durable_method_and_still_halts_the_rest(capsys, engine, tmp_path):
+    flag = tmp_path / "EMERGENCY_STOP"
+    durable = engine.target("engine-a")
+    durable["methods"].append({"type": "file", "path": str(flag)})
+    api_only = engine.target("engine-b")
+    out = run_module(capsys, {"targets": [durable, api_only], "durable_only": True, "timeout": 5})
+    assert out["_rc"] == 1 and out["failed_targets"] == ["engine-b"], out
+    assert [t["name"] for t in out["targets"]] == ["engine-a", "engine-b"]
+    assert "durable_only" in out["targets"][1]["error"] and "engine-b" in out["targets"][1]["error"]
+    assert out["halted"] == ["engine-a"] and flag.exists()
+    assert engine.requests == [], "an API-only target is failed, not halted through its API"
+
+
+def test_durable_only_refuses_a_resume_before_any_call(capsys, engine, tmp_path):
+    target = engine.target()
+    target["methods"].append({"type": "file", "path": str(tmp_path / "EMERGENCY_STOP")})
+    out = run_module(capsys, {"targets": [target], "durable_only": True, "state": "resumed"})
+    assert out["_rc"] == 1 and "durable_only" in out["msg"] and "state=halted" in out["msg"], out
+    assert engine.requests == []
+
+
 def test_documentation_parses_and_matches_the_argument_spec():
     import yaml
 
