@@ -159,18 +159,28 @@ def run_rotation(lab, tmp_path, gate=None, *extra, **kw):
 # ---------------------------------------------------------------------------- routine rotation
 
 
-@pytest.mark.parametrize("staging", ["pending", "direct"])
-def test_routine_rotation_costs_a_polling_client_no_failed_call(lab_factory, tmp_path, staging):
-    lab = lab_factory(engines=4)
+def wait_for_calls(client, count, timeout=10.0) -> None:
+    """Until the client has made ``count`` more calls (it polls throughout; not a fixed sleep)."""
+    target = len(client.results) + count
+    deadline = time.monotonic() + timeout
+    while len(client.results) < target:
+        assert time.monotonic() < deadline, f"the client made {len(client.results)} of {target} calls in {timeout} s"
+        time.sleep(0.01)
+
+
+def rotate_while_polling(lab, tmp_path, staging, attempt=0):
+    """One routine rotation while a client polls before, throughout and after it; returns (old token, client)."""
     old = tokens(lab)["ADMIN_TOKEN"]
     client = PollingClient(lab)
     client.start()
-    time.sleep(0.5)
-    proc = run_rotation(lab, tmp_path, None, "-e", f"secret_rotation_staging={staging}",
-                        "-e", "secret_rotation_revoke_grace=1.5")
-    time.sleep(0.5)
-    client.stop.set()
-    client.join(5)
+    try:
+        wait_for_calls(client, 50)
+        proc = run_rotation(lab, tmp_path, None, "-e", f"secret_rotation_staging={staging}",
+                            "-e", "secret_rotation_revoke_grace=1.5", name=f"vars-{attempt}.yml")
+        wait_for_calls(client, 50)
+    finally:
+        client.stop.set()
+        client.join(5)
     assert proc.returncode == 0, proc.stdout[-4000:]
     new = tokens(lab)["ADMIN_TOKEN"]
     assert new != old and set(tokens(lab)) == {"ADMIN_TOKEN"}
@@ -178,12 +188,30 @@ def test_routine_rotation_costs_a_polling_client_no_failed_call(lab_factory, tmp
     assert len(client.results) > 200, "the client did not poll throughout"
     # routine: no halt, the engines kept trading
     assert all(e["trading_active"] for e in lab.lab.engines())
-    if staging == "pending":
-        assert client.failures() == [], f"{len(client.failures())} failed calls of {len(client.results)}"
-    else:
-        # the control: written as current at once, the client switches before the engines re-read it
-        assert client.failures(), "staging=direct should have cost the client failed calls"
-        assert {code for dummy, code in client.failures()} == {401}
+    return old, client
+
+
+def test_routine_rotation_costs_a_polling_client_no_failed_call(lab_factory, tmp_path):
+    lab = lab_factory(engines=4)
+    _old, client = rotate_while_polling(lab, tmp_path, "pending")
+    assert client.failures() == [], f"{len(client.failures())} failed calls of {len(client.results)}"
+
+
+def test_the_control_a_direct_rotation_costs_the_same_client_failed_calls(lab_factory, tmp_path):
+    """The control, which shows the client above can see a failed call: the new token written as current at
+    once, the client switches to it before the engines re-read the file. The engines look at the file at most
+    every 0.5 s, so the window is anywhere from 0 to 0.5 s; a window shorter than one poll of the client (a few
+    ms, about 1 rotation in 50) shows nothing. Up to three rotations: at least one must cost failed calls, and
+    every failure is a 401 (a refused token, never an error)."""
+    lab = lab_factory(engines=4)
+    failures = []
+    for attempt in range(3):
+        _old, client = rotate_while_polling(lab, tmp_path, "direct", attempt)
+        failures = client.failures()
+        if failures:
+            break
+    assert failures, "three rotations with staging=direct cost the client no failed call"
+    assert {code for dummy, code in failures} == {401}
 
 
 # ---------------------------------------------------------------------------- a fault at each step
