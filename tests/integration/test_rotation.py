@@ -31,6 +31,7 @@ import yaml
 
 from tests.conftest import ansible_env
 from tests.helpers.http import JsonHandler, LocalServer
+from tests.integration.lab.helpers import wait_until
 from tests.integration.test_runner_api import files_holding
 
 pytestmark = pytest.mark.integration
@@ -162,10 +163,7 @@ def run_rotation(lab, tmp_path, gate=None, *extra, **kw):
 def wait_for_calls(client, count, timeout=10.0) -> None:
     """Until the client has made ``count`` more calls (it polls throughout; not a fixed sleep)."""
     target = len(client.results) + count
-    deadline = time.monotonic() + timeout
-    while len(client.results) < target:
-        assert time.monotonic() < deadline, f"the client made {len(client.results)} of {target} calls in {timeout} s"
-        time.sleep(0.01)
+    wait_until(lambda: len(client.results) >= target, timeout, f"the client to make {count} more calls")
 
 
 def rotate_while_polling(lab, tmp_path, staging, attempt=0):
